@@ -105,3 +105,14 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def is_checkpoint(path: str | Path) -> bool:
+    """A folder whose config.json carries a sharvet section (cheap check, no weights read)."""
+    cfg = Path(path) / "config.json"
+    if not cfg.is_file():
+        return False
+    try:
+        return "sharvet" in json.loads(cfg.read_text())
+    except json.JSONDecodeError:
+        return False

@@ -275,7 +275,10 @@ def _existing_path(source: str, data_dir: Path | None) -> Path | None:
 
 def _load_from_hub(spec: DatasetSource, split: str, field: str | None) -> list[str]:
     """Rows of a hub dataset split through ``datasets.load_dataset``."""
-    import datasets
+    try:
+        import datasets
+    except ImportError:
+        raise DataNotFoundError("the datasets package is not installed (pip install 'sharvet[hub]')") from None
 
     kwargs: dict[str, Any] = {}
     if spec.hub_data_files:
@@ -452,10 +455,14 @@ def calibration_batch(
 
     If neither the local folder nor the hub has that split but the local folder holds another one (only
     ``wiki.test.raw`` for WikiText-2, say), that split is used instead (validation before test) and a warning
-    names the file once. The whole split is tokenised before windows are drawn.
+    names the file once. When the data dir holds the dataset's folder, the hub is not asked at all: local
+    data the user pointed at wins, and an offline machine does not wait on retries. The whole split is
+    tokenised before windows are drawn.
     """
     split = normalize_split(split)
     root = resolve_data_dir(data_dir)
+    if _local_folder(source, root) is not None:
+        offline = True
     try:
         texts = load_texts(source, split=split, data_dir=root, field=field, offline=offline)
     except DataNotFoundError:

@@ -80,3 +80,15 @@ def load_original(spec: str | None, *, dtype: str | None = None, device: str | N
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, model_id)
+
+
+def peek_num_layers(spec: str | None) -> int | None:
+    """Layer count from the config alone (GGUF metadata or config.json), to validate ``k`` before loading."""
+    from transformers import AutoConfig
+
+    source, gguf, _ = resolve_model_source(spec)
+    try:
+        cfg = AutoConfig.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+    except Exception:  # offline hub id etc.: the full load will report it properly
+        return None
+    return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)

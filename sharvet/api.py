@@ -1,0 +1,88 @@
+"""High-level Python API: the same steps the CLI runs, one call each."""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from . import checkpoint
+from .calibration import CalibrationStats, collect_or_load
+from .data import calibration_batch, resolve_data_dir
+from .loading import LoadedModel, load_original
+from .models import adapter_for
+from .pipeline import CompressionConfig, CompressionResult, attach_plan, compress
+from .summary import render
+
+DEFAULT_CACHE = Path.home() / ".cache" / "sharvet"
+
+
+@dataclass
+class CalibrationSpec:
+    source: str = "wikitext2"
+    samples: int = 64
+    seq_len: int = 1024
+    batch_size: int = 4
+    data_dir: str | None = None
+    cache_dir: str | None = str(DEFAULT_CACHE)
+
+
+def calibrate(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int, device: str | None = None,
+              progress: bool = True) -> CalibrationStats:
+    """Tokenise and pack the calibration set, then one teacher pass (cached in safetensors)."""
+    ids = calibration_batch(spec.source, loaded.tokenizer, spec.samples, spec.seq_len, seed,
+                            data_dir=resolve_data_dir(spec.data_dir))
+    return collect_or_load(adapter_for(loaded.model), ids, model_id=loaded.model_id, cache_dir=spec.cache_dir,
+                           batch_size=spec.batch_size, device=device, progress=progress)
+
+
+def compress_pretrained(
+    model: str | None,
+    cfg: CompressionConfig,
+    *,
+    calibration: CalibrationSpec | None = None,
+    output: str | Path | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    overwrite: bool = False,
+    progress: bool = True,
+) -> tuple[nn.Module, CompressionResult, LoadedModel]:
+    """Load ``model`` (None: the bundled SmolLM2-135M), compress it, optionally save it to ``output``."""
+    cfg.validate()
+    if output is not None and Path(output).exists() and any(Path(output).iterdir()) and not overwrite:
+        raise FileExistsError(f"{output} exists and is not empty (use --overwrite to replace it)")
+    start = time.perf_counter()
+    loaded = load_original(model, dtype=dtype, device=device)
+    cfg.validate(adapter_for(loaded.model).num_layers, adapter_for(loaded.model).type_names)
+    stats = calibrate(loaded, calibration or CalibrationSpec(), seed=cfg.seed, device=device,
+                      progress=progress) if cfg.needs_stats else None
+    result = compress(loaded.model, stats, cfg, device=device, progress=progress)
+    result.plan.settings["model_id"] = loaded.model_id
+    if calibration is not None and stats is not None:
+        result.plan.settings["calibration"] = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
+    result.plan.settings["wall_time_s"] = round(time.perf_counter() - start, 1)
+    attach_plan(loaded.model, result.plan)
+    if output is not None:
+        checkpoint.save(loaded.model, output, tokenizer=loaded.tokenizer,
+                        summary=render(result.plan, loaded.model_id), overwrite=overwrite)
+    del stats
+    return loaded.model, result, loaded
+
+
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+    """Load a sharvet checkpoint folder as a ready-to-run transformers model."""
+    return checkpoint.load(path, device=device, dtype=dtype)
+
+
+def load_any(spec: str | None, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+    """A sharvet checkpoint folder, or any original model spec ``load_original`` accepts."""
+    from transformers import AutoTokenizer
+
+    if spec is not None and checkpoint.is_checkpoint(spec):
+        from .loading import parse_dtype
+
+        model = checkpoint.load(spec, device=device, dtype=parse_dtype(dtype))
+        return LoadedModel(model, AutoTokenizer.from_pretrained(spec), str(Path(spec).resolve()))
+    return load_original(spec, dtype=dtype, device=device)

@@ -1,0 +1,240 @@
+"""``sharvet`` command line: compress, eval, info, similarity.
+
+Arguments are validated before any model is loaded, so a bad ratio or a missing file costs one line
+and a non-zero exit, not a minute of dequantising.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+from .allocation import LayerLayout
+from .grouping import STRATEGIES
+from .pipeline import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
+from .similarity import SimilarityConfig
+
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+
+
+def _common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--data-dir", default=None, help="data folder with the layout of shared/data "
+                   "(or env SHARVET_DATA_DIR)")
+    p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+
+def _calibration_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("calibration")
+    g.add_argument("--calib-data", default="wikitext2", help="dataset name, file or folder")
+    g.add_argument("--calib-samples", type=int, default=64)
+    g.add_argument("--calib-seq-len", type=int, default=1024)
+    g.add_argument("--calib-batch-size", type=int, default=4)
+    g.add_argument("--cache-dir", default=None, help="where calibration statistics are cached "
+                   "(default ~/.cache/sharvet; 'none' disables)")
+
+
+def _similarity_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("similarity (eq. 6-8)")
+    g.add_argument("--no-cosine", action="store_true")
+    g.add_argument("--no-frobenius", action="store_true")
+    g.add_argument("--no-cka", action="store_true")
+    g.add_argument("--gamma-cos", type=float, default=1.0)
+    g.add_argument("--gamma-dist", type=float, default=None, help="default: median inverse distance")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="sharvet", description=__doc__.splitlines()[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    c = sub.add_parser("compress", help="compress a model by similarity-aware basis sharing")
+    c.add_argument("model", nargs="?", default=None,
+                   help="hub id, local folder or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
+    c.add_argument("--output", "-o", required=True, help="checkpoint folder to write")
+    c.add_argument("--overwrite", action="store_true")
+    c.add_argument("--ratio", type=float, default=0.8, help="kept fraction of the compressed linear modules")
+    c.add_argument("--method", default="sharvet", help="label stored with the checkpoint")
+    c.add_argument("--grouping", default="spectral", help=f"one of {', '.join(sorted(STRATEGIES))}")
+    c.add_argument("--k", type=int, default=None, help="groups per shared module type (default L//2)")
+    c.add_argument("--allocation", default="adaptive", choices=ALLOCATIONS)
+    c.add_argument("--mu", type=float, default=0.9, help="guaranteed share per group (eq. 9)")
+    c.add_argument("--eta-reduce", default="mean", choices=("mean", "sum"))
+    c.add_argument("--decomposition", default="whitened", choices=DECOMPOSITIONS)
+    c.add_argument("--shared-types", default=None, help="comma list, e.g. q,k,v,gate,up (default per family)")
+    c.add_argument("--no-lambda", action="store_true", help="do not store per-layer lambda vectors")
+    c.add_argument("--absorb-sigma", action="store_true", help="fold sigma into V now (no refinement)")
+    _calibration_args(c)
+    _similarity_args(c)
+    _common(c)
+
+    e = sub.add_parser("eval", help="perplexity of an original model or a sharvet checkpoint")
+    e.add_argument("model", nargs="?", default=None, help="checkpoint folder, hub id, folder or .gguf")
+    e.add_argument("--ppl", default="wikitext2", help="comma list of wikitext2, c4, ptb or text files")
+    e.add_argument("--context", type=int, default=1024)
+    e.add_argument("--stride", type=int, default=None, help="default: context")
+    e.add_argument("--batch-size", type=int, default=1)
+    e.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens (quick runs)")
+    e.add_argument("--json", default=None, help="write results to this JSON file")
+    _common(e)
+
+    i = sub.add_parser("info", help="parameters, groups and ranks of a checkpoint")
+    i.add_argument("checkpoint")
+
+    s = sub.add_parser("similarity", help="cross-layer similarity heatmaps (paper Figure 1)")
+    s.add_argument("model", nargs="?", default=None)
+    s.add_argument("--plot", required=True, help="PNG file to write")
+    s.add_argument("--types", default=None, help="comma list of module types (default: all)")
+    s.add_argument("--which", default="joint", choices=("joint", "structural", "functional"))
+    s.add_argument("--save", default=None, help="also write the matrices as safetensors")
+    _calibration_args(s)
+    _similarity_args(s)
+    _common(s)
+    return parser
+
+
+def similarity_config(a: argparse.Namespace) -> SimilarityConfig:
+    return SimilarityConfig(use_cosine=not a.no_cosine, use_frobenius=not a.no_frobenius, use_cka=not a.no_cka,
+                            gamma_cos=a.gamma_cos, gamma_dist=a.gamma_dist)
+
+
+def calibration_spec(a: argparse.Namespace):
+    from .api import DEFAULT_CACHE, CalibrationSpec
+
+    if a.calib_samples < 1 or a.calib_seq_len < 2:
+        raise ValueError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
+    cache = None if a.cache_dir == "none" else (a.cache_dir or str(DEFAULT_CACHE))
+    return CalibrationSpec(a.calib_data, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache)
+
+
+def check_model_arg(model: str | None, k: int | None = None) -> None:
+    """Missing files, and k larger than the layer count, fail before the model is loaded."""
+    from .loading import peek_num_layers, resolve_model_source
+
+    resolve_model_source(model)
+    if k is not None:
+        layers = peek_num_layers(model)
+        if layers is not None and k > layers:
+            raise ValueError(f"--k {k} is larger than the number of layers ({layers})")
+
+
+def check_data_dir(a: argparse.Namespace) -> None:
+    from .data import resolve_data_dir
+
+    resolve_data_dir(a.data_dir)
+
+
+def cmd_compress(a: argparse.Namespace) -> int:
+    from .api import compress_pretrained
+
+    cfg = CompressionConfig(
+        ratio=a.ratio, method=a.method, grouping=a.grouping, k=a.k, allocation=a.allocation, mu=a.mu,
+        eta_reduce=a.eta_reduce, decomposition=a.decomposition,
+        shared_types=tuple(a.shared_types.split(",")) if a.shared_types else None,
+        similarity=similarity_config(a), layout=LayerLayout(sigma=not a.absorb_sigma, scale=not a.no_lambda),
+        seed=a.seed,
+    )
+    cfg.validate()
+    spec = calibration_spec(a)
+    check_model_arg(a.model, a.k)
+    check_data_dir(a)
+    out = Path(a.output)
+    if out.exists() and any(out.iterdir()) and not a.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
+                                       overwrite=a.overwrite, progress=not a.no_progress)
+    print("\n".join(result.report.lines()))
+    print(f"wrote {out} ({result.plan.settings['wall_time_s']} s)")
+    return 0
+
+
+def cmd_eval(a: argparse.Namespace) -> int:
+    from .api import load_any
+    from .data import resolve_data_dir
+    from .evaluation.perplexity import evaluation_tokens, perplexity
+
+    if a.context < 2 or (a.stride is not None and not 1 <= a.stride <= a.context):
+        raise ValueError("--context must be >= 2 and --stride in 1..context")
+    data_dir = resolve_data_dir(a.data_dir)
+    if a.model is not None:
+        check_model_arg(a.model) if not Path(a.model).is_dir() else None
+    loaded = load_any(a.model, device=a.device, dtype=a.dtype)
+    results = {"model": loaded.model_id, "sharvet": getattr(loaded.model.config, "sharvet", None), "perplexity": {}}
+    for name in a.ppl.split(","):
+        ids = evaluation_tokens(name, loaded.tokenizer, data_dir)
+        if a.max_tokens:
+            ids = ids[: a.max_tokens]
+        start = time.perf_counter()
+        r = perplexity(loaded.model, ids, context=a.context, stride=a.stride, batch_size=a.batch_size,
+                       device=a.device, progress=not a.no_progress)
+        results["perplexity"][name] = {**vars(r), "wall_time_s": round(time.perf_counter() - start, 1)}
+        print(f"{name:12s} ppl {r.ppl:10.3f}  ({r.n_tokens:,} tokens, context {r.context}, stride {r.stride})")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
+    return 0
+
+
+def cmd_info(a: argparse.Namespace) -> int:
+    from transformers import AutoConfig
+
+    from .checkpoint import CheckpointError, is_checkpoint
+    from .plan import CompressionPlan
+    from .summary import render
+
+    if not is_checkpoint(a.checkpoint):
+        raise CheckpointError(f"{a.checkpoint} is not a sharvet checkpoint (no config.json with a sharvet section)")
+    plan = CompressionPlan.from_dict(AutoConfig.from_pretrained(a.checkpoint).sharvet)
+    print(render(plan), end="")
+    return 0
+
+
+def cmd_similarity(a: argparse.Namespace) -> int:
+    from .api import calibrate
+    from .loading import load_original
+    from .models import adapter_for
+    from .plots import similarity_heatmaps
+    from .similarity import model_similarity
+
+    cfg = similarity_config(a)
+    spec = calibration_spec(a)
+    check_model_arg(a.model)
+    check_data_dir(a)
+    loaded = load_original(a.model, dtype=a.dtype, device=a.device)
+    adapter = adapter_for(loaded.model)
+    types = a.types.split(",") if a.types else adapter.type_names
+    for t in types:
+        adapter.module_type(t)
+    stats = calibrate(loaded, spec, seed=a.seed, device=a.device, progress=not a.no_progress) if cfg.use_cka else None
+    sims = model_similarity(adapter, types, stats, cfg, device=a.device or "cpu", progress=not a.no_progress)
+    path = similarity_heatmaps(sims, a.plot, which=a.which, title=f"{loaded.model_id}: {a.which} similarity")
+    if a.save:
+        from safetensors.torch import save_file
+
+        save_file({f"{t}.{k}": getattr(s, k).contiguous() for t, s in sims.items()
+                   for k in ("joint", "structural", "functional", "cosine") if getattr(s, k) is not None}, a.save)
+    print(f"wrote {path}")
+    return 0
+
+
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "info": cmd_info, "similarity": cmd_similarity}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except USER_ERRORS as e:
+        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
+        print(f"sharvet: error: {msg}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("sharvet: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

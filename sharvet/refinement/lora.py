@@ -1,0 +1,100 @@
+"""LoRA on the compressed model: the baseline of paper Figure 3 and of the SEQ / CYCLE / Basis Sharing rows.
+
+Installed peft knows nothing of :class:`SharedBasisLinear`, so we register a custom LoRA layer through
+``LoraConfig._register_custom_module`` (peft's experimental custom-module API): peft's own LoRA ``Linear``
+with the input/output sizes read from the module. Its forward is peft's: ``base(x) + s B A dropout(x)``.
+The targets are the SharedBasisLinear modules by full name (every compressed projection; the LM head and
+embeddings stay untouched). The shared bases, V, sigma and lambda stay frozen; only A and B train.
+
+Adapters cannot be merged into the compressed structure: ``B A`` is a per-layer rank-``r_A`` term,
+while the only per-layer low-rank factor, V, multiplies the *shared* basis (folding ``B A`` in would
+need a per-layer basis, i.e. undo the sharing). So ``merge`` raises, and :func:`save_lora` stores the
+compressed model as a normal sharvet checkpoint plus the adapters in ``<dir>/lora`` (peft's
+``adapter_model.safetensors`` + ``adapter_config.json``); :func:`load_lora` puts both back together.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from peft import LoraConfig, PeftModel, get_peft_model
+from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from torch import nn
+
+from .. import checkpoint
+from ..modules import SharedBasisLinear
+from .vectors import shared_basis_modules
+
+ADAPTER_DIR = "lora"
+
+
+class SharedBasisLoraLinear(PeftLoraLinear):
+    """peft's LoRA ``Linear`` wrapped around a :class:`SharedBasisLinear`."""
+
+    def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
+        return module.in_features, module.out_features
+
+    def merge(self, safe_merge: bool = False, adapter_names: list[str] | None = None) -> None:
+        raise NotImplementedError(
+            "LoRA adapters cannot be merged into a shared low-rank basis; save them with save_lora()"
+        )
+
+
+def lora_config(target_modules: list[str], rank: int, alpha: float, dropout: float) -> LoraConfig:
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
+                     bias="none", task_type="CAUSAL_LM")
+    cfg._register_custom_module({SharedBasisLinear: SharedBasisLoraLinear})
+    return cfg
+
+
+def attach_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> PeftModel:
+    """Wrap ``model`` (in place) with LoRA adapters on every SharedBasisLinear; only adapters train."""
+    targets = [name for name, _ in shared_basis_modules(model)]
+    if not targets:
+        raise ValueError("the model has no SharedBasisLinear modules: compress it with sharvet first")
+    for p in model.parameters():
+        p.requires_grad_(False)
+    return get_peft_model(model, lora_config(targets, rank, alpha, dropout))
+
+
+def is_lora(model: nn.Module) -> bool:
+    return isinstance(model, PeftModel)
+
+
+class _BaseModules:
+    """Temporarily put the wrapped SharedBasisLinear modules back, so the base model saves as usual."""
+
+    def __init__(self, model: PeftModel) -> None:
+        self.base = model.get_base_model()
+        self.swaps = [(name, m) for name, m in self.base.named_modules() if isinstance(m, SharedBasisLoraLinear)]
+
+    def _set(self, name: str, module: nn.Module) -> None:
+        parent, _, child = name.rpartition(".")
+        setattr(self.base.get_submodule(parent) if parent else self.base, child, module)
+
+    def __enter__(self) -> nn.Module:
+        for name, m in self.swaps:
+            self._set(name, m.get_base_layer())
+        return self.base
+
+    def __exit__(self, *exc: Any) -> None:
+        for name, m in self.swaps:
+            self._set(name, m)
+
+
+def save_lora(model: PeftModel, out_dir: str | Path, *, tokenizer=None, summary: str = "",
+              overwrite: bool = False) -> Path:
+    """A sharvet checkpoint of the compressed base plus the adapters in ``<out_dir>/lora``."""
+    with _BaseModules(model) as base:
+        out = checkpoint.save(base, out_dir, tokenizer=tokenizer, summary=summary, overwrite=overwrite)
+    model.save_pretrained(str(out / ADAPTER_DIR))
+    return out
+
+
+def load_lora(path: str | Path, *, device=None, dtype=None) -> PeftModel:
+    """Inverse of :func:`save_lora` (the custom module must be registered again: peft does not store it)."""
+    folder = Path(path)
+    base = checkpoint.load(folder, device=device, dtype=dtype)
+    cfg = LoraConfig.from_pretrained(str(folder / ADAPTER_DIR))
+    cfg._register_custom_module({SharedBasisLinear: SharedBasisLoraLinear})
+    return PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR), config=cfg).eval()
