@@ -91,11 +91,16 @@ def pooled_covariance(stats: CalibrationStats, key: str, i: int, j: int, device,
     return c.to(device, dtype)
 
 
-def cka_from_covariance(w_i: torch.Tensor, w_j: torch.Tensor, cov: torch.Tensor) -> float:
-    """Linear CKA of ``X W_i^T`` and ``X W_j^T`` for centred ``X`` with covariance ``cov``."""
-    if w_i.shape[0] >= w_i.shape[1]:  # tall: work in input space via G = W^T W
-        p = cov @ (w_i.T @ w_i)
-        q = cov @ (w_j.T @ w_j)
+def cka_from_covariance(w_i: torch.Tensor, w_j: torch.Tensor, cov: torch.Tensor,
+                        grams: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
+    """Linear CKA of ``X W_i^T`` and ``X W_j^T`` for centred ``X`` with covariance ``cov``.
+
+    Tall weights (d_out >= d_in) work in input space through ``G = W^T W`` (``grams``, if precomputed);
+    wide ones in output space. Both are exact.
+    """
+    if w_i.shape[0] >= w_i.shape[1]:
+        g_i, g_j = grams if grams is not None else (w_i.T @ w_i, w_j.T @ w_j)
+        p, q = cov @ g_i, cov @ g_j
         num, den_i, den_j = (p * q.T).sum(), (p * p.T).sum(), (q * q.T).sum()
     else:
         a_i, a_j = w_i @ cov, w_j @ cov
@@ -110,10 +115,13 @@ def functional_similarity(
 ) -> torch.Tensor:
     n = weights.shape[0]
     out = torch.eye(n, dtype=torch.float64)
+    tall = weights.shape[1] >= weights.shape[2]
+    grams = weights.transpose(1, 2) @ weights if tall else None  # W^T W once per layer
     pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
     for i, j in tqdm(pairs, desc=desc, unit="pair", disable=not progress, leave=False):
         cov = pooled_covariance(stats, input_key, i, j, weights.device, weights.dtype)
-        out[i, j] = out[j, i] = cka_from_covariance(weights[i], weights[j], cov)
+        g = (grams[i], grams[j]) if tall else None
+        out[i, j] = out[j, i] = cka_from_covariance(weights[i], weights[j], cov, g)
     return out
 
 
