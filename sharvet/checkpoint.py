@@ -51,6 +51,7 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
     plan_of(model)  # refuse to save something that is not a sharvet model
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
+    tmp.chmod(0o755)  # mkdtemp's 0700 would make the finished checkpoint private to this user
     try:
         tensors, aliases = dedupe_state_dict(model)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "aliases": json.dumps(aliases)})
