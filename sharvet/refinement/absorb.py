@@ -26,8 +26,6 @@ def finalize(model: nn.Module, record: dict[str, Any] | None = None) -> nn.Modul
     modules = shared_basis_modules(model)
     for _, m in modules:
         m.absorb_sigma()
-        if m.scale is not None:  # the trainer may have kept lambda in float32 while tuning
-            m.scale.data = m.scale.data.to(m.v.dtype)
     for p in model.parameters():
         p.requires_grad_(False)
     plan = plan_of(model)

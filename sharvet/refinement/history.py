@@ -7,7 +7,7 @@ from typing import Any, Iterable
 
 HISTORY = "history.jsonl"
 PLOT = "loss.png"
-#: loss terms in plotting order (the total last, drawn thicker)
+#: loss terms in plotting order (the total last, dashed)
 TERMS = ("lm", "kd", "feature", "l2", "loss")
 
 
@@ -59,7 +59,8 @@ def plot_history(records: list[dict[str, Any]], out_png: str | Path, *, title: s
     for term in TERMS:
         steps, values = _series(records, term)
         if steps:
-            ax.plot(steps, values, label=term, linewidth=2.0 if term == "loss" else 1.2)
+            style = {"color": "black", "linestyle": "--", "linewidth": 1.6} if term == "loss" else {"linewidth": 1.2}
+            ax.plot(steps, values, label=term, **style)
     ax.set_ylabel("loss (unweighted terms)")
     ax.set_title(title)
     ax.legend()
@@ -70,10 +71,14 @@ def plot_history(records: list[dict[str, Any]], out_png: str | Path, *, title: s
 
 
 def plot_comparison(runs: dict[str, str | Path], out_png: str | Path, *, term: str = "lm") -> Path:
-    """Figure 3: one term (default the LM loss) of several runs, e.g. ``{"SharVeT": dir1, "LoRA": dir2}``."""
+    """Figure 3: one term (default the LM loss) of several runs, e.g. ``{"SharVeT": dir1, "LoRA": dir2}``.
+
+    Each run is its output folder or its ``history.jsonl``.
+    """
     plt, fig, ax = _axes()
-    for label, folder in runs.items():
-        steps, values = _series(read_history(Path(folder) / HISTORY), term)
+    for label, where in runs.items():
+        path = Path(where) / HISTORY if Path(where).is_dir() else Path(where)
+        steps, values = _series(read_history(path), term)
         ax.plot(steps, values, label=label)
     ax.set_ylabel(f"{term} loss")
     ax.legend()

@@ -134,7 +134,8 @@ def publish(partial: Path, state: dict[str, Any]) -> Path:
     if final.exists():
         shutil.rmtree(final)
     partial.rename(final)
-    for old in partial.parent.glob(f"{_PREFIX}*"):
+    stale = [*partial.parent.glob(f"{_PREFIX}*"), *partial.parent.glob(f".{_PREFIX}*.partial")]
+    for old in stale:  # older checkpoints, and folders of saves that crashed half-way
         if old != final:
             shutil.rmtree(old, ignore_errors=True)
     return final

@@ -1,0 +1,75 @@
+"""Command-line glue: the refinement flags and their translation into a :class:`RefineConfig`.
+
+The data flags (``--train-data``, ``--train-samples``, ``--train-seq-len``) are not part of the config:
+the caller loads and packs the token ids (``sharvet.data``) and passes the ``(N, L)`` tensor to
+``refine``. ``--seed`` and ``--no-progress`` are read from the common flags when the parser has them.
+"""
+from __future__ import annotations
+
+import argparse
+
+from .trainer import MODES, RefineConfig
+
+_DEFAULTS = RefineConfig()
+
+
+def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add every refinement flag to ``parser`` (as one argument group; defaults = the reference's)."""
+    g = parser.add_argument_group("refinement (section 3.4)")
+    g.add_argument("--refine-mode", choices=MODES, default=_DEFAULTS.mode,
+                   help="vectors to train (both = lambda and sigma, the paper) or LoRA adapters (baseline)")
+    g.add_argument("--lr", type=float, default=_DEFAULTS.lr)
+    g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
+    g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
+    g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
+                   help="AdamW decay towards 0 (the L2 term already pulls towards the initial values)")
+    g.add_argument("--lr-end-factor", type=float, default=_DEFAULTS.lr_end_factor)
+    g.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip, help="0 disables clipping")
+    g.add_argument("--kd-weight", type=float, default=_DEFAULTS.kd_weight)
+    g.add_argument("--feature-weight", type=float, default=_DEFAULTS.feature_weight)
+    g.add_argument("--l2-weight", type=float, default=_DEFAULTS.l2_weight)
+    g.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
+    g.add_argument("--feature-layers", default=None,
+                   help="comma list of hidden-state indices for the feature loss (default: every decoder layer)")
+    g.add_argument("--lm-only", action="store_true", help="LM loss only, no teacher (ablation SharVeT_L)")
+    g.add_argument("--train-data", default="wikitext2", help="dataset name, file or folder of training text")
+    g.add_argument("--train-samples", type=int, default=5000, help="packed training sequences")
+    g.add_argument("--train-seq-len", type=int, default=1024)
+    g.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every,
+                   help="optimizer steps between resumable checkpoints (0: only at the end and on Ctrl-C)")
+    g.add_argument("--resume", action="store_true", help="continue from the latest checkpoint in --refine-output")
+    g.add_argument("--refine-output", default=None, help="folder for checkpoints, history.jsonl and loss.png")
+    g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
+    g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--teacher-device", default=None, help="device of the teacher (default: the student's)")
+    g.add_argument("--lora-rank", type=int, default=_DEFAULTS.lora_rank)
+    g.add_argument("--lora-alpha", type=float, default=_DEFAULTS.lora_alpha)
+    g.add_argument("--lora-dropout", type=float, default=_DEFAULTS.lora_dropout)
+
+
+def _layers(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        return tuple(int(x) for x in text.split(",") if x.strip())
+    except ValueError:
+        raise ValueError(f"--feature-layers must be a comma list of integers, got {text!r}") from None
+
+
+def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None = None) -> RefineConfig:
+    """Build and validate the config; ``output_dir`` is the fallback when ``--refine-output`` is not given."""
+    cfg = RefineConfig(
+        mode=args.refine_mode, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+        grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
+        grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed), lm_only=args.lm_only,
+        kd_weight=args.kd_weight, feature_weight=args.feature_weight, l2_weight=args.l2_weight,
+        temperature=args.temperature, feature_layers=_layers(args.feature_layers), lora_rank=args.lora_rank,
+        lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
+        gradient_checkpointing=args.gradient_checkpointing, teacher_device=args.teacher_device,
+        checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
+        output_dir=args.refine_output or output_dir or _DEFAULTS.output_dir,
+        progress=not getattr(args, "no_progress", False), cpu=getattr(args, "device", None) == "cpu",
+    )
+    cfg.validate()
+    return cfg

@@ -1,0 +1,486 @@
+"""Lightweight discrepancy refinement (paper section 3.4): train lambda and sigma against eq. 13.
+
+One code path for CPU, one GPU and DDP (``accelerate launch`` / ``torchrun``) through HF accelerate.
+Data order is ours, not a DataLoader's, so that a run can be resumed exactly: epoch ``e`` visits the
+sequences in ``randperm(N, seed + e)``; micro-batch ``j`` of process ``k`` of ``W`` takes positions
+``[(j W + k) b, (j W + k + 1) b)``. Each epoch uses ``N // (b W accum)`` whole optimizer steps; the few
+sequences left over (fewer than one global batch) are skipped that epoch and, being shuffled, differ
+from epoch to epoch.
+
+Departures from the reference code (see ``losses.py`` for the loss itself):
+
+* ``weight_decay`` is AdamW's decoupled decay and defaults to 0. The reference's 0.01 decays lambda
+  towards 0 although it starts at, and should stay near, 1; keeping the vectors close to where they
+  started is the job of the L2 term, which measures the distance to the initial values.
+* bf16 autocast on GPU (the reference: fp16), nothing on CPU; if the model's trainable vectors are
+  half precision they are kept in float32 while training (Adam on bf16 vectors loses the small steps)
+  and in checkpoints, and cast back to the model's dtype when training ends.
+"""
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import signal
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from accelerate import Accelerator
+from accelerate.utils import set_seed
+from torch import nn
+from tqdm.auto import tqdm
+
+from . import state as ckpt
+from .history import HISTORY, PLOT, HistoryWriter, plot_history
+from .lora import attach_lora, is_lora
+from .losses import LossOutput, LossWeights, refinement_loss
+from .vectors import ParameterSummary, VECTOR_MODES, mark_trainable, parameter_summary
+
+log = logging.getLogger(__name__)
+
+MODES = (*VECTOR_MODES, "lora")
+#: fields that do not change the trajectory, so a resumed run may change them
+_FREE_FIELDS = {"gradient_checkpointing", "teacher_device", "checkpoint_every", "max_steps", "output_dir", "progress",
+                "cpu"}
+
+
+@dataclass
+class RefineConfig:
+    """Hyper-parameters of the refinement; defaults are the reference's (``run/test.yaml``)."""
+
+    mode: str = "both"
+    lr: float = 1e-3
+    epochs: int = 2
+    batch_size: int = 2
+    grad_accum: int = 1
+    #: AdamW decoupled decay (towards 0). 0 by default: the L2 term regularises towards the initial values
+    weight_decay: float = 0.0
+    #: LinearLR from 1.0 to this factor of ``lr`` over the whole run
+    lr_end_factor: float = 0.8
+    grad_clip: float = 1.0
+    seed: int = 0
+    #: LM loss only (ablation SharVeT_L): no teacher needed
+    lm_only: bool = False
+    kd_weight: float = 0.001
+    feature_weight: float = 5.0
+    l2_weight: float = 1e-8
+    temperature: float = 1.0
+    feature_layers: tuple[int, ...] | None = None
+    lora_rank: int = 8
+    lora_alpha: float = 16.0
+    lora_dropout: float = 0.0
+    gradient_checkpointing: bool = False
+    #: train on the CPU even when a GPU is present (tests, debugging)
+    cpu: bool = False
+    #: where the teacher runs ("cpu", "cuda:1", ...); None = the student's device
+    teacher_device: str | None = None
+    #: save a resumable checkpoint every this many optimizer steps (0 = only at the end / on Ctrl-C)
+    checkpoint_every: int = 0
+    #: stop (with a checkpoint) after this many optimizer steps in total; the schedule still spans all epochs
+    max_steps: int | None = None
+    output_dir: str = "refine"
+    progress: bool = True
+
+    def validate(self) -> None:
+        if self.mode not in MODES:
+            raise ValueError(f"unknown refinement mode {self.mode!r}; choose from {', '.join(MODES)}")
+        positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+                    "grad_accum": self.grad_accum, "temperature": self.temperature, "lora_rank": self.lora_rank}
+        bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
+        bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
+                                       "l2_weight": self.l2_weight, "weight_decay": self.weight_decay,
+                                       "checkpoint_every": self.checkpoint_every}.items() if v < 0]
+        if bad:
+            raise ValueError(f"invalid refinement settings: {', '.join(bad)}")
+        if not 0 < self.lr_end_factor <= 1:
+            raise ValueError(f"lr_end_factor must be in (0, 1], got {self.lr_end_factor}")
+
+    def loss_weights(self) -> LossWeights:
+        if self.lm_only:
+            return LossWeights(kd=0.0, feature=0.0, l2=0.0, temperature=self.temperature)
+        return LossWeights(self.kd_weight, self.feature_weight, self.l2_weight, self.temperature,
+                           self.feature_layers)
+
+    def to_dict(self) -> dict[str, Any]:
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+
+@dataclass
+class RefineResult:
+    model: nn.Module
+    steps: int
+    #: False when stopped early by ``max_steps``
+    finished: bool
+    history: list[dict[str, Any]]
+    parameters: ParameterSummary
+    output_dir: Path
+    config: RefineConfig
+    final: dict[str, float] = field(default_factory=dict)
+    #: under DDP only the main process should save the model
+    main_process: bool = True
+
+    def record(self) -> dict[str, Any]:
+        """What ``finalize`` stores in ``config.sharvet["settings"]["refinement"]``."""
+        return {"config": self.config.to_dict(), "steps": self.steps, "finished": self.finished,
+                "final_losses": self.final, "trainable_parameters": self.parameters.trainable}
+
+
+@dataclass
+class _Schedule:
+    """Optimizer steps per epoch, for the global batch ``batch_size * processes * grad_accum``."""
+
+    steps_per_epoch: int
+    epochs: int
+    grad_accum: int
+
+    @property
+    def total(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    @property
+    def micro_per_epoch(self) -> int:
+        return self.steps_per_epoch * self.grad_accum
+
+
+@dataclass
+class _Run:
+    """Everything the loop touches, built once by :func:`_setup`."""
+
+    accelerator: Accelerator
+    model: nn.Module
+    teacher: nn.Module | None
+    teacher_device: torch.device
+    names: list[str]
+    params: list[nn.Parameter]
+    initial: list[torch.Tensor]
+    optimizer: Any
+    scheduler: Any
+    schedule: _Schedule
+    weights: LossWeights
+    fingerprint: dict[str, Any]
+    out: Path
+    #: vectors kept in float32 while training, with the dtype they return to afterwards
+    downcast: list[tuple[nn.Parameter, torch.dtype]]
+
+
+class _StopRequest:
+    """First Ctrl-C (or SIGTERM) asks for a checkpoint at the next optimizer step, then KeyboardInterrupt.
+
+    Stopping only at an optimizer-step boundary keeps the checkpoint exact (no half-accumulated
+    gradients, no half-applied Adam step). A second Ctrl-C interrupts at once, without saving.
+    Outside the main thread signals cannot be caught; then Ctrl-C interrupts without saving.
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, Any] = {}
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        if self.requested:
+            raise KeyboardInterrupt
+        self.requested = True
+        log.warning("interrupt: saving a checkpoint at the next optimizer step (Ctrl-C again aborts now)")
+
+    def __enter__(self) -> "_StopRequest":
+        try:
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        except ValueError:  # not the main thread
+            self.previous = {}
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
+
+
+def refine(student: nn.Module, teacher: nn.Module | None, train_ids: torch.Tensor, cfg: RefineConfig, *,
+           resume: bool = False) -> RefineResult:
+    """Train the refinement vectors (or LoRA adapters) of ``student`` in place.
+
+    ``train_ids`` is a packed ``(N, L)`` LongTensor. ``teacher`` (the uncompressed model) is needed unless
+    ``lm_only`` or both the KD and the feature weight are 0; it is put in eval mode, frozen and moved to
+    ``teacher_device``. With ``resume=True`` training continues from the latest checkpoint in
+    ``output_dir`` (bit for bit on CPU); without one it starts afresh. The result's ``model`` is the
+    trained student (a peft model in mode ``lora``), in eval mode; pass it to ``finalize`` before saving.
+    """
+    cfg.validate()
+    if train_ids.dim() != 2 or train_ids.dtype != torch.long:
+        raise ValueError(f"train_ids must be a (N, L) LongTensor, got {tuple(train_ids.shape)} {train_ids.dtype}")
+    run = _setup(student, teacher, train_ids, cfg, resume)
+    position = _start_position(run, cfg, resume)
+    main = run.accelerator.is_main_process
+    writer = HistoryWriter(run.out / HISTORY, keep_until=position.step if position.step else None) if main else None
+    bar = tqdm(total=run.schedule.total, initial=position.step, desc=f"refine ({cfg.mode})", unit="step",
+               disable=not (cfg.progress and main))
+    try:
+        with _StopRequest() as stop:
+            position, finished = _train(run, cfg, position, train_ids, writer, bar, stop)
+    finally:
+        bar.close()
+        if writer is not None and writer.records:
+            plot_history(writer.records, run.out / PLOT, title=f"refinement ({cfg.mode})")
+    return _result(run, cfg, position, finished, writer)
+
+
+def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg: RefineConfig,
+           resume: bool) -> _Run:
+    weights = cfg.loss_weights()
+    if weights.needs_teacher and teacher is None:
+        raise ValueError("KD and feature losses need the teacher (or use lm_only / weights 0)")
+    out = Path(cfg.output_dir)
+    if not resume and ckpt.latest_checkpoint(out) is not None:
+        raise FileExistsError(f"{out} holds checkpoints of an earlier run: resume it or pick another output folder")
+    gpu = torch.cuda.is_available() and not cfg.cpu
+    accelerator = Accelerator(gradient_accumulation_steps=cfg.grad_accum, step_scheduler_with_optimizer=False,
+                              mixed_precision="bf16" if gpu else "no", cpu=not gpu)
+    if accelerator.gradient_accumulation_steps != cfg.grad_accum:
+        raise ValueError("ACCELERATE_GRADIENT_ACCUMULATION_STEPS disagrees with grad_accum")
+    set_seed(cfg.seed, device_specific=True)
+    model, downcast = _trainable_student(student, cfg, half_to_float=accelerator.mixed_precision == "bf16")
+    model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
+    names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
+    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)
+    scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=schedule.total)
+    prepared, optimizer = accelerator.prepare(model, optimizer)
+    tdev = torch.device(cfg.teacher_device) if cfg.teacher_device else accelerator.device
+    if teacher is not None and weights.needs_teacher:
+        teacher.eval().requires_grad_(False).to(tdev)
+    if accelerator.is_main_process:
+        out.mkdir(parents=True, exist_ok=True)
+    fingerprint = _fingerprint(cfg, ids, accelerator.num_processes)
+    return _Run(accelerator, prepared, teacher if weights.needs_teacher else None, tdev, list(names),
+                list(params), [p.detach().clone() for p in params], optimizer, scheduler, schedule, weights,
+                fingerprint, out, downcast)
+
+
+def _trainable_student(student: nn.Module, cfg: RefineConfig, *,
+                       half_to_float: bool) -> tuple[nn.Module, list[tuple[nn.Parameter, torch.dtype]]]:
+    """Freeze all but the vectors (or attach LoRA); optionally keep half-precision vectors in float32."""
+    if cfg.mode == "lora":
+        model = student if is_lora(student) else attach_lora(student, cfg.lora_rank, cfg.lora_alpha,
+                                                             cfg.lora_dropout)
+    else:
+        model = student
+        mark_trainable(model, cfg.mode)
+    downcast = [(p, p.dtype) for p in model.parameters()
+                if half_to_float and p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)]
+    for p, _ in downcast:
+        p.data = p.data.float()
+    if cfg.gradient_checkpointing:
+        _activation_checkpointing(model, True)
+    model.train()
+    log.info(parameter_summary(model).line())
+    return model, downcast
+
+
+def _activation_checkpointing(model: nn.Module, on: bool) -> None:
+    """Recent transformers renamed gradient checkpointing to activation checkpointing; take what exists.
+
+    Non-reentrant: the reentrant variant yields no gradients when the checkpointed inputs (the frozen
+    embeddings' output) do not require grad, which is exactly our case.
+    """
+    kwargs = {"use_reentrant": False}
+    if hasattr(model, "activation_checkpointing_enable"):
+        if on:
+            model.activation_checkpointing_enable(activation_checkpointing_kwargs=kwargs)
+        else:
+            model.activation_checkpointing_disable()
+    elif on:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs=kwargs)
+    else:
+        model.gradient_checkpointing_disable()
+
+
+def _schedule(n: int, cfg: RefineConfig, world: int) -> _Schedule:
+    per_step = cfg.batch_size * world * cfg.grad_accum
+    if n < per_step:
+        raise ValueError(f"{n} training sequences are fewer than one optimizer step needs "
+                         f"(batch {cfg.batch_size} x {world} processes x accumulation {cfg.grad_accum})")
+    return _Schedule(n // per_step, cfg.epochs, cfg.grad_accum)
+
+
+def _fingerprint(cfg: RefineConfig, ids: torch.Tensor, world: int) -> dict[str, Any]:
+    """What must not change between a run and its resumption."""
+    settings = {k: v for k, v in cfg.to_dict().items() if k not in _FREE_FIELDS}
+    digest = hashlib.sha256(ids.contiguous().cpu().numpy().tobytes()).hexdigest()
+    return {"config": settings, "data": {"shape": list(ids.shape), "sha256": digest}, "processes": world}
+
+
+def _start_position(run: _Run, cfg: RefineConfig, resume: bool) -> ckpt.DataPosition:
+    folder = ckpt.latest_checkpoint(run.out) if resume else None
+    if folder is None:
+        if resume:
+            log.warning("no checkpoint in %s: starting from the beginning", run.out)
+        return ckpt.DataPosition(step=0, epoch=0, micro=0, permutation_seed=cfg.seed)
+    return _restore(run, folder)
+
+
+def _restore(run: _Run, folder: Path) -> ckpt.DataPosition:
+    saved = ckpt.read_state(folder)
+    if saved["fingerprint"] != run.fingerprint:
+        diff = [k for k in run.fingerprint if saved["fingerprint"].get(k) != run.fingerprint[k]]
+        raise ValueError(f"{folder} was written with different {', '.join(diff)}; cannot resume exactly")
+    vectors, initial = ckpt.read_vectors(folder, "vectors"), ckpt.read_vectors(folder, "initial")
+    if set(vectors) != set(run.names):
+        raise ValueError(f"{folder} holds other trainable tensors than this model (different mode or model?)")
+    with torch.no_grad():
+        for name, p, p0 in zip(run.names, run.params, run.initial):
+            p.copy_(vectors[name])
+            p0.copy_(initial[name])
+    run.optimizer.load_state_dict(ckpt.load_tree(folder, "optimizer"))
+    run.scheduler.load_state_dict(ckpt.load_tree(folder, "scheduler"))
+    ckpt.set_rng_state(ckpt.load_tree(folder, f"rng-rank{run.accelerator.process_index}"))
+    position = ckpt.position_of(saved)
+    log.info("resumed from %s (step %d, epoch %d)", folder, position.step, position.epoch)
+    return position
+
+
+def _train(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, ids: torch.Tensor,
+           writer: HistoryWriter | None, bar: tqdm, stop: _StopRequest) -> tuple[ckpt.DataPosition, bool]:
+    """The loop; returns the final position and whether all epochs ran."""
+    acc, sched = run.accelerator, run.schedule
+    if cfg.max_steps is not None and position.step >= cfg.max_steps:
+        return position, False
+    start_epoch, start_micro = position.epoch, position.micro
+    for epoch in range(start_epoch, sched.epochs):
+        order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        sums: dict[str, torch.Tensor] = {}
+        tick = time.perf_counter()
+        for micro in range(start_micro if epoch == start_epoch else 0, sched.micro_per_epoch):
+            batch = _micro_batch(ids, order, micro, cfg.batch_size, acc.process_index, acc.num_processes)
+            loss, grad_norm = _learn(run, cfg, batch.to(acc.device))
+            for k, v in loss.terms.items():
+                sums[k] = sums.get(k, 0.0) + v
+            if not acc.sync_gradients:
+                continue
+            lr = run.optimizer.param_groups[0]["lr"]
+            run.scheduler.step()
+            position = _advance(position, epoch, micro + 1, sched, cfg.seed)
+            elapsed, tick = time.perf_counter() - tick, time.perf_counter()
+            record = _record(run, position, epoch, lr, sums, grad_norm, batch.numel() * sched.grad_accum, elapsed)
+            sums = {}
+            _report(record, writer, bar)
+            if _should_stop(run, stop):
+                _save(run, position)
+                raise KeyboardInterrupt
+            if cfg.max_steps is not None and position.step >= cfg.max_steps:
+                _save(run, position)
+                return position, False
+            if cfg.checkpoint_every and position.step % cfg.checkpoint_every == 0:
+                _save(run, position)
+    _save(run, position)
+    return position, True
+
+
+def _learn(run: _Run, cfg: RefineConfig, batch: torch.Tensor) -> tuple[LossOutput, torch.Tensor | None]:
+    """Forward and backward; on the last micro-batch of an optimizer step also clip and update."""
+    acc = run.accelerator
+    with acc.accumulate(run.model):  # no DDP all-reduce, and no-op optimizer calls, until the last one
+        loss = _micro_step(run, batch)
+        acc.backward(loss.total)
+        grad_norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if acc.sync_gradients and cfg.grad_clip > 0 \
+            else None
+        run.optimizer.step()
+        run.optimizer.zero_grad()
+    return loss, grad_norm
+
+
+def _micro_batch(ids: torch.Tensor, order: torch.Tensor, micro: int, batch: int, rank: int,
+                 world: int) -> torch.Tensor:
+    start = (micro * world + rank) * batch
+    return ids[order[start:start + batch]]
+
+
+def _micro_step(run: _Run, ids: torch.Tensor) -> LossOutput:
+    """One forward of teacher (no grad, on its own device) and student, and eq. 13."""
+    w = run.weights
+    hidden = w.feature > 0
+    t_logits = t_hidden = None
+    if run.teacher is not None:
+        with torch.no_grad(), run.accelerator.autocast():
+            t_out = run.teacher(input_ids=ids.to(run.teacher_device), output_hidden_states=hidden, use_cache=False)
+        dev = ids.device
+        t_logits = t_out.logits.to(dev) if w.kd > 0 else None
+        t_hidden = tuple(h.to(dev) for h in t_out.hidden_states) if hidden else None
+    out = run.model(input_ids=ids, output_hidden_states=hidden, use_cache=False)
+    return refinement_loss(out.logits, ids, w, student_hidden=out.hidden_states if hidden else None,
+                           teacher_logits=t_logits, teacher_hidden=t_hidden, params=run.params,
+                           initial=run.initial)
+
+
+def _advance(position: ckpt.DataPosition, epoch: int, micro_done: int, sched: _Schedule,
+             seed: int) -> ckpt.DataPosition:
+    """Position after an optimizer step; the end of an epoch is stored as the start of the next."""
+    if micro_done == sched.micro_per_epoch:
+        epoch, micro_done = epoch + 1, 0
+    return ckpt.DataPosition(position.step + 1, epoch, micro_done, seed + epoch)
+
+
+def _record(run: _Run, position: ckpt.DataPosition, epoch: int, lr: float, sums: dict[str, torch.Tensor],
+            grad_norm: torch.Tensor | None, tokens: int, elapsed: float) -> dict[str, Any]:
+    """Step means of every term, averaged over micro-batches and processes."""
+    keys = sorted(sums)
+    means = run.accelerator.reduce(torch.stack([sums[k] for k in keys]) / run.schedule.grad_accum, "mean")
+    record: dict[str, Any] = {"step": position.step, "epoch": epoch, "lr": lr}
+    record.update({k: float(v) for k, v in zip(keys, means)})
+    if grad_norm is not None:
+        record["grad_norm"] = float(grad_norm)
+    record["tokens_per_s"] = tokens * run.accelerator.num_processes / max(elapsed, 1e-9)
+    return record
+
+
+def _report(record: dict[str, Any], writer: HistoryWriter | None, bar: tqdm) -> None:
+    if writer is not None:
+        writer.append(record)
+    shown = {k: f"{v:.4g}" for k, v in record.items() if k not in ("step", "epoch")}
+    bar.set_postfix(shown, refresh=False)
+    bar.update()
+
+
+def _should_stop(run: _Run, stop: _StopRequest) -> bool:
+    """A signal may reach only some processes: they all stop if any of them was asked to."""
+    if run.accelerator.num_processes == 1:
+        return stop.requested
+    flag = torch.tensor([float(stop.requested)], device=run.accelerator.device)
+    return bool(run.accelerator.reduce(flag, "sum").item() > 0)
+
+
+def _save(run: _Run, position: ckpt.DataPosition) -> None:
+    """Every process writes its RNG state; the main process the shared rest, then publishes the folder."""
+    acc = run.accelerator
+    partial = ckpt.partial_folder(run.out, position.step)
+    if acc.is_main_process:
+        partial.mkdir(parents=True, exist_ok=True)
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        ckpt.write_vectors(partial, "vectors", dict(zip(run.names, run.params)))
+        ckpt.write_vectors(partial, "initial", dict(zip(run.names, run.initial)))
+        ckpt.save_tree(run.optimizer.state_dict(), partial, "optimizer")
+        ckpt.save_tree(run.scheduler.state_dict(), partial, "scheduler")
+    ckpt.save_tree(ckpt.rng_state(), partial, f"rng-rank{acc.process_index}")
+    acc.wait_for_everyone()
+    if acc.is_main_process:
+        ckpt.publish(partial, ckpt.state_record(position, run.fingerprint))
+    acc.wait_for_everyone()
+
+
+def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished: bool,
+            writer: HistoryWriter | None) -> RefineResult:
+    # drop DDP and accelerate's autocast wrapper of forward: later evaluation must run in the model's dtype
+    model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    for p, dtype in run.downcast:  # outside autocast a bf16 model needs bf16 vectors
+        p.data = p.data.to(dtype)
+    if cfg.gradient_checkpointing:
+        _activation_checkpointing(model, False)
+    model.eval()
+    history = writer.records if writer is not None else []
+    final = {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {}
+    return RefineResult(model, position.step, finished, history, parameter_summary(model), run.out, cfg, final,
+                        run.accelerator.is_main_process)

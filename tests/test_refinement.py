@@ -1,0 +1,401 @@
+"""Refinement (paper section 3.4): trainable vectors, eq. 13, trainer, resume, absorption, LoRA baseline."""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import math
+import signal
+
+import pytest
+import torch
+import torch.nn.functional as F
+from transformers import LlamaConfig, LlamaForCausalLM
+
+from sharvet import checkpoint
+from sharvet.allocation import LayerLayout
+from sharvet.calibration import collect_stats
+from sharvet.models import adapter_for
+from sharvet.modules import SharedBasisLinear
+from sharvet.pipeline import CompressionConfig, compress, plan_of
+from sharvet.refinement import (
+    RefineConfig, add_refine_arguments, attach_lora, feature_loss, finalize, kd_loss, l2_deviation,
+    load_lora, mark_trainable, parameter_summary, plot_comparison, read_history, refine, refine_config_from_args,
+    refinement_loss, save_lora, LossWeights,
+)
+from sharvet.refinement import state as ckpt_state
+from sharvet.refinement import trainer as trainer_module
+
+VOCAB = 96
+
+
+def _teacher(dropout: float = 0.0) -> LlamaForCausalLM:
+    torch.manual_seed(0)
+    cfg = LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4,
+                      num_key_value_heads=2, vocab_size=VOCAB, attention_dropout=dropout)
+    return LlamaForCausalLM(cfg).eval()
+
+
+def _compressed(teacher: LlamaForCausalLM, layout: LayerLayout | None = None) -> LlamaForCausalLM:
+    ids = torch.randint(0, VOCAB, (4, 16), generator=torch.Generator().manual_seed(1))
+    student = copy.deepcopy(teacher)
+    stats = collect_stats(adapter_for(student), ids, progress=False)
+    compress(student, stats, CompressionConfig(ratio=0.5, k=1, layout=layout or LayerLayout()), progress=False)
+    return student
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    """Tiny matrices: threading only adds overhead (and on a loaded machine, a lot of it)."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def models() -> tuple[LlamaForCausalLM, LlamaForCausalLM]:
+    """Teacher (with attention dropout, so resuming must restore the RNG) and its compressed student."""
+    teacher = _teacher(dropout=0.1)
+    return teacher, _compressed(teacher)
+
+
+@pytest.fixture
+def pair(models):
+    teacher, student = models
+    return copy.deepcopy(teacher), copy.deepcopy(student)
+
+
+def _ids(n: int = 8, length: int = 12, seed: int = 2) -> torch.Tensor:
+    return torch.randint(0, VOCAB, (n, length), generator=torch.Generator().manual_seed(seed))
+
+
+def _cfg(tmp_path, **kw) -> RefineConfig:
+    return RefineConfig(**{"output_dir": str(tmp_path / "run"), "progress": False, "lr": 1e-2, "cpu": True, **kw})
+
+
+def _vectors(model) -> dict[str, torch.Tensor]:
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def _grads_after_backward(teacher, student, mode):
+    trainable = set(map(id, mark_trainable(student, mode)))
+    ids = _ids(2)
+    with torch.no_grad():
+        t = teacher(ids, output_hidden_states=True)
+    s = student(ids, output_hidden_states=True)
+    params = [p for p in student.parameters() if p.requires_grad]
+    loss = refinement_loss(s.logits, ids, LossWeights(), student_hidden=s.hidden_states, teacher_logits=t.logits,
+                           teacher_hidden=t.hidden_states, params=params, initial=[p.detach().clone() for p in params])
+    loss.total.backward()
+    return trainable, {id(p): p.grad for p in student.parameters()}
+
+
+# --- trainable vectors ------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("mode,attrs", [("both", {"scale", "sigma"}), ("lambda", {"scale"}), ("sigma", {"sigma"})])
+def test_only_selected_vectors_receive_gradients(pair, mode, attrs):
+    teacher, student = pair
+    trainable, grads = _grads_after_backward(teacher, student, mode)
+    modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
+    expected = {id(getattr(m, a)) for m in modules for a in attrs}
+    assert trainable == expected
+    assert all((grads[i] is not None) == (i in expected) for i in grads)
+    assert all(grads[i].abs().sum() > 0 for i in expected)
+
+
+def test_mark_trainable_refuses_models_without_the_vectors():
+    student = _compressed(_teacher(), LayerLayout(sigma=False, scale=True))
+    with pytest.raises(ValueError, match="sigma"):
+        mark_trainable(student, "both")
+    assert len(mark_trainable(student, "lambda")) == 14  # 7 projections x 2 layers
+    with pytest.raises(ValueError, match="mode"):
+        mark_trainable(student, "everything")
+
+
+def test_parameter_summary_counts_shared_basis_once(pair):
+    _, student = pair
+    mark_trainable(student, "both")
+    modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
+    summary = parameter_summary(student)
+    assert summary.trainable == sum(m.rank + m.in_features for m in modules)  # paper Table 1: r + d_in
+    unique = {id(p): p.numel() for p in student.parameters()}
+    assert summary.total == sum(unique.values())
+    assert "trainable parameters" in summary.line()
+
+
+# --- losses -------------------------------------------------------------------------------------------
+
+
+def test_kd_is_averaged_per_token():
+    torch.manual_seed(0)
+    s, t = torch.randn(2, 3, 5), torch.randn(2, 3, 5)
+    temp = 2.0
+    expected = 0.0
+    for b in range(2):
+        for i in range(3):
+            p = torch.softmax(t[b, i] / temp, -1)
+            q = torch.softmax(s[b, i] / temp, -1)
+            expected += float((p * (p.log() - q.log())).sum())
+    expected = expected / 6 * temp**2
+    assert kd_loss(s, t, temp).item() == pytest.approx(expected, rel=1e-5)
+    assert kd_loss(t, t).item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_feature_loss_defaults_to_decoder_outputs():
+    a = tuple(torch.zeros(1, 2, 3) for _ in range(3))
+    b = (torch.full((1, 2, 3), 100.0), torch.ones(1, 2, 3), torch.full((1, 2, 3), 3.0))
+    assert feature_loss(a, b).item() == pytest.approx((1 + 9) / 2)  # embeddings (index 0) left out
+    assert feature_loss(a, b, layers=(0,)).item() == pytest.approx(1e4)
+
+
+def test_l2_is_zero_at_init_and_measures_deviation_from_init():
+    p = torch.nn.Parameter(torch.tensor([1.0, 2.0]))
+    init = [p.detach().clone()]
+    assert l2_deviation([p], init).item() == 0.0
+    with torch.no_grad():
+        p.add_(torch.tensor([0.5, -1.0]))
+    assert l2_deviation([p], init).item() == pytest.approx(1.25)
+
+
+def test_zero_weights_skip_terms():
+    logits, ids = torch.randn(1, 4, VOCAB), torch.randint(0, VOCAB, (1, 4))
+    out = refinement_loss(logits, ids, LossWeights(kd=0, feature=0, l2=0))
+    assert set(out.terms) == {"lm", "loss"}
+    assert out.total.item() == pytest.approx(F.cross_entropy(logits[0, :-1], ids[0, 1:]).item())
+
+
+# --- training -----------------------------------------------------------------------------------------
+
+
+def test_loss_decreases_on_an_overfitting_batch(pair, tmp_path):
+    teacher, student = pair
+    ids = _ids(2, 16)
+    result = refine(student, teacher, ids, _cfg(tmp_path, epochs=10, batch_size=2, lr=5e-2))
+    losses = [r["loss"] for r in result.history]
+    gaps = [r["loss"] - r["lm"] for r in result.history]  # the teacher-alignment part of eq. 13
+    assert len(losses) == 10 and result.finished
+    assert losses[-1] < losses[0]
+    assert gaps[-1] < 0.6 * gaps[0]  # random tokens leave the LM term near ln(V); the discrepancy falls fast
+
+
+def test_history_and_plot_are_written(pair, tmp_path):
+    teacher, student = pair
+    result = refine(student, teacher, _ids(8), _cfg(tmp_path, epochs=1, batch_size=2))
+    records = read_history(result.output_dir / "history.jsonl")
+    assert [r["step"] for r in records] == [1, 2, 3, 4]
+    assert {"step", "epoch", "lr", "lm", "kd", "feature", "l2", "loss", "tokens_per_s"} <= set(records[0])
+    assert records[0]["l2"] == 0.0  # vectors are at their initial values during the first step
+    assert (result.output_dir / "loss.png").stat().st_size > 1000
+    assert result.final["loss"] == records[-1]["loss"]
+    runs = {"folder": result.output_dir, "file": result.output_dir / "history.jsonl"}
+    assert plot_comparison(runs, tmp_path / "cmp.png").stat().st_size > 1000
+
+
+def test_lm_only_needs_no_teacher(pair, tmp_path):
+    _, student = pair
+    result = refine(student, None, _ids(4), _cfg(tmp_path, epochs=1, lm_only=True))
+    assert set(result.final) >= {"lm", "loss"} and "kd" not in result.final
+    with pytest.raises(ValueError, match="teacher"):
+        refine(student, None, _ids(4), _cfg(tmp_path / "b", epochs=1))
+
+
+def test_gradient_checkpointing_changes_nothing_but_memory(pair, tmp_path):
+    teacher, student = pair
+    runs = [refine(copy.deepcopy(student), teacher, _ids(4),
+                   _cfg(tmp_path / str(gc), epochs=1, gradient_checkpointing=gc)) for gc in (False, True)]
+    assert [r["loss"] for r in runs[0].history] == pytest.approx([r["loss"] for r in runs[1].history], rel=1e-6)
+    assert not any(getattr(m, "gradient_checkpointing", False) for m in runs[1].model.modules())
+
+
+@pytest.fixture
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state; the other tests made it CPU-only, this one needs the GPU."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_gpu_bf16_autocast_with_teacher_on_cpu(pair, tmp_path, dtype, fresh_accelerate_state):
+    teacher, student = pair
+    student.to(dtype)
+    cfg = _cfg(tmp_path, epochs=1, cpu=False, teacher_device="cpu", gradient_checkpointing=True)
+    result = refine(student, teacher, _ids(8), cfg)
+    assert all(p.is_cuda and p.dtype == dtype for p in _vectors(result.model).values())
+    saved = ckpt_state.read_vectors(ckpt_state.latest_checkpoint(result.output_dir), "vectors")
+    assert all(v.dtype == torch.float32 for v in saved.values())  # trained and checkpointed in float32
+    assert all(math.isfinite(v) for v in result.final.values())
+    ids = _ids(2, seed=5).cuda()
+    with torch.no_grad():
+        before = result.model(ids).logits.float()
+    model = finalize(result.model, result.record())
+    assert all(p.dtype == dtype for p in model.parameters())
+    loaded = checkpoint.load(checkpoint.save(model, tmp_path / "ck"), device="cuda")
+    with torch.no_grad():
+        tol = 1e-4 if dtype == torch.float32 else 5e-2
+        assert torch.allclose(loaded(ids).logits.float(), before, atol=tol)
+
+
+def _straight_and_stopped_then_resumed(pair, tmp_path):
+    teacher, student = pair
+    ids = _ids(8)
+    base = dict(epochs=3, batch_size=2, grad_accum=2)  # 2 optimizer steps per epoch, 6 in all
+    straight = refine(copy.deepcopy(student), copy.deepcopy(teacher), ids, _cfg(tmp_path / "a", **base))
+    stopped = refine(copy.deepcopy(student), copy.deepcopy(teacher), ids, _cfg(tmp_path / "b", max_steps=3, **base))
+    assert stopped.steps == 3 and not stopped.finished
+    resumed = refine(copy.deepcopy(student), copy.deepcopy(teacher), ids, _cfg(tmp_path / "b", **base), resume=True)
+    return straight, resumed
+
+
+def _assert_same_run(straight, resumed):
+    a, b = _vectors(straight.model), _vectors(resumed.model)
+    assert a.keys() == b.keys()
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    drop = {"tokens_per_s"}
+    assert [{k: v for k, v in r.items() if k not in drop} for r in straight.history] == \
+           [{k: v for k, v in r.items() if k not in drop} for r in resumed.history]
+    assert resumed.steps == 6 and resumed.finished
+
+
+def test_resume_after_stop_equals_uninterrupted_run(pair, tmp_path):
+    straight, resumed = _straight_and_stopped_then_resumed(pair, tmp_path)
+    _assert_same_run(straight, resumed)
+    assert ckpt_state.latest_checkpoint(tmp_path / "b" / "run").name == "step-00000006"
+
+
+def test_resume_after_ctrl_c_equals_uninterrupted_run(pair, tmp_path, monkeypatch):
+    calls = {"n": 0}
+    original = trainer_module._micro_step
+
+    def step_then_interrupt(run, ids):
+        calls["n"] += 1
+        if calls["n"] == 7:  # the first of the two micro-batches of optimizer step 4
+            signal.raise_signal(signal.SIGINT)
+        return original(run, ids)
+
+    teacher, student = pair
+    ids = _ids(8)
+    base = dict(epochs=3, batch_size=2, grad_accum=2)
+    straight = refine(copy.deepcopy(student), copy.deepcopy(teacher), ids, _cfg(tmp_path / "a", **base))
+    monkeypatch.setattr(trainer_module, "_micro_step", step_then_interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        refine(copy.deepcopy(student), copy.deepcopy(teacher), ids, _cfg(tmp_path / "b", **base))
+    monkeypatch.setattr(trainer_module, "_micro_step", original)
+    # the signal arrived inside step 4's accumulation: the checkpoint is at the end of step 4, exactly
+    assert ckpt_state.latest_checkpoint(tmp_path / "b" / "run").name == "step-00000004"
+    assert len(read_history(tmp_path / "b" / "run" / "history.jsonl")) == 4
+    resumed = refine(copy.deepcopy(student), copy.deepcopy(teacher), ids, _cfg(tmp_path / "b", **base), resume=True)
+    _assert_same_run(straight, resumed)
+
+
+def test_resume_refuses_a_different_setup(pair, tmp_path):
+    teacher, student = pair
+    cfg = _cfg(tmp_path, epochs=1, max_steps=1)
+    refine(copy.deepcopy(student), teacher, _ids(8), cfg)
+    with pytest.raises(FileExistsError):
+        refine(copy.deepcopy(student), teacher, _ids(8), cfg)
+    with pytest.raises(ValueError, match="config"):
+        refine(copy.deepcopy(student), teacher, _ids(8), _cfg(tmp_path, epochs=1, lr=0.5), resume=True)
+    with pytest.raises(ValueError, match="data"):
+        refine(copy.deepcopy(student), teacher, _ids(8, seed=9), cfg, resume=True)
+
+
+def test_state_tree_round_trip(tmp_path):
+    tree = {"state": {0: {"step": torch.tensor(3.0), "m": torch.ones(2)}},
+            "groups": [{"betas": (0.9, 0.999), "lr": 1e-3, "params": [0], "x": None}]}
+    ckpt_state.save_tree(tree, tmp_path, "t")
+    back = ckpt_state.load_tree(tmp_path, "t")
+    assert back["groups"] == tree["groups"] and list(back["state"]) == [0]
+    assert torch.equal(back["state"][0]["m"], tree["state"][0]["m"])
+    assert not list(tmp_path.glob("*.pt")) and not list(tmp_path.glob("*.pkl"))
+
+
+# --- absorption and saving ------------------------------------------------------------------------------
+
+
+def test_finalize_keeps_logits_and_round_trips(pair, tmp_path):
+    teacher, student = pair
+    result = refine(student, teacher, _ids(8), _cfg(tmp_path, epochs=1))
+    ids = _ids(2, seed=5)
+    with torch.no_grad():
+        before = result.model(ids).logits
+    model = finalize(result.model, result.record())
+    assert all(m.sigma is None for m in model.modules() if isinstance(m, SharedBasisLinear))
+    assert not any(p.requires_grad for p in model.parameters())
+    plan = plan_of(model)
+    assert plan.layout.sigma is False and plan.layout.scale is True
+    assert plan.settings["refinement"]["config"]["mode"] == "both"
+    assert plan.settings["refinement"]["final_losses"]["loss"] == result.final["loss"]
+    with torch.no_grad():
+        assert torch.allclose(model(ids).logits, before, atol=1e-5)
+    loaded = checkpoint.load(checkpoint.save(model, tmp_path / "ck"))
+    with torch.no_grad():
+        assert torch.allclose(loaded(ids).logits, before, atol=1e-5)
+    assert plan_of(loaded).settings["refinement"]["steps"] == result.steps
+
+
+# --- LoRA baseline ----------------------------------------------------------------------------------------
+
+
+def test_lora_path_trains_only_adapters(pair, tmp_path):
+    teacher, student = pair
+    basis = {id(m.basis): m.basis.detach().clone() for m in student.modules() if isinstance(m, SharedBasisLinear)}
+    frozen = {n: p.detach().clone() for n, p in student.named_parameters()}
+    result = refine(student, teacher, _ids(8), _cfg(tmp_path, epochs=1, mode="lora", lora_rank=2))
+    model = result.model
+    names = [n for n, p in model.named_parameters() if p.requires_grad]
+    assert names and all("lora_A" in n or "lora_B" in n for n in names)
+    assert result.parameters.trainable == sum(p.numel() for p in model.parameters() if p.requires_grad)
+    ids = _ids(2, seed=5)
+    model.zero_grad()
+    model(ids, labels=ids).loss.backward()
+    assert all((p.grad is not None) == p.requires_grad for p in model.parameters())
+    base = model.get_base_model()
+    shared = {id(m.basis): m.basis for m in base.modules() if isinstance(m, SharedBasisLinear)}
+    assert shared.keys() == basis.keys() and all(torch.equal(shared[k], basis[k]) for k in basis)
+    unchanged = {n.replace(".base_layer", ""): p for n, p in base.named_parameters() if "lora_" not in n}
+    assert all(torch.equal(unchanged[n], frozen[n]) for n in frozen)
+    assert any(p.abs().sum() > 0 for n, p in model.named_parameters() if "lora_B" in n)  # B starts at 0
+    model.eval()
+    with torch.no_grad():
+        before = model(ids).logits
+    out = save_lora(model, tmp_path / "lora-ck")
+    assert (out / "lora" / "adapter_model.safetensors").is_file()
+    with torch.no_grad():
+        assert torch.allclose(load_lora(out)(ids).logits, before, atol=1e-5)
+        assert torch.allclose(model(ids).logits, before)  # saving left the adapters in place
+    with pytest.raises(NotImplementedError):
+        model.merge_and_unload()
+
+
+def test_attach_lora_counts(pair):
+    _, student = pair
+    model = attach_lora(student, rank=4)
+    modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
+    expected = sum(4 * (m.in_features + m.out_features) for m in modules)  # paper Table 1: r_A (d_in + d_out)
+    assert parameter_summary(model).trainable == expected
+
+
+# --- command line -------------------------------------------------------------------------------------------
+
+
+def test_command_line_round_trip(tmp_path):
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--seed", type=int, default=0)
+    add_refine_arguments(parser)
+    args = parser.parse_args(["--refine-mode", "lambda", "--lr", "3e-4", "--grad-accum", "4", "--lm-only",
+                              "--feature-layers", "1,3", "--teacher-device", "cpu", "--seed", "7",
+                              "--refine-output", str(tmp_path), "--checkpoint-every", "50"])
+    cfg = refine_config_from_args(args)
+    assert (cfg.mode, cfg.lr, cfg.grad_accum, cfg.lm_only, cfg.seed) == ("lambda", 3e-4, 4, True, 7)
+    assert cfg.feature_layers == (1, 3) and cfg.teacher_device == "cpu" and cfg.checkpoint_every == 50
+    assert cfg.loss_weights().needs_teacher is False
+    assert json.loads(json.dumps(cfg.to_dict()))["feature_layers"] == [1, 3]
+    with pytest.raises(ValueError):
+        refine_config_from_args(parser.parse_args(["--lr", "-1"]))
+    assert math.isclose(RefineConfig().kd_weight, 1e-3) and RefineConfig().weight_decay == 0.0
