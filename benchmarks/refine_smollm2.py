@@ -45,6 +45,7 @@ def main() -> None:
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--lm-only", action="store_true", help="ablation L: language-modelling loss only")
     p.add_argument("--out-dir", default="outputs/refine-bench")
     p.add_argument("--json", default=None)
     a = p.parse_args()
@@ -69,7 +70,7 @@ def main() -> None:
         curves = {}
         for mode in a.modes.split(","):
             student = copy.deepcopy(base)
-            cfg = RefineConfig(mode=mode, lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, lora_rank=a.lora_rank,
+            cfg = RefineConfig(mode=mode, lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, lora_rank=a.lora_rank, lm_only=a.lm_only,
                                output_dir=str(out_dir / f"r{ratio}-{mode}"), progress=False, seed=0)
             if a.device == "cuda":
                 torch.cuda.synchronize()

@@ -11,9 +11,9 @@ from torch import nn
 from . import checkpoint
 from .calibration import CalibrationStats, collect_or_load
 from .data import calibration_batch, resolve_data_dir
-from .loading import LoadedModel, load_original
+from .loading import BUNDLED_ID, LoadedModel, load_original
 from .models import adapter_for
-from .pipeline import CompressionConfig, CompressionResult, attach_plan, compress
+from .pipeline import CompressionConfig, CompressionResult, attach_plan, compress, plan_of
 from .summary import render
 
 DEFAULT_CACHE = Path.home() / ".cache" / "sharvet"
@@ -86,3 +86,56 @@ def load_any(spec: str | None, *, device: str | None = None, dtype: str | None =
         model = checkpoint.load(spec, device=device, dtype=parse_dtype(dtype))
         return LoadedModel(model, AutoTokenizer.from_pretrained(spec), str(Path(spec).resolve()))
     return load_original(spec, dtype=dtype, device=device)
+
+
+@dataclass
+class TrainingSpec:
+    """The fine-tuning set: packed like calibration, from the same data layer."""
+
+    source: str = "wikitext2"
+    samples: int = 5000
+    seq_len: int = 1024
+    data_dir: str | None = None
+
+
+def refine_checkpoint(
+    checkpoint_dir: str | Path,
+    output: str | Path,
+    cfg,
+    train: TrainingSpec,
+    *,
+    teacher: str | None = None,
+    resume: bool = False,
+    device: str | None = None,
+    overwrite: bool = False,
+) -> Path:
+    """Refine a saved compressed model against its original (section 3.4) and save the result.
+
+    The teacher is ``teacher`` or the model the checkpoint records as its source. Vectors are absorbed
+    (sigma into V) before saving; LoRA runs keep their adapters beside the checkpoint.
+    """
+    from transformers import AutoTokenizer
+
+    from .data import calibration_batch
+    from .refinement import finalize, refine, save_lora
+    from .summary import render
+
+    student = load(checkpoint_dir, device=device)
+    source = teacher or student.config.sharvet.get("settings", {}).get("model_id")
+    if source is None:
+        raise ValueError("the checkpoint does not record its source model: pass --teacher MODEL")
+    original = load_original(None if source == BUNDLED_ID else source, device=device)
+    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    ids = calibration_batch(train.source, tokenizer, train.samples, train.seq_len, cfg.seed,
+                            data_dir=resolve_data_dir(train.data_dir), split="train")
+    result = refine(student, original.model, ids, cfg, resume=resume)
+    if not result.main_process:
+        return Path(output)
+    plan_summary = lambda m: render(plan_of(m), source)  # noqa: E731
+    if cfg.mode == "lora":
+        save_lora(result.model, output, tokenizer=tokenizer, summary=plan_summary(result.model.base_model.model),
+                  overwrite=overwrite)
+    else:
+        model = finalize(result.model, result.record())
+        checkpoint.save(model, output, tokenizer=tokenizer, summary=plan_summary(model), overwrite=overwrite)
+    return Path(output)

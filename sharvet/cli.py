@@ -12,6 +12,9 @@ import time
 from pathlib import Path
 
 from .allocation import LayerLayout
+from .evaluation.report import add_report_arguments
+from .evaluation.results import add_eval_arguments
+from .refinement.command import add_refine_arguments
 from .grouping import STRATEGIES
 from .pipeline import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .similarity import SimilarityConfig
@@ -67,19 +70,26 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--shared-types", default=None, help="comma list, e.g. q,k,v,gate,up (default per family)")
     c.add_argument("--no-lambda", action="store_true", help="do not store per-layer lambda vectors")
     c.add_argument("--absorb-sigma", action="store_true", help="fold sigma into V now (no refinement)")
+    c.add_argument("--refine", action="store_true", help="then refine (section 3.4) against the original model")
     _calibration_args(c)
     _similarity_args(c)
+    add_refine_arguments(c)
     _common(c)
 
-    e = sub.add_parser("eval", help="perplexity of an original model or a sharvet checkpoint")
-    e.add_argument("model", nargs="?", default=None, help="checkpoint folder, hub id, folder or .gguf")
-    e.add_argument("--ppl", default="wikitext2", help="comma list of wikitext2, c4, ptb or text files")
-    e.add_argument("--context", type=int, default=1024)
-    e.add_argument("--stride", type=int, default=None, help="default: context")
-    e.add_argument("--batch-size", type=int, default=1)
-    e.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens (quick runs)")
-    e.add_argument("--json", default=None, help="write results to this JSON file")
+    e = sub.add_parser("eval", help="perplexity and lm-eval tasks of an original model or a sharvet checkpoint")
+    add_eval_arguments(e)
     _common(e)
+
+    r = sub.add_parser("report", help="merge eval result JSONs into the paper's Table 2 (Markdown)")
+    add_report_arguments(r)
+
+    f = sub.add_parser("refine", help="refine a compressed checkpoint (train lambda and sigma, then absorb)")
+    f.add_argument("checkpoint", help="sharvet checkpoint folder to refine")
+    f.add_argument("--output", "-o", required=True, help="folder for the refined checkpoint")
+    f.add_argument("--overwrite", action="store_true")
+    f.add_argument("--teacher", default=None, help="original model (default: the source recorded in the checkpoint)")
+    add_refine_arguments(f)
+    _common(f)
 
     i = sub.add_parser("info", help="parameters, groups and ranks of a checkpoint")
     i.add_argument("checkpoint")
@@ -139,6 +149,12 @@ def cmd_compress(a: argparse.Namespace) -> int:
     )
     cfg.validate()
     spec = calibration_spec(a)
+    refine_cfg = None
+    if a.refine:
+        from .refinement.command import refine_config_from_args
+
+        refine_cfg = refine_config_from_args(a, output_dir=str(Path(a.output).parent / f"{Path(a.output).name}-refine-run"))
+        training_spec(a)
     check_model_arg(a.model, a.k)
     check_data_dir(a)
     out = Path(a.output)
@@ -148,34 +164,58 @@ def cmd_compress(a: argparse.Namespace) -> int:
                                        overwrite=a.overwrite, progress=not a.no_progress)
     print("\n".join(result.report.lines()))
     print(f"wrote {out} ({result.plan.settings['wall_time_s']} s)")
+    if refine_cfg is not None:
+        return run_refinement(a, out, out, refine_cfg)
     return 0
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
-    from .api import load_any
-    from .data import resolve_data_dir
-    from .evaluation.perplexity import evaluation_tokens, perplexity
+    from .evaluation.results import eval_command
 
-    if a.context < 2 or (a.stride is not None and not 1 <= a.stride <= a.context):
-        raise ValueError("--context must be >= 2 and --stride in 1..context")
-    data_dir = resolve_data_dir(a.data_dir)
-    if a.model is not None:
-        check_model_arg(a.model) if not Path(a.model).is_dir() else None
-    loaded = load_any(a.model, device=a.device, dtype=a.dtype)
-    results = {"model": loaded.model_id, "sharvet": getattr(loaded.model.config, "sharvet", None), "perplexity": {}}
-    for name in a.ppl.split(","):
-        ids = evaluation_tokens(name, loaded.tokenizer, data_dir)
-        if a.max_tokens:
-            ids = ids[: a.max_tokens]
-        start = time.perf_counter()
-        r = perplexity(loaded.model, ids, context=a.context, stride=a.stride, batch_size=a.batch_size,
-                       device=a.device, progress=not a.no_progress)
-        results["perplexity"][name] = {**vars(r), "wall_time_s": round(time.perf_counter() - start, 1)}
-        print(f"{name:12s} ppl {r.ppl:10.3f}  ({r.n_tokens:,} tokens, context {r.context}, stride {r.stride})")
-    if a.json:
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(results, indent=2, default=str))
+    if a.model is not None and not Path(a.model).is_dir():
+        check_model_arg(a.model)
+    return eval_command(a)
+
+
+def cmd_report(a: argparse.Namespace) -> int:
+    from .evaluation.report import report_command
+
+    return report_command(a)
+
+
+def training_spec(a: argparse.Namespace):
+    from .api import TrainingSpec
+
+    if a.train_samples < 1 or a.train_seq_len < 2:
+        raise ValueError("--train-samples must be >= 1 and --train-seq-len >= 2")
+    return TrainingSpec(a.train_data, a.train_samples, a.train_seq_len, a.data_dir)
+
+
+def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> int:
+    from .api import refine_checkpoint
+
+    try:
+        refine_checkpoint(source, output, cfg, training_spec(a), teacher=getattr(a, "teacher", None),
+                          resume=a.resume, device=a.device, overwrite=True)
+    except KeyboardInterrupt:
+        print(f"sharvet: interrupted; a checkpoint is in {cfg.output_dir}: rerun with --resume", file=sys.stderr)
+        return 130
+    print(f"wrote refined checkpoint {output} (history and loss plot in {cfg.output_dir})")
     return 0
+
+
+def cmd_refine(a: argparse.Namespace) -> int:
+    from .checkpoint import CheckpointError, is_checkpoint
+    from .refinement.command import refine_config_from_args
+
+    if not is_checkpoint(a.checkpoint):
+        raise CheckpointError(f"{a.checkpoint} is not a sharvet checkpoint (no config.json with a sharvet section)")
+    out = Path(a.output)
+    if out.exists() and any(out.iterdir()) and not a.overwrite:
+        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    cfg = refine_config_from_args(a, output_dir=str(out.parent / f"{out.name}-refine-run"))
+    training_spec(a)
+    return run_refinement(a, Path(a.checkpoint), out, cfg)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
@@ -220,7 +260,8 @@ def cmd_similarity(a: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "info": cmd_info, "similarity": cmd_similarity}
+COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "report": cmd_report, "refine": cmd_refine,
+            "info": cmd_info, "similarity": cmd_similarity}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,95 @@
+"""The ``sharvet`` command line end to end on a tiny saved model, and its one-line errors."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from tokenizers import Tokenizer, models, pre_tokenizers
+from transformers import PreTrainedTokenizerFast
+
+from sharvet import load
+from sharvet.cli import main
+
+from tiny import tiny_llama
+
+WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "house", "and", "big", "red", "blue", "."]
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-model")
+    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
+    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
+    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
+    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]").save_pretrained(folder)
+    tiny_llama(4).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def data_dir(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("data")
+    (folder / "wikitext2").mkdir()
+    g = torch.Generator().manual_seed(0)
+    rows = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(60)]
+    (folder / "wikitext2" / "wiki.test.raw").write_text("\n".join(rows) + "\n")
+    return folder
+
+
+def test_compress_refine_info_eval(model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "ck"
+    args = [str(model_dir), "-o", str(out), "--ratio", "0.6", "--k", "2", "--data-dir", str(data_dir),
+            "--calib-samples", "4", "--calib-seq-len", "32", "--cache-dir", "none", "--no-progress"]
+    assert main(["compress", *args]) == 0
+    assert "linear modules" in capsys.readouterr().out
+    refined = tmp_path / "refined"
+    assert main(["refine", str(out), "-o", str(refined), "--data-dir", str(data_dir), "--train-samples", "4",
+                 "--train-seq-len", "32", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+                 "--no-progress"]) == 0
+    model = load(refined)
+    assert model.config.sharvet["layout"]["sigma"] is False  # absorbed
+    assert (tmp_path / "refined-refine-run" / "history.jsonl").exists()
+    assert main(["info", str(refined)]) == 0
+    assert "Groups and ranks" in capsys.readouterr().out
+    result = tmp_path / "eval.json"
+    assert main(["eval", str(refined), "--ppl", "wikitext2", "--context", "32", "--data-dir", str(data_dir),
+                 "--json", str(result), "--no-progress"]) == 0
+    ppl = json.loads(result.read_text())
+    assert "wikitext2" in json.dumps(ppl)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["compress", "-o", "X", "--ratio", "0"], "--ratio must be in (0, 1]"),
+    (["compress", "-o", "X", "--ratio", "1.5"], "--ratio must be in (0, 1]"),
+    (["compress", "-o", "X", "--grouping", "kmeans"], "unknown grouping"),
+    (["compress", "-o", "X", "--mu", "2"], "--mu must be in [0, 1]"),
+    (["compress", "missing/model/dir", "-o", "X"], "model path not found"),
+    (["compress", "nothere.gguf", "-o", "X"], "GGUF file not found"),
+    (["compress", "-o", "X", "--data-dir", "/no/such/dir"], "not an existing directory"),
+    (["info", "/"], "not a sharvet checkpoint"),
+    (["refine", "/", "-o", "X"], "not a sharvet checkpoint"),
+])
+def test_bad_input_fails_fast_with_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and message in err[0]
+
+
+def test_k_larger_than_layers(model_dir, capsys):
+    assert main(["compress", str(model_dir), "-o", "X", "--k", "9"]) == 2
+    assert "larger than the number of layers (4)" in capsys.readouterr().err
+
+
+def test_damaged_checkpoint_is_reported(model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / "ck"
+    assert main(["compress", str(model_dir), "-o", str(out), "--ratio", "0.5", "--k", "2", "--data-dir", str(data_dir),
+                 "--calib-samples", "2", "--calib-seq-len", "16", "--cache-dir", "none", "--no-progress"]) == 0
+    weights = out / "model.safetensors"
+    weights.write_bytes(weights.read_bytes()[: weights.stat().st_size // 2])
+    from sharvet.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="damaged"):
+        load(out)
+    assert main(["compress", str(model_dir), "-o", str(out), "--no-progress"]) == 2
+    assert "exists and is not empty" in capsys.readouterr().err
