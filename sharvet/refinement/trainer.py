@@ -276,7 +276,8 @@ def _trainable_student(student: nn.Module, cfg: RefineConfig, *,
     if cfg.gradient_checkpointing:
         _activation_checkpointing(model, True)
     model.train()
-    log.info(parameter_summary(model).line())
+    if cfg.progress:  # Table 1's accounting, shown to the user before training starts
+        tqdm.write(parameter_summary(model).line())
     return model, downcast
 
 
