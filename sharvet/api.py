@@ -51,11 +51,12 @@ def compress_pretrained(
 ) -> tuple[nn.Module, CompressionResult, LoadedModel]:
     """Load ``model`` (None: the bundled SmolLM2-135M), compress it, optionally save it to ``output``."""
     cfg.validate()
-    if output is not None and Path(output).exists() and any(Path(output).iterdir()) and not overwrite:
-        raise FileExistsError(f"{output} exists and is not empty (use --overwrite to replace it)")
+    if output is not None:
+        checkpoint.check_output(output, overwrite)
     start = time.perf_counter()
     loaded = load_original(model, dtype=dtype, device=device)
-    cfg.validate(adapter_for(loaded.model).num_layers, adapter_for(loaded.model).type_names)
+    adapter = adapter_for(loaded.model)
+    cfg.validate(adapter.num_layers, adapter.type_names)  # k vs layers, before the calibration pass
     stats = calibrate(loaded, calibration or CalibrationSpec(), seed=cfg.seed, device=device,
                       progress=progress) if cfg.needs_stats else None
     result = compress(loaded.model, stats, cfg, device=device, progress=progress)
@@ -67,7 +68,6 @@ def compress_pretrained(
     if output is not None:
         checkpoint.save(loaded.model, output, tokenizer=loaded.tokenizer,
                         summary=render(result.plan, loaded.model_id), overwrite=overwrite)
-    del stats
     return loaded.model, result, loaded
 
 

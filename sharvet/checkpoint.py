@@ -44,10 +44,16 @@ def dedupe_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, aliases
 
 
-def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str = "", overwrite: bool = False) -> Path:
+def check_output(out_dir: str | Path, overwrite: bool) -> Path:
+    """Refuse a non-empty output folder unless overwriting (checked before any heavy work)."""
     out = Path(out_dir)
     if out.exists() and any(out.iterdir()) and not overwrite:
         raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    return out
+
+
+def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str = "", overwrite: bool = False) -> Path:
+    out = check_output(out_dir, overwrite)
     plan_of(model)  # refuse to save something that is not a sharvet model
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
@@ -106,6 +112,11 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def require_checkpoint(path: str | Path) -> None:
+    if not is_checkpoint(path):
+        raise CheckpointError(f"{path} is not a sharvet checkpoint (no config.json with a sharvet section)")
 
 
 def is_checkpoint(path: str | Path) -> bool:

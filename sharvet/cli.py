@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .allocation import LayerLayout
+from .checkpoint import check_output, require_checkpoint
 from .evaluation.report import add_report_arguments
 from .evaluation.results import add_eval_arguments
 from .refinement.command import add_refine_arguments
@@ -153,13 +154,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if a.refine:
         from .refinement.command import refine_config_from_args
 
-        refine_cfg = refine_config_from_args(a, output_dir=str(Path(a.output).parent / f"{Path(a.output).name}-refine-run"))
+        refine_cfg = refine_config_from_args(a, output_dir=refine_run_dir(a.output))
         training_spec(a)
     check_model_arg(a.model, a.k)
     check_data_dir(a)
-    out = Path(a.output)
-    if out.exists() and any(out.iterdir()) and not a.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
+    out = check_output(a.output, a.overwrite)
     _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
                                        overwrite=a.overwrite, progress=not a.no_progress)
     print("\n".join(result.report.lines()))
@@ -191,6 +190,12 @@ def training_spec(a: argparse.Namespace):
     return TrainingSpec(a.train_data, a.train_samples, a.train_seq_len, a.data_dir)
 
 
+def refine_run_dir(output: str | Path) -> str:
+    """Where a refinement keeps its checkpoints, history and loss plot: beside the output folder."""
+    out = Path(output)
+    return str(out.parent / f"{out.name}-refine-run")
+
+
 def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> int:
     from .api import refine_checkpoint
 
@@ -205,15 +210,11 @@ def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> in
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
-    from .checkpoint import CheckpointError, is_checkpoint
     from .refinement.command import refine_config_from_args
 
-    if not is_checkpoint(a.checkpoint):
-        raise CheckpointError(f"{a.checkpoint} is not a sharvet checkpoint (no config.json with a sharvet section)")
-    out = Path(a.output)
-    if out.exists() and any(out.iterdir()) and not a.overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
-    cfg = refine_config_from_args(a, output_dir=str(out.parent / f"{out.name}-refine-run"))
+    require_checkpoint(a.checkpoint)
+    out = check_output(a.output, a.overwrite)
+    cfg = refine_config_from_args(a, output_dir=refine_run_dir(out))
     training_spec(a)
     return run_refinement(a, Path(a.checkpoint), out, cfg)
 
@@ -221,12 +222,10 @@ def cmd_refine(a: argparse.Namespace) -> int:
 def cmd_info(a: argparse.Namespace) -> int:
     from transformers import AutoConfig
 
-    from .checkpoint import CheckpointError, is_checkpoint
     from .plan import CompressionPlan
     from .summary import render
 
-    if not is_checkpoint(a.checkpoint):
-        raise CheckpointError(f"{a.checkpoint} is not a sharvet checkpoint (no config.json with a sharvet section)")
+    require_checkpoint(a.checkpoint)
     plan = CompressionPlan.from_dict(AutoConfig.from_pretrained(a.checkpoint).sharvet)
     print(render(plan), end="")
     return 0
