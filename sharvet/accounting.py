@@ -8,6 +8,14 @@ from torch import nn
 from .models import ModelAdapter
 
 
+def stored_parameter_count(module: nn.Module) -> int:
+    """Numbers a checkpoint stores: unique parameters plus the index tensors of sparse projections."""
+    from .modules import SparseProjectionLinear
+
+    extra = sum(m.index.numel() for m in module.modules() if isinstance(m, SparseProjectionLinear))
+    return unique_parameter_count(module) + extra
+
+
 def unique_parameter_count(module: nn.Module) -> int:
     """Parameters by storage: tied embeddings and shared bases count once."""
     seen: set[tuple[int, int]] = set()
@@ -21,9 +29,9 @@ def unique_parameter_count(module: nn.Module) -> int:
 
 
 def linear_parameter_count(adapter: ModelAdapter, types: list[str]) -> int:
-    """Parameters of the given module types over all layers, shared bases once."""
+    """Stored parameters of the given module types over all layers, shared tensors once."""
     holder = nn.ModuleList(adapter.get_module(l, t) for l in range(adapter.num_layers) for t in types)
-    return unique_parameter_count(holder)
+    return stored_parameter_count(holder)
 
 
 @dataclass

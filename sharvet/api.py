@@ -29,11 +29,16 @@ class CalibrationSpec:
     cache_dir: str | None = str(DEFAULT_CACHE)
 
 
+def calibration_ids(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int) -> torch.Tensor:
+    """The calibration set tokenised and packed into ``(samples, seq_len)``."""
+    return calibration_batch(spec.source, loaded.tokenizer, spec.samples, spec.seq_len, seed,
+                             data_dir=resolve_data_dir(spec.data_dir))
+
+
 def calibrate(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int, device: str | None = None,
-              progress: bool = True) -> CalibrationStats:
-    """Tokenise and pack the calibration set, then one teacher pass (cached in safetensors)."""
-    ids = calibration_batch(spec.source, loaded.tokenizer, spec.samples, spec.seq_len, seed,
-                            data_dir=resolve_data_dir(spec.data_dir))
+              progress: bool = True, ids: torch.Tensor | None = None) -> CalibrationStats:
+    """One teacher pass over the calibration set accumulating input statistics (cached in safetensors)."""
+    ids = calibration_ids(loaded, spec, seed=seed) if ids is None else ids
     return collect_or_load(adapter_for(loaded.model), ids, model_id=loaded.model_id, cache_dir=spec.cache_dir,
                            batch_size=spec.batch_size, device=device, progress=progress)
 
@@ -57,11 +62,14 @@ def compress_pretrained(
     loaded = load_original(model, dtype=dtype, device=device)
     adapter = adapter_for(loaded.model)
     cfg.validate(adapter.num_layers, adapter.type_names)  # k vs layers, before the calibration pass
-    stats = calibrate(loaded, calibration or CalibrationSpec(), seed=cfg.seed, device=device,
-                      progress=progress) if cfg.needs_stats else None
-    result = compress(loaded.model, stats, cfg, device=device, progress=progress)
+    spec = calibration or CalibrationSpec()
+    ids = calibration_ids(loaded, spec, seed=cfg.seed) if cfg.needs_stats or cfg.needs_ids else None
+    stats = calibrate(loaded, spec, seed=cfg.seed, device=device, progress=progress, ids=ids) \
+        if cfg.needs_stats else None
+    result = compress(loaded.model, stats, cfg, calibration_ids=ids if cfg.needs_ids else None, device=device,
+                      progress=progress)
     result.plan.settings["model_id"] = loaded.model_id
-    if calibration is not None and stats is not None:
+    if calibration is not None and ids is not None:
         result.plan.settings["calibration"] = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
     result.plan.settings["wall_time_s"] = round(time.perf_counter() - start, 1)
     attach_plan(loaded.model, result.plan)

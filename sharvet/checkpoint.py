@@ -19,7 +19,8 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .models import adapter_for
-from .pipeline import install_plan, plan_of
+from .install import install_plan
+from .pipeline import plan_of
 
 WEIGHTS = "model.safetensors"
 FORMAT = "sharvet"

@@ -16,7 +16,9 @@ from .checkpoint import check_output, require_checkpoint
 from .evaluation.report import add_report_arguments
 from .evaluation.results import add_eval_arguments
 from .refinement.command import add_refine_arguments
+from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
+from .methods import METHODS, VARIANTS, describe, refine_overrides
 from .pipeline import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .similarity import SimilarityConfig
 
@@ -61,17 +63,25 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", "-o", required=True, help="checkpoint folder to write")
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--ratio", type=float, default=0.8, help="kept fraction of the compressed linear modules")
-    c.add_argument("--method", default="sharvet", help="label stored with the checkpoint")
-    c.add_argument("--grouping", default="spectral", help=f"one of {', '.join(sorted(STRATEGIES))}")
+    c.add_argument("--method", default="sharvet", choices=list(METHODS), help=describe())
+    c.add_argument("--variant", default=None,
+                   help=f"comma list of sharvet ablations: {', '.join(VARIANTS)} (paper Tables 3, 7, 8, 9)")
+    c.add_argument("--grouping", default=None, help=f"one of {', '.join(sorted(STRATEGIES))} (default: the method's)")
     c.add_argument("--k", type=int, default=None, help="groups per shared module type (default L//2)")
-    c.add_argument("--allocation", default="adaptive", choices=ALLOCATIONS)
+    c.add_argument("--allocation", default=None, choices=ALLOCATIONS, help="default: the method's")
     c.add_argument("--mu", type=float, default=0.9, help="guaranteed share per group (eq. 9)")
     c.add_argument("--eta-reduce", default="mean", choices=("mean", "sum"))
-    c.add_argument("--decomposition", default="whitened", choices=DECOMPOSITIONS)
+    c.add_argument("--decomposition", default=None, choices=DECOMPOSITIONS,
+                   help="whitened (default; for seq/cycle: the activation-weighted mean) or plain")
     c.add_argument("--shared-types", default=None, help="comma list, e.g. q,k,v,gate,up (default per family)")
     c.add_argument("--no-lambda", action="store_true", help="do not store per-layer lambda vectors")
     c.add_argument("--absorb-sigma", action="store_true", help="fold sigma into V now (no refinement)")
     c.add_argument("--refine", action="store_true", help="then refine (section 3.4) against the original model")
+    g = c.add_argument_group("FiPS (--method fips)")
+    g.add_argument("--fips-rank", type=int, default=None, help="basis size per group (default: the model width)")
+    g.add_argument("--fips-steps", type=int, default=FipsConfig.steps, help="block-wise refinement steps per group")
+    g.add_argument("--fips-lr", type=float, default=FipsConfig.lr)
+    g.add_argument("--fips-tokens", type=int, default=FipsConfig.tokens, help="calibration tokens kept per layer")
     _calibration_args(c)
     _similarity_args(c)
     add_refine_arguments(c)
@@ -104,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(s)
     _similarity_args(s)
     _common(s)
+
+    g = sub.add_parser("grouping", help="intra-group similarity of each grouping strategy (paper Figure 4)")
+    g.add_argument("model", nargs="?", default=None)
+    g.add_argument("--plot", required=True, help="PNG file to write")
+    g.add_argument("--k", type=int, default=None, help="groups per module type (default L//2)")
+    g.add_argument("--strategies", default="SharVeT=spectral,SEQ=consecutive,CYCLE=cycle,REV=cycle-rev,R=random",
+                   help="comma list of LABEL=strategy")
+    g.add_argument("--types", default=None, help="comma list of module types (default: the shared ones)")
+    g.add_argument("--json", default=None, help="also write the numbers as JSON")
+    _calibration_args(g)
+    _similarity_args(g)
+    _common(g)
     return parser
 
 
@@ -141,31 +163,48 @@ def check_data_dir(a: argparse.Namespace) -> None:
 def cmd_compress(a: argparse.Namespace) -> int:
     from .api import compress_pretrained
 
-    cfg = CompressionConfig(
-        ratio=a.ratio, method=a.method, grouping=a.grouping, k=a.k, allocation=a.allocation, mu=a.mu,
+    variants = tuple(v for v in (a.variant or "").split(",") if v)
+    cfg = CompressionConfig.preset(
+        a.method, variants, ratio=a.ratio, grouping=a.grouping, k=a.k, allocation=a.allocation, mu=a.mu,
         eta_reduce=a.eta_reduce, decomposition=a.decomposition,
         shared_types=tuple(a.shared_types.split(",")) if a.shared_types else None,
-        similarity=similarity_config(a), layout=LayerLayout(sigma=not a.absorb_sigma, scale=not a.no_lambda),
-        seed=a.seed,
+        similarity=similarity_config(a), layout=layout_from_args(a),
+        fips=FipsConfig(a.fips_rank, a.fips_steps, a.fips_lr, tokens=a.fips_tokens), seed=a.seed,
     )
     cfg.validate()
     spec = calibration_spec(a)
     refine_cfg = None
+    tuning = refine_overrides(variants)
+    if a.refine and tuning.get("refine") is False:
+        raise ValueError("variant T means no refinement: drop --refine")
     if a.refine:
+        from .methods import method
         from .refinement.command import refine_config_from_args
 
-        refine_cfg = refine_config_from_args(a, output_dir=refine_run_dir(a.output))
+        refine_cfg = refine_config_from_args(a, output_dir=refine_run_dir(a.output),
+                                             default_mode=method(a.method).refine_mode, variants=tuning)
         training_spec(a)
     check_model_arg(a.model, a.k)
     check_data_dir(a)
     out = check_output(a.output, a.overwrite)
     _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
                                        overwrite=a.overwrite, progress=not a.no_progress)
+    from .budget import BudgetReport
+
+    budget = result.plan.settings["budget"]
+    print(BudgetReport(budget["target_ratio"], budget["original"], budget["planned"]).line())
     print("\n".join(result.report.lines()))
     print(f"wrote {out} ({result.plan.settings['wall_time_s']} s)")
     if refine_cfg is not None:
         return run_refinement(a, out, out, refine_cfg)
     return 0
+
+
+def layout_from_args(a: argparse.Namespace) -> LayerLayout | None:
+    """The per-layer vectors to store; None leaves the method's own layout (Basis Sharing stores none)."""
+    if not (a.absorb_sigma or a.no_lambda):
+        return None
+    return LayerLayout(sigma=not a.absorb_sigma, scale=not a.no_lambda)
 
 
 def cmd_eval(a: argparse.Namespace) -> int:
@@ -212,9 +251,14 @@ def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> in
 def cmd_refine(a: argparse.Namespace) -> int:
     from .refinement.command import refine_config_from_args
 
+    from transformers import AutoConfig
+
+    from .methods import method
+
     require_checkpoint(a.checkpoint)
     out = check_output(a.output, a.overwrite)
-    cfg = refine_config_from_args(a, output_dir=refine_run_dir(out))
+    plan = AutoConfig.from_pretrained(a.checkpoint).sharvet
+    cfg = refine_config_from_args(a, output_dir=refine_run_dir(out), default_mode=method(plan["method"]).refine_mode)
     training_spec(a)
     return run_refinement(a, Path(a.checkpoint), out, cfg)
 
@@ -231,24 +275,31 @@ def cmd_info(a: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_similarity(a: argparse.Namespace) -> int:
+def model_similarities(a: argparse.Namespace, default_types=None):
+    """Load the model, calibrate if CKA is on, and compute the similarity of the requested types."""
     from .api import calibrate
     from .loading import load_original
     from .models import adapter_for
-    from .plots import similarity_heatmaps
     from .similarity import model_similarity
 
     cfg = similarity_config(a)
     spec = calibration_spec(a)
-    check_model_arg(a.model)
+    check_model_arg(a.model, getattr(a, "k", None))
     check_data_dir(a)
     loaded = load_original(a.model, dtype=a.dtype, device=a.device)
     adapter = adapter_for(loaded.model)
-    types = a.types.split(",") if a.types else adapter.type_names
+    types = a.types.split(",") if a.types else list(default_types(adapter) if default_types else adapter.type_names)
     for t in types:
         adapter.module_type(t)
     stats = calibrate(loaded, spec, seed=a.seed, device=a.device, progress=not a.no_progress) if cfg.use_cka else None
     sims = model_similarity(adapter, types, stats, cfg, device=a.device or "cpu", progress=not a.no_progress)
+    return loaded, adapter, sims
+
+
+def cmd_similarity(a: argparse.Namespace) -> int:
+    from .plots import similarity_heatmaps
+
+    loaded, _, sims = model_similarities(a)
     path = similarity_heatmaps(sims, a.plot, which=a.which, title=f"{loaded.model_id}: {a.which} similarity")
     if a.save:
         from safetensors.torch import save_file
@@ -259,8 +310,38 @@ def cmd_similarity(a: argparse.Namespace) -> int:
     return 0
 
 
+def strategy_entries(text: str, k: int) -> list:
+    from .grouping_report import StrategyEntry
+
+    entries = []
+    for item in text.split(","):
+        label, sep, strategy = item.partition("=")
+        if not sep or strategy not in STRATEGIES:
+            raise ValueError(f"--strategies wants LABEL=strategy with strategy in {', '.join(sorted(STRATEGIES))}; "
+                             f"got {item!r}")
+        entries.append(StrategyEntry(label, strategy, k))
+    return entries
+
+
+def cmd_grouping(a: argparse.Namespace) -> int:
+    from .grouping_report import grouping_report, plot_grouping_report
+
+    if a.k is not None and a.k < 1:
+        raise ValueError(f"--k must be at least 1, got {a.k}")
+    strategy_entries(a.strategies, 1)  # syntax checked before loading anything
+    loaded, adapter, sims = model_similarities(a, default_types=lambda ad: ad.default_shared)
+    report = grouping_report(sims, strategy_entries(a.strategies, a.k or adapter.num_layers // 2), seed=a.seed)
+    path = plot_grouping_report(report, a.plot, title=f"{loaded.model_id}: intra-group similarity")
+    if a.json:
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(report.to_dict(), indent=2))
+    print(report.to_markdown())
+    print(f"wrote {path}")
+    return 0
+
+
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "report": cmd_report, "refine": cmd_refine,
-            "info": cmd_info, "similarity": cmd_similarity}
+            "info": cmd_info, "similarity": cmd_similarity, "grouping": cmd_grouping}
 
 
 def main(argv: list[str] | None = None) -> int:

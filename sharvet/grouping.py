@@ -5,6 +5,7 @@ Strategies are registered by name, so a new one is a decorated function; each re
 """
 from __future__ import annotations
 
+import math
 import warnings
 from dataclasses import dataclass
 from typing import Callable
@@ -117,9 +118,13 @@ def cycle(req: GroupingRequest) -> Groups:
 
 @register("cycle-rev")
 def cycle_rev(req: GroupingRequest) -> Groups:
-    """CYCLE (REV): cycle through the k sets, but the last k layers take them in reverse order."""
+    """CYCLE (REV) (Takase & Kiyono): cycle up to layer k * (ceil(L / k) - 1), then the sets in reverse.
+
+    E.g. L=6, k=3: sets 0,1,2,2,1,0; L=6, k=4: sets 0,1,2,3,3,2.
+    """
     n, k = req.num_layers, req.k
-    labels = [i % k for i in range(n - k)] + [k - 1 - i for i in range(k)]
+    cycled = k * (math.ceil(n / k) - 1)
+    labels = [i % k for i in range(cycled)] + [k - 1 - j for j in range(n - cycled)]
     return canonical(labels)
 
 

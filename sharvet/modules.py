@@ -69,3 +69,65 @@ class SharedBasisLinear(nn.Module):
         """Stored parameters of this layer; the shared basis is counted by whoever counts the group."""
         own = sum(p.numel() for p in (self.v, self.sigma, self.scale, self.bias) if p is not None)
         return own + (self.basis.numel() if include_basis else 0)
+
+
+def shared_linear(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Linear:
+    """An ``nn.Linear`` holding ``weight`` and ``bias`` themselves (SEQ / CYCLE whole-layer sharing).
+
+    Built on the meta device so no private weight is allocated and thrown away; every layer of a set
+    holds the same Parameter objects, so they are stored, counted and saved once.
+    """
+    d_out, d_in = weight.shape
+    module = nn.Linear(d_in, d_out, bias=bias is not None, device="meta")
+    module.weight = weight
+    if bias is not None:
+        module.bias = bias
+    return module
+
+
+class SparseProjectionLinear(nn.Module):
+    """FiPS: a basis shared by a group of modules and a sparse layer-specific projection.
+
+    ``basis`` (``(r, d)``, shared) lives on the model-width side ``d`` of the module: for a module
+    reading the model width (``orientation='in'``: q, gate, up) ``W = P U``; for one writing it
+    (``'out'``: o, down) ``W = (P U)^T``. ``P`` (``(rows, r)``) keeps only ``values`` at the flat
+    positions ``index`` (int32, stored beside the values: both count as stored parameters). The dense
+    ``P`` is scattered from the values at each forward -- a cost of one ``rows x r`` write, small next to
+    the matmuls, and what lets the values train and the checkpoint stay sparse.
+    """
+
+    def __init__(self, basis: nn.Parameter, values: torch.Tensor, index: torch.Tensor, rows: int, *,
+                 orientation: str, bias: torch.Tensor | None = None) -> None:
+        super().__init__()
+        if orientation not in ("in", "out"):
+            raise ValueError(f"orientation must be 'in' or 'out', got {orientation!r}")
+        if values.shape != index.shape or values.dim() != 1:
+            raise ValueError("values and index must be 1-D tensors of the same length")
+        rank, width = basis.shape
+        self.rows, self.rank, self.orientation = rows, rank, orientation
+        self.in_features, self.out_features = (width, rows) if orientation == "in" else (rows, width)
+        self.basis = basis
+        self.values = nn.Parameter(values, requires_grad=False)
+        self.register_buffer("index", index.to(torch.int32))
+        self.bias = None if bias is None else nn.Parameter(bias.reshape(self.out_features), requires_grad=False)
+
+    def projection(self) -> torch.Tensor:
+        """The dense ``(rows, r)`` P with zeros off the kept positions."""
+        flat = self.values.new_zeros(self.rows * self.rank)
+        return flat.index_put((self.index.long(),), self.values).view(self.rows, self.rank)
+
+    @property
+    def weight(self) -> torch.Tensor:
+        w = self.projection() @ self.basis
+        return w if self.orientation == "in" else w.T
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        p = self.projection()
+        if self.orientation == "in":
+            return F.linear(F.linear(x, self.basis), p, self.bias)
+        return F.linear(F.linear(x, p.T), self.basis.T, self.bias)
+
+    def extra_repr(self) -> str:
+        density = self.values.numel() / (self.rows * self.rank)
+        return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "
+                f"orientation={self.orientation}, density={density:.3f}, bias={self.bias is not None}")

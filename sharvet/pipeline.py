@@ -1,23 +1,27 @@
-"""The compression pipeline: similarity -> grouping -> allocation -> decomposition -> module swap."""
+"""The compression pipeline: similarity -> grouping -> allocation -> decomposition -> module swap.
+
+``CompressionConfig.method`` names a preset of :mod:`sharvet.methods`; planning is in
+:mod:`sharvet.planning`, the decomposition of each group kind in :mod:`sharvet.decomposition` and the
+module swap in :mod:`sharvet.install`."""
 from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass, field
-from typing import Callable
 
 import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from .accounting import ParameterReport, linear_parameter_count, unique_parameter_count
-from .allocation import LayerLayout, allocate_ranks
+from . import methods
+from .accounting import ParameterReport, linear_parameter_count, stored_parameter_count
+from .allocation import LayerLayout
+from .budget import BudgetReport
 from .calibration import CalibrationStats
-from .decomposition import GroupFactors, decompose_group
-from .grouping import STRATEGIES, SIMILARITY_BASED, GroupingRequest, make_groups
-from .models import ModelAdapter, adapter_for
-from .modules import SharedBasisLinear
-from .plan import CompressionPlan, GroupPlan
-from .similarity import SimilarityConfig, TypeSimilarity, model_similarity
+from .decomposition.sparse import FipsConfig
+from .grouping import STRATEGIES, SIMILARITY_BASED
+from .models import adapter_for
+from .plan import CompressionPlan
+from .similarity import SimilarityConfig, TypeSimilarity
 
 DECOMPOSITIONS = ("whitened", "plain")
 ALLOCATIONS = ("adaptive", "uniform")
@@ -42,12 +46,28 @@ class CompressionConfig:
     shared_types: tuple[str, ...] | None = None
     similarity: SimilarityConfig = field(default_factory=SimilarityConfig)
     layout: LayerLayout = field(default_factory=LayerLayout)
+    fips: FipsConfig = field(default_factory=FipsConfig)
     seed: int = 0
+
+    @classmethod
+    def preset(cls, method: str = "sharvet", variants: tuple[str, ...] = (), **explicit) -> "CompressionConfig":
+        """The method's preset, then the ablation variants, then every explicit (non-None) field."""
+        return methods.apply(cls, method, variants, **explicit)
+
+    @property
+    def kind(self) -> str:
+        """How groups are stored: basis (SharVeT, Basis Sharing), dense (SEQ, CYCLE), sparse (FiPS)."""
+        return methods.method(self.method).kind
 
     def validate(self, num_layers: int | None = None, type_names: list[str] | None = None) -> None:
         """Fail fast, with one clear line, before any heavy work."""
         if not 0 < self.ratio <= 1:
             raise ValueError(f"--ratio must be in (0, 1], got {self.ratio}")
+        methods.method(self.method)
+        if self.kind == "dense" and self.k is not None:
+            raise ValueError(f"{self.method} derives its number of shared sets from the ratio; --k does not apply")
+        if self.fips.rank is not None and self.fips.rank < 1 or self.fips.steps < 0:
+            raise ValueError("the FiPS basis size must be >= 1 and its steps >= 0")
         if self.grouping not in STRATEGIES:
             raise ValueError(f"unknown grouping {self.grouping!r}; choose from {', '.join(sorted(STRATEGIES))}")
         if self.allocation not in ALLOCATIONS:
@@ -72,11 +92,18 @@ class CompressionConfig:
 
     @property
     def needs_similarity(self) -> bool:
-        return self.grouping in SIMILARITY_BASED or self.allocation == "adaptive"
+        return self.grouping in SIMILARITY_BASED or (self.kind == "basis" and self.allocation == "adaptive")
 
     @property
     def needs_stats(self) -> bool:
-        return self.decomposition == "whitened" or (self.needs_similarity and self.similarity.use_cka)
+        """Input statistics: whitened SVD / weighted mean, or CKA."""
+        whitened = self.decomposition == "whitened" and self.kind != "sparse"
+        return whitened or (self.needs_similarity and self.similarity.use_cka)
+
+    @property
+    def needs_ids(self) -> bool:
+        """Calibration tokens themselves: FiPS refines on captured MLP-block inputs."""
+        return self.kind == "sparse" and self.fips.steps > 0
 
     def to_dict(self) -> dict:
         return dataclasses.asdict(self)
@@ -89,119 +116,51 @@ class CompressionResult:
     similarity: dict[str, TypeSimilarity]
 
 
-def plan_compression(
-    adapter: ModelAdapter, stats: CalibrationStats | None, cfg: CompressionConfig, *,
-    device: torch.device | str = "cpu", progress: bool = True,
-) -> tuple[CompressionPlan, dict[str, TypeSimilarity]]:
-    """Decide groups and ranks for every module type (no weights are changed)."""
-    types = adapter.type_names
-    cfg.validate(adapter.num_layers, types)
-    shared = list(cfg.shared_types if cfg.shared_types is not None else adapter.default_shared)
-    sims = model_similarity(adapter, shared, stats, cfg.similarity, device=device, progress=progress) \
-        if cfg.needs_similarity and shared else {}
-    k = cfg.groups_per_type(adapter.num_layers)
-    groups: list[GroupPlan] = []
-    for t in types:
-        d_in, d_out = adapter.shape(t)
-        layout = dataclasses.replace(cfg.layout, bias=adapter.bias(0, t) is not None)
-        if t in shared:
-            sim = sims[t].joint if t in sims else None
-            layer_groups = make_groups(cfg.grouping, GroupingRequest(adapter.num_layers, k, sim, cfg.seed))
-            ranks = allocate_ranks(layer_groups, cfg.ratio, d_in, d_out, layout,
-                                   adaptive=cfg.allocation == "adaptive", mu=cfg.mu, similarity=sim,
-                                   reduce=cfg.eta_reduce)
-        else:
-            layer_groups = [[layer] for layer in range(adapter.num_layers)]
-            ranks = allocate_ranks(layer_groups, cfg.ratio, d_in, d_out, layout, adaptive=False)
-        groups += [GroupPlan(t, g, r) for g, r in zip(layer_groups, ranks)]
-    settings = {**cfg.to_dict(), "shared_types": shared, "k": k}
-    return CompressionPlan(cfg.method, cfg.ratio, cfg.layout, groups, settings), sims
-
-
-FactorSource = Callable[[GroupPlan], GroupFactors | None]
-
-
-def install_plan(adapter: ModelAdapter, plan: CompressionPlan, factors: FactorSource) -> None:
-    """Swap every planned module for a SharedBasisLinear; one basis Parameter per group.
-
-    ``factors`` returns the SVD factors of a group, or None to build an empty skeleton (for loading).
-    """
-    for group in plan.groups:
-        d_in, d_out = adapter.shape(group.type)
-        ref = adapter.get_module(group.layers[0], group.type)
-        dtype, device = ref.weight.dtype, ref.weight.device
-        f = factors(group)
-        if f is None:
-            f = GroupFactors(
-                basis=torch.zeros(group.rank, d_in, dtype=dtype, device=device),
-                sigma=torch.ones(group.rank, dtype=dtype, device=device),
-                v=[torch.zeros(d_out, group.rank, dtype=dtype, device=device) for _ in group.layers],
-            )
-        basis = nn.Parameter(f.basis.to(device, dtype), requires_grad=False)
-        for layer, v in zip(group.layers, f.v):
-            bias = adapter.bias(layer, group.type)
-            sigma = f.sigma.to(device, dtype)
-            v = v.to(device, dtype)
-            module = SharedBasisLinear(
-                basis,
-                v if plan.layout.sigma else v * sigma,
-                sigma=sigma.clone() if plan.layout.sigma else None,
-                scale=torch.ones(d_in, dtype=dtype, device=device) if plan.layout.scale else None,
-                bias=None if bias is None else bias.clone(),
-            )
-            adapter.set_module(layer, group.type, module)
-
-
-def svd_factors(adapter: ModelAdapter, stats: CalibrationStats | None, whitened: bool,
-                device: torch.device | str) -> FactorSource:
-    def factors(group: GroupPlan) -> GroupFactors:
-        weights = [adapter.weight(layer, group.type).to(device) for layer in group.layers]
-        xtx = None
-        if whitened:
-            key = adapter.module_type(group.type).input_key
-            xtx = sum(stats.get(layer, key).xtx.to(device) for layer in group.layers)
-        return decompose_group(weights, group.rank, xtx=xtx)
-
-    return factors
-
-
 @torch.no_grad()
 def compress(
     model: nn.Module,
     stats: CalibrationStats | None,
     cfg: CompressionConfig,
     *,
+    calibration_ids: torch.Tensor | None = None,
     device: torch.device | str | None = None,
     progress: bool = True,
 ) -> CompressionResult:
-    """Compress ``model`` in place and return the plan and the realised parameter counts."""
+    """Compress ``model`` in place and return the plan and the realised parameter counts.
+
+    ``calibration_ids`` are needed by FiPS only (its block-wise refinement runs on captured inputs).
+    """
+    from .build import build
+    from .decomposition.sparse import capture_mlp_inputs
+    from .planning import plan_compression
+
     adapter = adapter_for(model)
     device = torch.device(device) if device is not None else next(model.parameters()).device
     if cfg.needs_stats and stats is None:
-        raise ValueError("this configuration needs calibration statistics (whitened SVD or CKA)")
+        raise ValueError("this configuration needs calibration statistics (whitened SVD, weighted mean or CKA)")
+    if cfg.needs_ids and calibration_ids is None:
+        raise ValueError("FiPS refinement needs calibration token ids (or set its steps to 0)")
     plan, sims = plan_compression(adapter, stats, cfg, device=device, progress=progress)
     types = adapter.type_names
     linear_before = linear_parameter_count(adapter, types)
-    model_before = unique_parameter_count(model)
-    source = svd_factors(adapter, stats, cfg.decomposition == "whitened", device)
-    bar = tqdm(total=len(plan.groups), desc="decomposition", unit="group", disable=not progress)
-    for t in plan.types:
-        # decompose a whole type before swapping it (its groups read the original weights), one type at
-        # a time so peak memory holds one type's factors, not the whole model's
-        type_plan = dataclasses.replace(plan, groups=plan.groups_of(t))
-        computed = {}
-        for g in type_plan.groups:
-            computed[id(g)] = source(g)
-            bar.update()
-        install_plan(adapter, type_plan, lambda g: computed[id(g)])
-    bar.close()
+    model_before = stored_parameter_count(model)
+    inputs = capture_mlp_inputs(adapter, calibration_ids, cfg.fips.tokens, device=device, progress=progress) \
+        if cfg.needs_ids else None
+    log = build(adapter, plan, stats, whitened=cfg.decomposition == "whitened", fips=cfg.fips, mlp_inputs=inputs,
+                seed=cfg.seed, device=device, progress=progress)
+    if log:
+        plan.settings["fips_reconstruction"] = log
     report = ParameterReport(
         linear_original=linear_before,
         linear_compressed=linear_parameter_count(adapter, types),
         model_original=model_before,
-        model_compressed=unique_parameter_count(model),
+        model_compressed=stored_parameter_count(model),
         target_ratio=cfg.ratio,
     )
+    budget = BudgetReport(**{k: plan.settings["budget"][k] for k in ("target_ratio", "original", "planned")})
+    if (report.linear_original, report.linear_compressed) != (budget.original, budget.planned):
+        raise RuntimeError(f"built model ({report.linear_compressed:,} of {report.linear_original:,}) "
+                           f"disagrees with the budget accountant ({budget.line()})")
     plan.settings["parameters"] = report.to_dict()
     attach_plan(model, plan)
     return CompressionResult(plan, report, sims)

@@ -1,14 +1,25 @@
 """Human-readable description of a compressed model (SUMMARY.md, ``sharvet info``)."""
 from __future__ import annotations
 
-from .plan import CompressionPlan
+from .plan import CompressionPlan, GroupPlan
+
+
+def _size(g: GroupPlan) -> str:
+    if g.kind == "dense":
+        return "whole matrix" if len(g.layers) > 1 else "kept"
+    if g.kind == "sparse":
+        return f"basis {g.rank}, {sum(g.nnz or []):,} sparse entries"
+    return f"rank {g.rank}"
 
 
 def plan_table(plan: CompressionPlan) -> list[str]:
-    lines = ["| type | group | layers | rank |", "|---|---|---|---|"]
+    lines = ["| type | group | layers | stored as |", "|---|---|---|---|"]
+    seen: set[int] = set()
     for t in plan.types:
         for i, g in enumerate(plan.groups_of(t)):
-            lines.append(f"| {t} | {i} | {','.join(map(str, g.layers))} | {g.rank} |")
+            if id(g) not in seen:
+                seen.add(id(g))
+                lines.append(f"| {g.type} | {i} | {','.join(map(str, g.layers))} | {_size(g)} |")
     return lines
 
 
@@ -25,6 +36,9 @@ def render(plan: CompressionPlan, model_id: str = "") -> str:
         "the others: one SVD per layer",
         f"- per-layer vectors: sigma={plan.layout.sigma}, lambda={plan.layout.scale}",
     ]
+    if "budget" in s:
+        head.append(f"- budget accountant: realised ratio {s['budget']['realised_ratio']:.4f} "
+                    f"({s['budget']['planned']:,} of {s['budget']['original']:,} linear parameters)")
     if params:
         head += [
             f"- target ratio {plan.ratio} of the compressed linear modules",

@@ -93,3 +93,26 @@ def test_damaged_checkpoint_is_reported(model_dir, data_dir, tmp_path, capsys):
         load(out)
     assert main(["compress", str(model_dir), "-o", str(out), "--no-progress"]) == 2
     assert "exists and is not empty" in capsys.readouterr().err
+
+
+def test_grouping_report_command(model_dir, data_dir, tmp_path, capsys):
+    plot, numbers = tmp_path / "fig4.png", tmp_path / "fig4.json"
+    assert main(["grouping", str(model_dir), "--plot", str(plot), "--json", str(numbers), "--k", "2",
+                 "--data-dir", str(data_dir), "--calib-samples", "4", "--calib-seq-len", "32", "--cache-dir", "none",
+                 "--no-progress"]) == 0
+    assert "SharVeT" in capsys.readouterr().out
+    assert plot.stat().st_size > 1000
+    labels = [s["label"] for s in json.loads(numbers.read_text())["strategies"]]
+    assert labels == ["SharVeT", "SEQ", "CYCLE", "REV", "R"]
+    assert main(["grouping", str(model_dir), "--plot", str(plot), "--strategies", "X=kmeans"]) == 2
+
+
+@pytest.mark.parametrize("method", ["seq", "fips"])
+def test_baseline_compress_refines_with_lora_by_default(method, model_dir, data_dir, tmp_path, capsys):
+    out = tmp_path / method
+    assert main(["compress", str(model_dir), "-o", str(out), "--method", method, "--ratio", "0.5",
+                 "--data-dir", str(data_dir), "--calib-samples", "4", "--calib-seq-len", "32", "--cache-dir", "none",
+                 "--fips-steps", "2", "--fips-tokens", "64", "--refine", "--train-samples", "4", "--train-seq-len", "32",
+                 "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--no-progress"]) == 0
+    assert "realised ratio" in capsys.readouterr().out
+    assert (out / "lora" / "adapter_config.json").exists()

@@ -39,18 +39,16 @@ def test_full_rank_reproduces_logits(family, decomposition):
     ref = model(ids).logits
     adapter = adapter_for(model)
     stats = collect_stats(adapter, ids, progress=False)
-    from sharvet.pipeline import install_plan, plan_compression, svd_factors
+    from sharvet.build import group_factors
+    from sharvet.install import install_group
+    from sharvet.planning import plan_compression
 
     cfg = CompressionConfig(ratio=0.5, k=2, decomposition=decomposition)
     plan, _ = plan_compression(adapter, stats, cfg, progress=False)
     for g in plan.groups:  # raise every group to full rank
         d_in, d_out = adapter.shape(g.type)
         g.rank = min(d_in, len(g.layers) * d_out)
-    source = svd_factors(adapter, stats, decomposition == "whitened", "cpu")
-    for t in plan.types:
-        sub = dataclasses.replace(plan, groups=plan.groups_of(t))
-        done = {id(g): source(g) for g in sub.groups}
-        install_plan(adapter, sub, lambda g: done[id(g)])
+        install_group(adapter, g, plan.layout, group_factors(adapter, g, stats, decomposition == "whitened", "cpu"))
     assert isinstance(adapter.get_module(0, adapter.type_names[0]), SharedBasisLinear)
     torch.testing.assert_close(model(ids).logits, ref, atol=2e-4, rtol=1e-4)
 

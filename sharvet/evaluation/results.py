@@ -45,11 +45,11 @@ def software_versions() -> dict[str, str | None]:
 
 def model_record(loaded: LoadedModel) -> dict[str, Any]:
     """Model id, method and ratio, and parameter counts: the checkpoint's realised ones plus a fresh count."""
-    from sharvet.accounting import unique_parameter_count
+    from sharvet.accounting import stored_parameter_count
 
     plan = getattr(loaded.model.config, "sharvet", None) or {}
     settings = dict(plan.get("settings", {}))
-    parameters = {"counted": unique_parameter_count(loaded.model), **settings.pop("parameters", {})}
+    parameters = {"counted": stored_parameter_count(loaded.model), **settings.pop("parameters", {})}
     return {
         "model": loaded.model_id,
         "method": plan.get("method", "original"),

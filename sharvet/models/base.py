@@ -36,6 +36,9 @@ class ModelAdapter:
     base_model_path: ClassVar[str]
     #: module types shared across layers by default (the rest get per-layer SVD)
     default_shared: ClassVar[tuple[str, ...]]
+    #: the MLP block of a decoder layer (relative path) and its module types (FiPS shares these)
+    mlp_path: ClassVar[str] = "mlp"
+    mlp_types: ClassVar[tuple[str, ...]]
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -67,6 +70,10 @@ class ModelAdapter:
     def module_path(self, layer: int, type_name: str) -> str:
         return f"{self.layers_path}.{layer}.{self.module_type(type_name).path}"
 
+    def mlp(self, layer: int) -> nn.Module:
+        """The MLP block of a layer: FiPS measures reconstruction error on its output."""
+        return self.layers[layer].get_submodule(self.mlp_path)
+
     def get_module(self, layer: int, type_name: str) -> nn.Module:
         return self.model.get_submodule(self.module_path(layer, type_name))
 
@@ -85,6 +92,9 @@ class ModelAdapter:
 
     def shape(self, type_name: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of a module type (identical in every layer)."""
+        module = self.get_module(0, type_name)
+        if hasattr(module, "in_features") and hasattr(module, "out_features"):
+            return int(module.in_features), int(module.out_features)
         d_out, d_in = self.weight(0, type_name).shape
         return int(d_in), int(d_out)
 

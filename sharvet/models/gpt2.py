@@ -22,6 +22,7 @@ class GPT2Adapter(ModelAdapter):
         ModuleType("down", "mlp.c_proj", "down_in"),
     )
     default_shared = ("qkv", "up")
+    mlp_types = ("up", "down")
 
     def weight(self, layer: int, type_name: str) -> torch.Tensor:
         module = self.get_module(layer, type_name)

@@ -19,3 +19,4 @@ class LlamaAdapter(ModelAdapter):
         ModuleType("down", "mlp.down_proj", "down_in"),
     )
     default_shared = ("q", "k", "v", "gate", "up")
+    mlp_types = ("gate", "up", "down")

@@ -11,7 +11,7 @@ from typing import Any
 
 from torch import nn
 
-from ..accounting import linear_parameter_count, unique_parameter_count
+from ..accounting import linear_parameter_count, stored_parameter_count
 from ..models import adapter_for
 from ..pipeline import attach_plan, plan_of
 from .vectors import shared_basis_modules
@@ -43,6 +43,6 @@ def _update_counts(model: nn.Module, settings: dict[str, Any], types: list[str])
     if not params:
         return
     params["linear_compressed"] = linear_parameter_count(adapter_for(model), types)
-    params["model_compressed"] = unique_parameter_count(model)
+    params["model_compressed"] = stored_parameter_count(model)
     params["linear_ratio"] = params["linear_compressed"] / params["linear_original"]
     params["model_ratio"] = params["model_compressed"] / params["model_original"]

@@ -16,8 +16,9 @@ _DEFAULTS = RefineConfig()
 def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     """Add every refinement flag to ``parser`` (as one argument group; defaults = the reference's)."""
     g = parser.add_argument_group("refinement (section 3.4)")
-    g.add_argument("--refine-mode", choices=MODES, default=_DEFAULTS.mode,
-                   help="vectors to train (both = lambda and sigma, the paper) or LoRA adapters (baseline)")
+    g.add_argument("--refine-mode", choices=MODES, default=None,
+                   help="vectors to train (both = lambda and sigma, the paper) or LoRA adapters; default: the "
+                        "method's (both for sharvet, lora for the baselines)")
     g.add_argument("--lr", type=float, default=_DEFAULTS.lr)
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
@@ -57,12 +58,20 @@ def _layers(text: str | None) -> tuple[int, ...] | None:
         raise ValueError(f"--feature-layers must be a comma list of integers, got {text!r}") from None
 
 
-def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None = None) -> RefineConfig:
-    """Build and validate the config; ``output_dir`` is the fallback when ``--refine-output`` is not given."""
+def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None = None,
+                            default_mode: str = _DEFAULTS.mode, variants: dict | None = None) -> RefineConfig:
+    """Build and validate the config.
+
+    ``output_dir`` is the fallback when ``--refine-output`` is not given; ``default_mode`` is the
+    compression method's mode; ``variants`` (from :func:`sharvet.methods.refine_overrides`) win over both.
+    """
+    variants = dict(variants or {})
+    variants.pop("refine", None)
     cfg = RefineConfig(
-        mode=args.refine_mode, lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+        mode=variants.pop("mode", args.refine_mode or default_mode), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
-        grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed), lm_only=args.lm_only,
+        grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),
+        lm_only=variants.pop("lm_only", args.lm_only),
         kd_weight=args.kd_weight, feature_weight=args.feature_weight, l2_weight=args.l2_weight,
         temperature=args.temperature, feature_layers=_layers(args.feature_layers), lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,

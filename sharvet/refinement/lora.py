@@ -1,10 +1,11 @@
-"""LoRA on the compressed model: the baseline of paper Figure 3 and of the SEQ / CYCLE / Basis Sharing rows.
+"""LoRA on the compressed model: the baseline of paper Figure 3 and of the SEQ / CYCLE / Basis Sharing / FiPS rows.
 
-Installed peft knows nothing of :class:`SharedBasisLinear`, so we register a custom LoRA layer through
-``LoraConfig._register_custom_module`` (peft's experimental custom-module API): peft's own LoRA ``Linear``
-with the input/output sizes read from the module. Its forward is peft's: ``base(x) + s B A dropout(x)``.
-The targets are the SharedBasisLinear modules by full name (every compressed projection; the LM head and
-embeddings stay untouched). The shared bases, V, sigma and lambda stay frozen; only A and B train.
+Installed peft knows nothing of :class:`SharedBasisLinear` or :class:`SparseProjectionLinear`, so we
+register a custom LoRA layer for each through ``LoraConfig._register_custom_module`` (peft's experimental
+custom-module API): peft's own LoRA ``Linear`` with the input/output sizes read from the module. Its
+forward is peft's: ``base(x) + s B A dropout(x)``; whole shared matrices (SEQ / CYCLE) are plain
+``nn.Linear`` modules peft handles natively. The targets are every module of the compression plan by
+full name (the LM head and embeddings stay untouched); everything else stays frozen, only A and B train.
 
 Adapters cannot be merged into the compressed structure: ``B A`` is a per-layer rank-``r_A`` term,
 while the only per-layer low-rank factor, V, multiplies the *shared* basis (folding ``B A`` in would
@@ -19,17 +20,19 @@ from typing import Any
 
 from peft import LoraConfig, PeftModel, get_peft_model
 from peft.tuners.lora.layer import Linear as PeftLoraLinear
+from peft.tuners.lora.layer import LoraLayer
 from torch import nn
 
 from .. import checkpoint
-from ..modules import SharedBasisLinear
-from .vectors import shared_basis_modules
+from ..models import adapter_for
+from ..modules import SharedBasisLinear, SparseProjectionLinear
+from ..pipeline import plan_of
 
 ADAPTER_DIR = "lora"
 
 
 class SharedBasisLoraLinear(PeftLoraLinear):
-    """peft's LoRA ``Linear`` wrapped around a :class:`SharedBasisLinear`."""
+    """peft's LoRA ``Linear`` wrapped around a :class:`SharedBasisLinear` or :class:`SparseProjectionLinear`."""
 
     def _get_in_out_features(self, module: nn.Module) -> tuple[int, int]:
         return module.in_features, module.out_features
@@ -43,15 +46,24 @@ class SharedBasisLoraLinear(PeftLoraLinear):
 def lora_config(target_modules: list[str], rank: int, alpha: float, dropout: float) -> LoraConfig:
     cfg = LoraConfig(r=rank, lora_alpha=alpha, lora_dropout=dropout, target_modules=target_modules,
                      bias="none", task_type="CAUSAL_LM")
-    cfg._register_custom_module({SharedBasisLinear: SharedBasisLoraLinear})
+    register_custom(cfg)
     return cfg
 
 
+def register_custom(cfg: LoraConfig) -> None:
+    cfg._register_custom_module({SharedBasisLinear: SharedBasisLoraLinear,
+                                 SparseProjectionLinear: SharedBasisLoraLinear})
+
+
+def compressed_module_names(model: nn.Module) -> list[str]:
+    """Full names of every module the compression plan replaced (the LoRA targets)."""
+    adapter = adapter_for(model)
+    return [adapter.module_path(layer, t) for g in plan_of(model).groups for layer, t in g.members]
+
+
 def attach_lora(model: nn.Module, rank: int = 8, alpha: float = 16.0, dropout: float = 0.0) -> PeftModel:
-    """Wrap ``model`` (in place) with LoRA adapters on every SharedBasisLinear; only adapters train."""
-    targets = [name for name, _ in shared_basis_modules(model)]
-    if not targets:
-        raise ValueError("the model has no SharedBasisLinear modules: compress it with sharvet first")
+    """Wrap ``model`` (in place) with LoRA adapters on every compressed module; only adapters train."""
+    targets = compressed_module_names(model)
     for p in model.parameters():
         p.requires_grad_(False)
     return get_peft_model(model, lora_config(targets, rank, alpha, dropout))
@@ -62,11 +74,11 @@ def is_lora(model: nn.Module) -> bool:
 
 
 class _BaseModules:
-    """Temporarily put the wrapped SharedBasisLinear modules back, so the base model saves as usual."""
+    """Temporarily put the wrapped modules back, so the base model saves as a plain sharvet checkpoint."""
 
     def __init__(self, model: PeftModel) -> None:
         self.base = model.get_base_model()
-        self.swaps = [(name, m) for name, m in self.base.named_modules() if isinstance(m, SharedBasisLoraLinear)]
+        self.swaps = [(name, m) for name, m in self.base.named_modules() if isinstance(m, LoraLayer)]
 
     def _set(self, name: str, module: nn.Module) -> None:
         parent, _, child = name.rpartition(".")
@@ -96,5 +108,5 @@ def load_lora(path: str | Path, *, device=None, dtype=None) -> PeftModel:
     folder = Path(path)
     base = checkpoint.load(folder, device=device, dtype=dtype)
     cfg = LoraConfig.from_pretrained(str(folder / ADAPTER_DIR))
-    cfg._register_custom_module({SharedBasisLinear: SharedBasisLoraLinear})
+    register_custom(cfg)
     return PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR), config=cfg).eval()

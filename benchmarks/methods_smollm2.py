@@ -1,0 +1,128 @@
+"""Benchmark: every method and SharVeT variant on SmolLM2-135M at the same budget (issues 4 and 6).
+
+Each row compresses a copy of the original with one ``--method`` preset (and ablation ``--variant``s),
+prints the budget accountant's realised ratio, the WikiText-2 perplexity without fine-tuning, then
+fine-tunes with the method's own refinement (vectors for SharVeT, LoRA for the baselines) on the same
+token windows, steps and learning rate, and evaluates again. WikiText-2 *test* is split by rows as in
+``refine_smollm2.py``: the first half is held out for perplexity, the second half supplies calibration
+and fine-tuning windows.
+
+    python benchmarks/methods_smollm2.py --data-dir ../shared/data --device cuda \
+        --ratios 0.5,0.7 --rows sharvet,basis-sharing,seq,cycle,cycle-rev,fips --json results/methods.json
+    python benchmarks/methods_smollm2.py ... --ratios 0.5 --rows sharvet:R,sharvet:I,sharvet:L,sharvet:C
+
+A row is ``method`` or ``method:VARIANT[+VARIANT]``.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import time
+from pathlib import Path
+
+import torch
+from refine_smollm2 import split_corpus
+
+from sharvet.calibration import collect_stats
+from sharvet.data import pack_sequences
+from sharvet.evaluation.perplexity import perplexity
+from sharvet.loading import load_original
+from sharvet.methods import method, refine_overrides
+from sharvet.models import adapter_for
+from sharvet.pipeline import CompressionConfig, compress
+from sharvet.refinement import RefineConfig, finalize, parameter_summary, refine
+
+ALL_ROWS = "sharvet,basis-sharing,seq,cycle,cycle-rev,fips"
+
+
+def parse_row(text: str) -> tuple[str, tuple[str, ...]]:
+    name, _, variants = text.partition(":")
+    return name, tuple(v for v in variants.split("+") if v)
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None)
+    p.add_argument("--data-dir", default=None)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--ratios", default="0.7,0.5")
+    p.add_argument("--rows", default=ALL_ROWS)
+    p.add_argument("--calib-samples", type=int, default=64)
+    p.add_argument("--train-samples", type=int, default=256)
+    p.add_argument("--seq-len", type=int, default=1024)
+    p.add_argument("--epochs", type=int, default=2)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--lora-rank", type=int, default=8)
+    p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N held-out tokens only")
+    p.add_argument("--no-finetune", action="store_true", help="only the untuned rows (paper Table 6)")
+    p.add_argument("--out-dir", default="outputs/methods-bench")
+    p.add_argument("--json", default=None)
+    return p.parse_args()
+
+
+def main() -> None:
+    a = arguments()
+    teacher = load_original(a.model, device=a.device)
+    eval_ids, train_1d = split_corpus(teacher.tokenizer, a.data_dir)
+    eval_ids = eval_ids[: a.eval_tokens]
+    calib_ids = pack_sequences(train_1d, a.calib_samples, a.seq_len, 0)
+    stats = collect_stats(adapter_for(teacher.model), calib_ids, device=a.device, progress=False)
+    train_ids = pack_sequences(train_1d, a.train_samples, a.seq_len, 1)
+
+    def ppl(model) -> float:
+        return round(perplexity(model, eval_ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
+
+    res = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if a.device == "cuda" else a.device,
+           "eval_tokens": len(eval_ids), "args": vars(a), "original_ppl": ppl(teacher.model), "rows": []}
+    print("original", res["original_ppl"], flush=True)
+    for ratio in map(float, a.ratios.split(",")):
+        for row_text in a.rows.split(","):
+            row = run_row(a, row_text, ratio, teacher.model, stats, calib_ids, train_ids, ppl)
+            res["rows"].append(row)
+            print(json.dumps(row), flush=True)
+            if a.json:  # after every row: a run cut short keeps what it measured
+                Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+                Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+    print_table(res)
+
+
+def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl) -> dict:
+    name, variants = parse_row(row_text)
+    cfg = CompressionConfig.preset(name, variants, ratio=ratio)
+    student = copy.deepcopy(teacher)
+    t0 = time.perf_counter()
+    result = compress(student, stats, cfg, calibration_ids=calib_ids, device=a.device, progress=False)
+    row = {"row": row_text, "method": name, "variants": list(variants), "ratio": ratio,
+           "realised_ratio": round(result.report.linear_ratio, 5), "model_ratio": round(result.report.model_ratio, 5),
+           "compress_s": round(time.perf_counter() - t0, 1), "ppl_untuned": ppl(student)}
+    tuning = refine_overrides(variants)
+    if a.no_finetune or tuning.pop("refine", True) is False:
+        return row
+    mode = tuning.get("mode", method(name).refine_mode)
+    rcfg = RefineConfig(mode=mode, lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, lora_rank=a.lora_rank,
+                        lm_only=tuning.get("lm_only", False), seed=0, progress=False,
+                        output_dir=str(Path(a.out_dir) / f"r{ratio}-{row_text.replace(':', '-')}"))
+    t0 = time.perf_counter()
+    out = refine(student, teacher, train_ids, rcfg)
+    summary = parameter_summary(out.model)
+    model = out.model if mode == "lora" else finalize(out.model, out.record())
+    row.update({"refine_mode": mode, "lm_only": rcfg.lm_only, "steps": out.steps,
+                "refine_s": round(time.perf_counter() - t0, 1), "trainable": summary.trainable,
+                "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final,
+                "history": f"{rcfg.output_dir}/history.jsonl"})
+    return row
+
+
+def print_table(res: dict) -> None:
+    print(f"original WikiText-2 (held-out half) perplexity {res['original_ppl']}")
+    print("| ratio | row | realised | untuned ppl | tuned ppl | refinement | trainable |")
+    print("|---|---|---|---|---|---|---|")
+    for r in res["rows"]:
+        print(f"| {r['ratio']} | {r['row']} | {r['realised_ratio']:.4f} | {r['ppl_untuned']} | "
+              f"{r.get('ppl_tuned', '-')} | {r.get('refine_mode', '-')} | {r.get('trainable', 0):,} |")
+
+
+if __name__ == "__main__":
+    main()
