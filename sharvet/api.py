@@ -9,7 +9,7 @@ import torch
 from torch import nn
 
 from . import checkpoint
-from .calibration import CalibrationStats, collect_or_load
+from .calibration import DEFAULT_BATCH_SIZE, CalibrationStats, collect_or_load
 from .data import calibration_batch, resolve_data_dir
 from .loading import BUNDLED_ID, LoadedModel, load_original
 from .models import adapter_for
@@ -24,7 +24,7 @@ class CalibrationSpec:
     source: str = "wikitext2"
     samples: int = 64
     seq_len: int = 1024
-    batch_size: int = 4
+    batch_size: int = DEFAULT_BATCH_SIZE
     data_dir: str | None = None
     cache_dir: str | None = str(DEFAULT_CACHE)
 

@@ -5,6 +5,9 @@ touches: each is decomposed and swapped in turn, keeping one group's factors in 
 """
 from __future__ import annotations
 
+import ctypes
+import ctypes.util
+import functools
 from typing import Any
 
 import torch
@@ -58,6 +61,27 @@ def refine_sparse_group(adapter: ModelAdapter, group: GroupPlan, layout, factors
     return reconstruct(blocks, xs, targets, params, cfg, seed=seed)
 
 
+@functools.cache
+def _libc() -> ctypes.CDLL | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name) if name else None
+    except OSError:
+        return None
+
+
+def release_freed_memory() -> None:
+    """Hand freed heap pages back to the OS (glibc ``malloc_trim``; a no-op elsewhere).
+
+    Each group's float64 work matrices are freed once it is installed, but glibc keeps the pages, so
+    they pile up into the process's peak: trimming after each group took a SmolLM2 compression's peak
+    RSS from 2.7 to 1.9 GiB on CPU, at no measurable cost in time.
+    """
+    libc = _libc()
+    if libc is not None and hasattr(libc, "malloc_trim"):
+        libc.malloc_trim(0)
+
+
 def build(adapter: ModelAdapter, plan: CompressionPlan, stats: CalibrationStats | None, *, whitened: bool,
           fips: FipsConfig, mlp_inputs: list[torch.Tensor] | None, seed: int, device: torch.device,
           progress: bool = True) -> list[dict]:
@@ -72,4 +96,6 @@ def build(adapter: ModelAdapter, plan: CompressionPlan, stats: CalibrationStats 
             bar.set_postfix(reconstruction=f"{before:.3f}->{after:.3f}")
         else:
             install_group(adapter, group, plan.layout, factors)
+        del factors
+        release_freed_memory()
     return log

