@@ -27,6 +27,7 @@ from refine_smollm2 import split_corpus
 from sharvet.calibration import collect_stats
 from sharvet.data import pack_sequences
 from sharvet.evaluation.perplexity import perplexity
+from sharvet.evaluation.tasks import run_tasks
 from sharvet.loading import load_original
 from sharvet.methods import method, refine_overrides
 from sharvet.models import adapter_for
@@ -57,6 +58,10 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N held-out tokens only")
     p.add_argument("--no-finetune", action="store_true", help="only the untuned rows (paper Table 6)")
+    p.add_argument("--tasks", default=None,
+                   help="comma list of lm-eval tasks scored on each final model (e.g. default, piqa); needs lm_eval")
+    p.add_argument("--task-batch-size", type=int, default=32)
+    p.add_argument("--task-limit", type=int, default=None, help="score only the first N documents (smoke runs)")
     p.add_argument("--out-dir", default="outputs/methods-bench")
     p.add_argument("--json", default=None)
     return p.parse_args()
@@ -74,21 +79,38 @@ def main() -> None:
     def ppl(model) -> float:
         return round(perplexity(model, eval_ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
 
+    def tasks(model) -> dict:
+        """lm-eval accuracies of ``model`` (LoRA layers active); empty without ``--tasks``."""
+        if not a.tasks:
+            return {}
+        results = run_tasks(model, teacher.tokenizer, a.tasks.split(","), data_dir=a.data_dir,
+                            batch_size=a.task_batch_size, limit=a.task_limit)
+        return {name: r.to_dict() for name, r in results.items()}
+
+    start = time.perf_counter()
     res = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if a.device == "cuda" else a.device,
-           "eval_tokens": len(eval_ids), "args": vars(a), "original_ppl": ppl(teacher.model), "rows": []}
-    print("original", res["original_ppl"], flush=True)
+           "eval_tokens": len(eval_ids), "args": vars(a), "original_ppl": ppl(teacher.model),
+           "original_tasks": tasks(teacher.model), "rows": []}
+    print("original", res["original_ppl"], headlines(res["original_tasks"]), flush=True)
     for ratio in map(float, a.ratios.split(",")):
         for row_text in a.rows.split(","):
-            row = run_row(a, row_text, ratio, teacher.model, stats, calib_ids, train_ids, ppl)
+            row = run_row(a, row_text, ratio, teacher.model, stats, calib_ids, train_ids, ppl, tasks)
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
             if a.json:  # after every row: a run cut short keeps what it measured
                 Path(a.json).parent.mkdir(parents=True, exist_ok=True)
                 Path(a.json).write_text(json.dumps(res, indent=2, default=str))
+    res["wall_s"] = round(time.perf_counter() - start, 1)
+    if a.json:
+        Path(a.json).write_text(json.dumps(res, indent=2, default=str))
     print_table(res)
 
 
-def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl) -> dict:
+def headlines(task_results: dict) -> dict[str, float | None]:
+    return {name: r.get("headline") for name, r in task_results.items()}
+
+
+def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks) -> dict:
     name, variants = parse_row(row_text)
     cfg = CompressionConfig.preset(name, variants, ratio=ratio)
     student = copy.deepcopy(teacher)
@@ -99,6 +121,7 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl) -> di
            "compress_s": round(time.perf_counter() - t0, 1), "ppl_untuned": ppl(student)}
     tuning = refine_overrides(variants)
     if a.no_finetune or tuning.pop("refine", True) is False:
+        row["tasks"] = tasks(student)
         return row
     mode = tuning.get("mode", method(name).refine_mode)
     rcfg = RefineConfig(mode=mode, lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, lora_rank=a.lora_rank,
@@ -107,21 +130,23 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl) -> di
     t0 = time.perf_counter()
     out = refine(student, teacher, train_ids, rcfg)
     summary = parameter_summary(out.model)
-    model = out.model if mode == "lora" else finalize(out.model, out.record())
-    row.update({"refine_mode": mode, "lm_only": rcfg.lm_only, "steps": out.steps,
+    # LoRA: peft injects its layers into the transformers model in place, so the unwrapped model runs them
+    model = out.model.get_base_model() if mode == "lora" else finalize(out.model, out.record())
+    row.update({"refine_mode": mode, "lm_only": rcfg.lm_only, "lr": a.lr, "steps": out.steps,
                 "refine_s": round(time.perf_counter() - t0, 1), "trainable": summary.trainable,
                 "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final,
-                "history": f"{rcfg.output_dir}/history.jsonl"})
+                "history": f"{rcfg.output_dir}/history.jsonl", "tasks": tasks(model)})
     return row
 
 
 def print_table(res: dict) -> None:
     print(f"original WikiText-2 (held-out half) perplexity {res['original_ppl']}")
-    print("| ratio | row | realised | untuned ppl | tuned ppl | refinement | trainable |")
-    print("|---|---|---|---|---|---|---|")
+    print("| ratio | row | realised | untuned ppl | tuned ppl | refinement | trainable | tasks |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in res["rows"]:
         print(f"| {r['ratio']} | {r['row']} | {r['realised_ratio']:.4f} | {r['ppl_untuned']} | "
-              f"{r.get('ppl_tuned', '-')} | {r.get('refine_mode', '-')} | {r.get('trainable', 0):,} |")
+              f"{r.get('ppl_tuned', '-')} | {r.get('refine_mode', '-')} | {r.get('trainable', 0):,} | "
+              f"{headlines(r.get('tasks', {}))} |")
 
 
 if __name__ == "__main__":

@@ -21,13 +21,24 @@ class GroupFactors:
     v: list[torch.Tensor]  # per layer (d_out, r)
 
 
+def _svd(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Thin SVD; where cuSOLVER fails to converge (ill-conditioned whitened matrices from a small
+    calibration set), LAPACK on the CPU, which does not."""
+    try:
+        return torch.linalg.svd(mat, full_matrices=False)
+    except torch.linalg.LinAlgError:
+        if mat.device.type == "cpu":
+            raise
+        return tuple(t.to(mat.device) for t in torch.linalg.svd(mat.cpu(), full_matrices=False))
+
+
 def _truncate(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``rank`` SVD; a wide group matrix (d_in < Z * d_out) is factored as its transpose, which
     LAPACK does ~1.8x faster on CPU (same factors up to the signs of singular-vector pairs)."""
     if mat.shape[1] > mat.shape[0]:
-        v, s, uh = torch.linalg.svd(mat.T, full_matrices=False)
+        v, s, uh = _svd(mat.T)
         return uh[:rank].T, s[:rank], v[:, :rank].T
-    u, s, vh = torch.linalg.svd(mat, full_matrices=False)
+    u, s, vh = _svd(mat)
     return u[:, :rank], s[:rank], vh[:rank]
 
 

@@ -1,0 +1,134 @@
+"""The study (issue 6): run the paper's experiments on SmolLM2-135M and write them into ``docs/results.md``.
+
+``run`` executes the stages, each one command whose line, wall time and machine are stored beside its JSON
+in the results folder (so a stage can run on another machine and its files be copied back):
+
+* ``methods-lr<LR>`` - Table 2 and Table 6: SEQ, CYCLE, CYCLE-REV, Basis Sharing, FiPS (each + LoRA) and
+  SharVeT at ratios 0.7 and 0.5, one run per learning rate of the search (the paper's 1e-4 to 1e-3);
+* ``variants`` - Tables 3, 7, 8, 9: the SharVeT variants at ratio 0.5 (learning rate ``--variants-lr``);
+* ``grouping`` - Figure 4 (intra-group similarity per strategy);
+* ``similarity`` - Figure 1 (per-type similarity heatmaps).
+
+``render`` reads those files and replaces the study section of ``docs/results.md`` (between the
+``<!-- study:begin -->`` / ``<!-- study:end -->`` markers); it also draws Figure 3 (loss curves of the
+vectors vs LoRA) from the refinement histories. The discussion is hand-written in
+``docs/study_discussion.md`` and included as is; the claim checks above it are computed.
+
+    python benchmarks/study_smollm2.py run --device cuda --data-dir ../shared/data   # all stages
+    python benchmarks/study_smollm2.py run --stages variants --device cuda --data-dir ../shared/data
+    python benchmarks/study_smollm2.py render
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import shlex
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+TABLE2_ROWS = "seq,cycle,cycle-rev,basis-sharing,fips,sharvet"
+VARIANT_ROWS = ",".join(f"sharvet:{v}" for v in ("R", "I", "L", "T", "C", "F", "K", "Agg", "DB", "lambda", "sigma"))
+DEFAULT_LRS = "1e-4,1e-3"
+
+
+def stage_commands(a: argparse.Namespace) -> dict[str, list[str]]:
+    """Every stage's command line, writing under ``a.results_dir`` / ``a.figures_dir``."""
+    res, fig = Path(a.results_dir), Path(a.figures_dir)
+    model = ["--model", a.model] if a.model else []
+    common = [*model, "--data-dir", a.data_dir, "--device", a.device]
+    bench = [sys.executable, str(ROOT / "benchmarks" / "methods_smollm2.py"), *common, "--tasks", a.tasks,
+             "--train-samples", str(a.train_samples)]
+    tag = a.tag
+    cmds = {f"methods-lr{lr}": [*bench, "--ratios", a.ratios, "--rows", TABLE2_ROWS, "--lr", lr,
+                                "--out-dir", str(res / f"runs-lr{lr}"), "--json", str(res / f"methods-lr{lr}{tag}.json")]
+            for lr in a.lrs.split(",")}
+    cmds["variants"] = [*bench, "--ratios", "0.5", "--rows", a.variant_rows, "--lr", a.variants_lr,
+                        "--out-dir", str(res / "runs-variants"), "--json", str(res / f"variants{tag}.json")]
+    cli = [sys.executable, "-m", "sharvet.cli"]
+    where = [a.model] if a.model else []
+    calib = ["--data-dir", a.data_dir, "--device", a.device, "--cache-dir", "none"]
+    cmds["grouping"] = [*cli, "grouping", *where, *calib, "--plot", str(fig / "figure4_grouping.png"),
+                        "--json", str(res / "grouping.json")]
+    cmds["similarity"] = [*cli, "similarity", *where, *calib, "--plot", str(fig / "similarity_smollm2.png")]
+    return cmds
+
+
+def run_stage(name: str, cmd: list[str], results_dir: Path, tag: str = "") -> None:
+    """Run one stage and store its command, wall time and machine as ``<stage>.run.json``."""
+    print(f"== {name}: {shlex.join(cmd)}", flush=True)
+    start, date = time.perf_counter(), time.strftime("%Y-%m-%d %H:%M")
+    code = subprocess.call(cmd, cwd=ROOT)
+    record = {"stage": name, "command": shlex.join(cmd), "returncode": code, "date": date,
+              "wall_s": round(time.perf_counter() - start, 1), "host": platform.node(), "gpu": gpu_name()}
+    (results_dir / f"{name}{tag}.run.json").write_text(json.dumps(record, indent=2))
+    if code:
+        raise SystemExit(f"stage {name} failed with exit code {code}")
+
+
+def gpu_name() -> str | None:
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
+def run(a: argparse.Namespace) -> None:
+    cmds = stage_commands(a)
+    names = list(cmds) if a.stages == "all" else a.stages.split(",")
+    unknown = [n for n in names if n not in cmds]
+    if unknown:
+        raise SystemExit(f"unknown stage(s) {', '.join(unknown)}; choose from {', '.join(cmds)}")
+    Path(a.results_dir).mkdir(parents=True, exist_ok=True)
+    Path(a.figures_dir).mkdir(parents=True, exist_ok=True)
+    for name in names:
+        run_stage(name, cmds[name], Path(a.results_dir), a.tag)
+
+
+def render(a: argparse.Namespace) -> None:
+    from study_tables import render_study
+
+    doc = Path(a.doc)
+    text = render_study(Path(a.results_dir), Path(a.figures_dir), doc.parent, ROOT / "docs" / "study_discussion.md")
+    begin, end = "<!-- study:begin -->", "<!-- study:end -->"
+    old = doc.read_text() if doc.exists() else "# Results\n"
+    if begin in old and end in old:
+        head, rest = old.split(begin, 1)
+        new = head + begin + "\n" + text + "\n" + end + rest.split(end, 1)[1]
+    else:
+        new = old.rstrip("\n") + "\n\n" + begin + "\n" + text + "\n" + end + "\n"
+    doc.write_text(new)
+    print(f"wrote the study section of {doc}")
+
+
+def arguments() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    r = sub.add_parser("run", help="run study stages (GPU recommended)")
+    r.add_argument("--stages", default="all", help="comma list of stages, or all")
+    r.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct GGUF")
+    r.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    r.add_argument("--device", default="cuda")
+    r.add_argument("--lrs", default=DEFAULT_LRS, help="learning-rate search of the methods stage")
+    r.add_argument("--ratios", default="0.7,0.5", help="ratios of the methods stages")
+    r.add_argument("--variants-lr", default="1e-3")
+    r.add_argument("--variant-rows", default=VARIANT_ROWS, help="rows of the variants stage")
+    r.add_argument("--tag", default="", help="file-name suffix, to split a stage over several runs (e.g. -r0.7)")
+    r.add_argument("--train-samples", type=int, default=256, help="fine-tuning windows of 1024 tokens")
+    r.add_argument("--tasks", default="default", help="lm-eval tasks (default: those with data present)")
+    for q in (r, sub.add_parser("render", help="write docs/results.md's study section from the results")):
+        q.add_argument("--results-dir", default=str(ROOT / "results" / "study"))
+        q.add_argument("--figures-dir", default=str(ROOT / "docs" / "figures"))
+    sub.choices["render"].add_argument("--doc", default=str(ROOT / "docs" / "results.md"))
+    return p.parse_args()
+
+
+def main() -> None:
+    a = arguments()
+    run(a) if a.command == "run" else render(a)
+
+
+if __name__ == "__main__":
+    main()
