@@ -58,6 +58,9 @@ REFINE_VARIANTS: dict[str, dict[str, Any]] = {
     "T": {"refine": False},
     "lambda": {"mode": "lambda"},
     "sigma": {"mode": "sigma"},
+    # not a paper ablation: LoRA instead of the vectors on SharVeT's own model, which isolates the effect
+    # of the refinement from that of the compression in the comparison with the LoRA baselines (Figure 3)
+    "LoRA": {"mode": "lora"},
 }
 VARIANTS = {**COMPRESS_VARIANTS, **REFINE_VARIANTS}
 

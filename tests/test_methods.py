@@ -179,6 +179,7 @@ def test_presets_and_variants():
     assert CompressionConfig.preset("sharvet", ("Agg",), grouping="dbscan").grouping == "dbscan"  # flag wins
     assert preset_overrides("sharvet", ("I",)) == {"grouping": "spectral", "allocation": "uniform"}
     assert refine_overrides(("L", "sigma")) == {"lm_only": True, "mode": "sigma"}
+    assert refine_overrides(("LoRA",)) == {"mode": "lora"}
     with pytest.raises(ValueError, match="unknown variant"):
         CompressionConfig.preset("sharvet", ("X",))
     with pytest.raises(ValueError, match="ablations of sharvet"):

@@ -1,0 +1,98 @@
+"""The study renderer: learning-rate selection, tables, claim verdicts, Figure 3 and the docs splice."""
+from __future__ import annotations
+
+import json
+import sys
+from argparse import Namespace
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import study_smollm2  # noqa: E402
+import study_tables  # noqa: E402
+
+
+def piqa(acc: float) -> dict:
+    return {"piqa": {"status": "ok", "headline": acc, "headline_metric": "acc_norm",
+                     "metrics": {"acc_norm": acc, "acc_norm_stderr": 0.01}},
+            "copa": {"status": "not run", "reason": "no data"}}
+
+
+def row(method: str, ppl: float, acc: float, variants: tuple[str, ...] = (), tag: str = "lr1e-3", ratio=0.5):
+    name = method + "".join(f"-{v}" for v in variants)
+    return {"row": name, "method": method, "variants": list(variants), "ratio": ratio, "realised_ratio": ratio,
+            "ppl_untuned": 10 * ppl, "ppl_tuned": ppl, "trainable": 100, "tasks": piqa(acc),
+            "history": f"/remote/out/runs-{tag}/r{ratio:g}-{name}/history.jsonl"}
+
+
+def write_run(folder: Path, name: str, lr: float, rows: list[dict]) -> None:
+    args = {"lr": lr, "train_samples": 4, "seq_len": 8, "epochs": 2, "batch_size": 2, "calib_samples": 2,
+            "lora_rank": 8}
+    doc = {"device": "test GPU", "eval_tokens": 1000, "original_ppl": 20.0, "original_tasks": piqa(0.64),
+           "args": args, "rows": rows}
+    (folder / f"{name}.json").write_text(json.dumps(doc))
+    (folder / f"{name}.run.json").write_text(json.dumps({"command": f"run {name}", "date": "2026-11-23",
+                                                          "wall_s": 1.0, "gpu": "test GPU"}))
+
+
+def write_history(folder: Path, row_: dict, lm: float) -> None:
+    path = folder.joinpath(*Path(row_["history"]).parts[-3:])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text("\n".join(json.dumps({"step": s, "lm": lm + 1 / s}) for s in range(1, 11)))
+
+
+@pytest.fixture()
+def results(tmp_path: Path) -> Path:
+    res = tmp_path / "results"
+    res.mkdir()
+    write_run(res, "methods-lr1e-4", 1e-4, [row("basis-sharing", 50.0, 0.52, tag="lr1e-4"),
+                                             row("sharvet", 90.0, 0.50, tag="lr1e-4")])
+    best_bs, best_sv = row("basis-sharing", 60.0, 0.53), row("sharvet", 80.0, 0.51)
+    write_run(res, "methods-lr1e-3", 1e-3, [best_bs, best_sv])
+    lora = row("sharvet", 70.0, 0.52, ("LoRA",))
+    write_run(res, "sharvet-lora", 1e-3, [lora])
+    write_run(res, "variants", 1e-3, [row("sharvet", 80.4, 0.5, ("C",)), row("sharvet", 200.0, 0.5, ("K",))])
+    for r, lm in ((best_sv, 5.0), (lora, 4.0), (best_bs, 4.5)):
+        write_history(res, r, lm)
+    return res
+
+
+def test_best_rows_pick_the_lowest_tuned_perplexity_of_the_search(results):
+    best = study_tables.best_rows(study_tables.rows_of(study_tables.load_runs(results, "methods-lr")))
+    assert best[(0.5, "basis-sharing")]["lr"] == 1e-4 and best[(0.5, "sharvet")]["lr"] == 1e-3
+
+
+def test_render_tables_claims_and_figure(results, tmp_path):
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    text = study_tables.render_study(results, figures, tmp_path, tmp_path / "missing.md")
+    assert "| 0.5 | Basis Sharing + LoRA | 0.0001 | 0.5000 | 100 | 50.00 | n/a | n/a | 52.0 |" in text
+    assert "| 1.0 | Original | - | 1.0 | - | 20.00 |" in text
+    assert "WikiText-2: SharVeT ahead of every baseline - **does not hold** (SharVeT 80.0" in text
+    assert "better than C (without cosine) - **within run-to-run noise**" in text
+    assert "better than K (without CKA) - **holds** (80.0 vs 200.0)" in text
+    assert "vectors reach a lower LM loss than LoRA at equal steps - **does not hold**" in text
+    assert "**within two standard errors**" in text  # 51.0 vs 52.0 with +-1.0 each
+    assert (figures / "figure3_loss_r0.5.png").stat().st_size > 1000
+    assert "| methods-lr1e-3 | test GPU | 2026-11-23 | 1 | `run methods-lr1e-3` |" in text
+
+
+def test_render_replaces_only_the_study_section(results, tmp_path):
+    doc = tmp_path / "results.md"
+    doc.write_text("# Results\n\nkept above\n\n<!-- study:begin -->\nstale text\n<!-- study:end -->\n\nkept below\n")
+    figures = tmp_path / "figures"
+    figures.mkdir()
+    study_smollm2.render(Namespace(doc=str(doc), results_dir=str(results), figures_dir=str(figures)))
+    text = doc.read_text()
+    assert "kept above" in text and "kept below" in text and "stale text" not in text
+    assert text.count("<!-- study:begin -->") == 1 and "### Table 2" in text
+
+
+def test_stage_commands_name_every_stage_and_split_by_tag():
+    a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
+                  train_samples=256, lrs="1e-4,1e-3", ratios="0.7", variants_lr="1e-3", variant_rows="sharvet:R",
+                  tag="-x")
+    cmds = study_smollm2.stage_commands(a)
+    assert list(cmds) == ["methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "grouping", "similarity"]
+    assert cmds["methods-lr1e-3"][-1] == "R/methods-lr1e-3-x.json" and "0.7" in cmds["methods-lr1e-3"]
