@@ -98,6 +98,11 @@ def fmt(value: float | None, digits: int = 1) -> str:
     return f"{value:,.{digits}f}"
 
 
+def wall(row: dict[str, Any]) -> str:
+    """Compression plus fine-tuning seconds of a row (evaluation not included)."""
+    return f"{row.get('compress_s', 0) + row.get('refine_s', 0):.0f}"
+
+
 def table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
@@ -130,16 +135,17 @@ def setup_section(first: dict[str, Any], lrs: list[float]) -> str:
 def table2(runs: list[dict[str, Any]], best: dict, tasks: list[str]) -> str:
     first = runs[0]
     header = ["Ratio", "Method", "lr", "realised ratio", "trainable", "WikiText-2 ↓", "C4 ↓",
-              *TASK_NAMES.values(), f"Avg ({'+'.join(TASK_NAMES[t] for t in tasks)}) ↑"]
+              *TASK_NAMES.values(), f"Avg ({'+'.join(TASK_NAMES[t] for t in tasks)}) ↑", "wall s"]
     def cells(tasks_of: dict) -> list[str]:
         return [fmt(accuracy(tasks_of, t)) for t in TASK_NAMES] + [fmt(average(tasks_of, tasks))]
     body = [["1.0", LABELS["original"], "-", "1.0", "-", fmt(first["original_ppl"], 2), "n/a",
-             *cells(first.get("original_tasks", {}))]]
+             *cells(first.get("original_tasks", {})), "-"]]
     for ratio in sorted({r for r, _ in best}, reverse=True):
         for m in (m for m in TABLE2 if (ratio, m) in best):
             row = best[(ratio, m)]
             body.append([f"{ratio:g}", LABELS[m], f"{row['lr']:g}", f"{row['realised_ratio']:.4f}",
-                         f"{row['trainable']:,}", fmt(row["ppl_tuned"], 2), "n/a", *cells(row.get("tasks", {}))])
+                         f"{row['trainable']:,}", fmt(row["ppl_tuned"], 2), "n/a", *cells(row.get("tasks", {})),
+                         wall(row)])
     return table(header, body)
 
 
@@ -169,10 +175,11 @@ def ablation_tables(base: dict[str, Any] | None, variants: dict[str, dict[str, A
                 continue
             tuned = fmt(row["ppl_tuned"], 1) if "ppl_tuned" in row else "-"
             body.append([v or "SharVeT", what, fmt(row["ppl_untuned"], 1), tuned,
-                         *[fmt(accuracy(row.get("tasks", {}), t)) for t in tasks], f"{row.get('trainable', 0):,}"])
+                         *[fmt(accuracy(row.get("tasks", {}), t)) for t in tasks], f"{row.get('trainable', 0):,}",
+                         wall(row)])
         out.append(f"**{title}** (ratio 0.5)\n\n" + table(
             ["Variant", "What changes", "ppl untuned", "ppl after refinement ↓",
-             *[f"{TASK_NAMES[t]} ↑" for t in tasks], "trainable"], body))
+             *[f"{TASK_NAMES[t]} ↑" for t in tasks], "trainable", "wall s"], body))
     return "\n\n".join(out)
 
 
@@ -324,7 +331,8 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
         "C4, COPA, ARC-Easy, WinoGrande and LAMBADA: **n/a = not run**: their data is not in the offline data "
         "folder and the GPU machine cannot download it (the run records lm-eval's reason per task). "
         "`trainable` counts the parameters fine-tuned: SharVeT's vectors lie inside the compression budget, "
-        "the baselines' LoRA adapters come on top of it. FiPS is reported beside the paper's baselines.",
+        "the baselines' LoRA adapters come on top of it. `wall s`: compression + fine-tuning on the GPU, evaluation "
+        "excluded. FiPS is reported beside the paper's baselines.",
         "Learning-rate search (held-out WikiText-2 perplexity after fine-tuning; the lower one is Table 2's):",
         lr_table(rows, lrs),
         "### Table 6: no fine-tuning",
