@@ -125,7 +125,8 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks
         return row
     mode = tuning.get("mode", method(name).refine_mode)
     rcfg = RefineConfig(mode=mode, lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, lora_rank=a.lora_rank,
-                        lm_only=tuning.get("lm_only", False), seed=0, progress=False,
+                        lm_only=tuning.get("lm_only", False), match_loss_scales=tuning.get("match_loss_scales", False),
+                        seed=0, progress=False,
                         output_dir=str(Path(a.out_dir) / f"r{ratio}-{row_text.replace(':', '-')}"))
     t0 = time.perf_counter()
     out = refine(student, teacher, train_ids, rcfg)
@@ -134,7 +135,7 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks
     model = out.model.get_base_model() if mode == "lora" else finalize(out.model, out.record())
     row.update({"refine_mode": mode, "lm_only": rcfg.lm_only, "lr": a.lr, "steps": out.steps,
                 "refine_s": round(time.perf_counter() - t0, 1), "trainable": summary.trainable,
-                "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final,
+                "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final, "loss_weights": out.loss_weights,
                 "history": f"{rcfg.output_dir}/history.jsonl", "tasks": tasks(model)})
     return row
 

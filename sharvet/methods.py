@@ -61,6 +61,9 @@ REFINE_VARIANTS: dict[str, dict[str, Any]] = {
     # not a paper ablation: LoRA instead of the vectors on SharVeT's own model, which isolates the effect
     # of the refinement from that of the compression in the comparison with the LoRA baselines (Figure 3)
     "LoRA": {"mode": "lora"},
+    # not a paper ablation: eq. 13's KD and feature weights matched to the LM loss's scale (the paper's
+    # stated rule, App. D) instead of the reference implementation's fixed 0.001 and 5
+    "M": {"match_loss_scales": True},
 }
 VARIANTS = {**COMPRESS_VARIANTS, **REFINE_VARIANTS}
 

@@ -24,6 +24,7 @@ from sharvet.refinement import (
     refinement_loss, save_lora, LossWeights,
 )
 from sharvet.refinement import state as ckpt_state
+from sharvet.refinement.losses import lm_loss
 from sharvet.refinement import trainer as trainer_module
 
 VOCAB = 96
@@ -191,6 +192,26 @@ def test_history_and_plot_are_written(pair, tmp_path):
     assert result.final["loss"] == records[-1]["loss"]
     runs = {"folder": result.output_dir, "file": result.output_dir / "history.jsonl"}
     assert plot_comparison(runs, tmp_path / "cmp.png").stat().st_size > 1000
+
+
+def test_matched_loss_scales_weight_each_term_to_the_initial_lm_loss(pair, tmp_path):
+    teacher, student = pair
+    ids = _ids(4)
+    batch = ids[torch.randperm(4, generator=torch.Generator().manual_seed(0))[:2]]  # epoch 0's first batch
+    with torch.no_grad():
+        s_out = copy.deepcopy(student).eval()(input_ids=batch, output_hidden_states=True)
+        t_out = teacher.eval()(input_ids=batch, output_hidden_states=True)
+    lm = float(lm_loss(s_out.logits, batch))
+    kd = float(kd_loss(s_out.logits, t_out.logits))
+    feat = float(feature_loss(s_out.hidden_states, t_out.hidden_states))
+    result = refine(copy.deepcopy(student), teacher, ids, _cfg(tmp_path / "a", epochs=1, batch_size=2,
+                                                               match_loss_scales=True))
+    assert result.loss_weights["kd"] == pytest.approx(lm / kd, rel=1e-4)
+    assert result.loss_weights["feature"] == pytest.approx(lm / feat, rel=1e-4)
+    assert result.record()["loss_weights"] == result.loss_weights
+    off = refine(student, teacher, ids, _cfg(tmp_path / "b", epochs=1, batch_size=2, match_loss_scales=True,
+                                             kd_weight=0.0))
+    assert off.loss_weights["kd"] == 0.0 and off.loss_weights["feature"] > 0  # a weight of 0 stays off
 
 
 def test_lm_only_needs_no_teacher(pair, tmp_path):
@@ -388,6 +409,7 @@ def test_command_line_round_trip(tmp_path):
     parser = argparse.ArgumentParser()
     parser.add_argument("--seed", type=int, default=0)
     add_refine_arguments(parser)
+    assert refine_config_from_args(parser.parse_args(["--match-loss-scales"])).match_loss_scales
     args = parser.parse_args(["--refine-mode", "lambda", "--lr", "3e-4", "--grad-accum", "4", "--lm-only",
                               "--feature-layers", "1,3", "--teacher-device", "cpu", "--seed", "7",
                               "--refine-output", str(tmp_path), "--checkpoint-every", "50"])

@@ -34,6 +34,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--feature-layers", default=None,
                    help="comma list of hidden-state indices for the feature loss (default: every decoder layer)")
     g.add_argument("--lm-only", action="store_true", help="LM loss only, no teacher (ablation SharVeT_L)")
+    g.add_argument("--match-loss-scales", action="store_true",
+                   help="set the KD and feature weights so each term starts at the LM loss's scale (paper, App. D)")
     g.add_argument("--train-data", default="wikitext2", help="dataset name, file or folder of training text")
     g.add_argument("--train-samples", type=int, default=5000, help="packed training sequences")
     g.add_argument("--train-seq-len", type=int, default=1024)
@@ -73,6 +75,7 @@ def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None 
         grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),
         lm_only=variants.pop("lm_only", args.lm_only),
         kd_weight=args.kd_weight, feature_weight=args.feature_weight, l2_weight=args.l2_weight,
+        match_loss_scales=variants.pop("match_loss_scales", args.match_loss_scales),
         temperature=args.temperature, feature_layers=_layers(args.feature_layers), lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, teacher_device=args.teacher_device,

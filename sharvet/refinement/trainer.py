@@ -67,6 +67,9 @@ class RefineConfig:
     lm_only: bool = False
     kd_weight: float = 0.001
     feature_weight: float = 5.0
+    #: replace the KD and feature weights by ``LM / term`` measured once before training, so every term
+    #: starts at the LM loss's scale (the paper's rule for eq. 13's weights, App. D); a weight of 0 stays off
+    match_loss_scales: bool = False
     l2_weight: float = 1e-8
     temperature: float = 1.0
     feature_layers: tuple[int, ...] | None = None
@@ -122,11 +125,14 @@ class RefineResult:
     final: dict[str, float] = field(default_factory=dict)
     #: under DDP only the main process should save the model
     main_process: bool = True
+    #: the eq. 13 weights used (after ``match_loss_scales``)
+    loss_weights: dict[str, Any] = field(default_factory=dict)
 
     def record(self) -> dict[str, Any]:
         """What ``finalize`` stores in ``config.sharvet["settings"]["refinement"]``."""
         return {"config": self.config.to_dict(), "steps": self.steps, "finished": self.finished,
-                "final_losses": self.final, "trainable_parameters": self.parameters.trainable}
+                "final_losses": self.final, "trainable_parameters": self.parameters.trainable,
+                "loss_weights": self.loss_weights}
 
 
 @dataclass
@@ -255,9 +261,37 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(cfg, ids, accelerator.num_processes)
-    return _Run(accelerator, prepared, teacher if weights.needs_teacher else None, tdev, list(names),
-                list(params), [p.detach().clone() for p in params], optimizer, scheduler, schedule, weights,
-                fingerprint, out, downcast)
+    run = _Run(accelerator, prepared, teacher if weights.needs_teacher else None, tdev, list(names),
+               list(params), [p.detach().clone() for p in params], optimizer, scheduler, schedule, weights,
+               fingerprint, out, downcast)
+    if cfg.match_loss_scales and weights.needs_teacher:
+        run.weights = _matched_weights(run, cfg, ids)
+    return run
+
+
+def _matched_weights(run: _Run, cfg: RefineConfig, ids: torch.Tensor) -> LossWeights:
+    """KD and feature weights ``LM / term`` on the first batch of epoch 0, with the untrained student.
+
+    Measured here, before any checkpoint is restored, so a resumed run gets the same weights; every
+    process measures the same batch, so DDP processes agree.
+    """
+    order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+    training = run.model.training
+    run.model.eval()  # no dropout: the measurement neither draws random numbers nor depends on them
+    try:
+        with torch.no_grad():
+            terms = _micro_step(run, ids[order[:cfg.batch_size]].to(run.accelerator.device)).floats()
+    finally:
+        run.model.train(training)
+    w = run.weights
+
+    def matched(name: str, weight: float) -> float:
+        return terms["lm"] / terms[name] if weight > 0 and terms.get(name, 0.0) > 0 else 0.0
+
+    matched_w = dataclasses.replace(w, kd=matched("kd", w.kd), feature=matched("feature", w.feature))
+    log.info("loss weights matched to the LM loss %.3f: kd %.4g, feature %.4g", terms["lm"], matched_w.kd,
+             matched_w.feature)
+    return matched_w
 
 
 def _trainable_student(student: nn.Module, cfg: RefineConfig, *,
@@ -484,4 +518,4 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     history = writer.records if writer is not None else []
     final = {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {}
     return RefineResult(model, position.step, finished, history, parameter_summary(model), run.out, cfg, final,
-                        run.accelerator.is_main_process)
+                        run.accelerator.is_main_process, dataclasses.asdict(run.weights))
