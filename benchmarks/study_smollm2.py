@@ -7,6 +7,7 @@ in the results folder (so a stage can run on another machine and its files be co
   SharVeT at ratios 0.7 and 0.5, one run per learning rate of the search (the paper's 1e-4 to 1e-3);
 * ``variants`` - Tables 3, 7, 8, 9: the SharVeT variants at ratio 0.5 (learning rate ``--variants-lr``);
 * ``sharvet-lora`` - Figure 3: SharVeT's own model fine-tuned with LoRA instead of its vectors;
+* ``sharvet-matched`` - SharVeT's vectors with eq. 13's weights matched to the LM loss's scale (variant M);
 * ``grouping`` - Figure 4 (intra-group similarity per strategy);
 * ``similarity`` - Figure 1 (per-type similarity heatmaps).
 
@@ -49,8 +50,9 @@ def stage_commands(a: argparse.Namespace) -> dict[str, list[str]]:
             for lr in a.lrs.split(",")}
     cmds["variants"] = [*bench, "--ratios", "0.5", "--rows", a.variant_rows, "--lr", a.variants_lr,
                         "--out-dir", str(res / "runs-variants"), "--json", str(res / f"variants{tag}.json")]
-    cmds["sharvet-lora"] = [*bench, "--ratios", a.ratios, "--rows", "sharvet:LoRA", "--lr", a.variants_lr,
-                            "--out-dir", str(res / f"runs-lr{a.variants_lr}"), "--json", str(res / f"sharvet-lora{tag}.json")]
+    for stage, row in (("sharvet-lora", "sharvet:LoRA"), ("sharvet-matched", "sharvet:M")):
+        cmds[stage] = [*bench, "--ratios", a.ratios, "--rows", row, "--lr", a.variants_lr,
+                       "--out-dir", str(res / f"runs-lr{a.variants_lr}"), "--json", str(res / f"{stage}{tag}.json")]
     cli = [sys.executable, "-m", "sharvet.cli"]
     where = [a.model] if a.model else []
     calib = ["--data-dir", a.data_dir, "--device", a.device, "--cache-dir", "none"]

@@ -262,7 +262,8 @@ def claims(best: dict, tasks: list[str], base: dict | None, variants: dict, curv
 
 #: Figure 3's curves: (method, variant) of a row and its legend
 CURVES = ((("sharvet", ()), "SharVeT model, lambda/sigma vectors"), (("sharvet", ("LoRA",)), "SharVeT model, LoRA r=8"),
-          (("basis-sharing", ()), "Basis Sharing model, LoRA r=8"))
+          (("basis-sharing", ()), "Basis Sharing model, LoRA r=8"),
+          (("sharvet", ("M",)), "SharVeT model, vectors, loss weights matched (M)"))
 
 
 def history_path(results_dir: Path, row: dict[str, Any]) -> Path:
@@ -316,7 +317,7 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
     tasks = tasks_with_data(rows) or ["piqa"]
     grouping_path = results_dir / "grouping.json"
     grouping = json.loads(grouping_path.read_text()) if grouping_path.exists() else None
-    extra = rows_of(load_runs(results_dir, "sharvet-lora"))
+    extra = rows_of(load_runs(results_dir, "sharvet-lora") + load_runs(results_dir, "sharvet-matched"))
     fig3_lr = extra[0]["lr"] if extra else max(lrs)
     curves = figure3(results_dir, rows + extra, fig3_lr, figures_dir)
     fig = rel(figures_dir, doc_dir)
@@ -342,7 +343,9 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
         "### Figures",
         f"Figure 1 (joint similarity per module type): ![Figure 1]({fig}/similarity_smollm2.png)",
         f"Figure 3 (LM loss on the training batches, lr {fig3_lr:g}, same data and steps): SharVeT's compressed model "
-        "refined by its vectors and by LoRA, and Basis Sharing's model with LoRA:",
+        "refined by its vectors and by LoRA, Basis Sharing's model with LoRA, and SharVeT's vectors with eq. 13's "
+        "weights matched to the LM loss's scale (variant M, the paper's rule for the weights; the reference's "
+        "fixed weights elsewhere):",
         *[f"![Figure 3, ratio {r:g}]({fig}/figure3_loss_r{r:g}.png)" for r in curves],
         refinement_table(rows + extra, fig3_lr, tasks),
         f"Figure 4 (intra-group joint similarity S by grouping strategy): ![Figure 4]({fig}/figure4_grouping.png)",

@@ -94,5 +94,6 @@ def test_stage_commands_name_every_stage_and_split_by_tag():
                   train_samples=256, lrs="1e-4,1e-3", ratios="0.7", variants_lr="1e-3", variant_rows="sharvet:R",
                   tag="-x")
     cmds = study_smollm2.stage_commands(a)
-    assert list(cmds) == ["methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "grouping", "similarity"]
+    assert list(cmds) == ["methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "sharvet-matched",
+                          "grouping", "similarity"]
     assert cmds["methods-lr1e-3"][-1] == "R/methods-lr1e-3-x.json" and "0.7" in cmds["methods-lr1e-3"]
