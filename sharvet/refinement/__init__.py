@@ -9,7 +9,6 @@ Typical use::
 from .absorb import finalize
 from .command import add_refine_arguments, refine_config_from_args
 from .history import plot_comparison, plot_history, read_history
-from .lora import attach_lora, load_lora, save_lora
 from .losses import LossOutput, LossWeights, feature_loss, kd_loss, l2_deviation, lm_loss, refinement_loss
 from .state import latest_checkpoint
 from .trainer import MODES, RefineConfig, RefineResult, refine
@@ -21,3 +20,15 @@ __all__ = [
     "latest_checkpoint", "lm_loss", "load_lora", "mark_trainable", "parameter_summary", "plot_comparison",
     "plot_history", "read_history", "refine", "refine_config_from_args", "refinement_loss", "save_lora",
 ]
+
+#: provided by :mod:`.lora`, imported on first use: peft takes ~4 s to import, which every ``sharvet``
+#: command would otherwise pay
+_LORA_NAMES = ("attach_lora", "load_lora", "save_lora")
+
+
+def __getattr__(name: str):
+    if name in _LORA_NAMES:
+        from . import lora
+
+        return getattr(lora, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -36,7 +36,6 @@ from tqdm.auto import tqdm
 
 from . import state as ckpt
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
-from .lora import attach_lora, is_lora
 from .losses import LossOutput, LossWeights, refinement_loss
 from .vectors import ParameterSummary, VECTOR_MODES, mark_trainable, parameter_summary
 
@@ -298,6 +297,8 @@ def _trainable_student(student: nn.Module, cfg: RefineConfig, *,
                        half_to_float: bool) -> tuple[nn.Module, list[tuple[nn.Parameter, torch.dtype]]]:
     """Freeze all but the vectors (or attach LoRA); optionally keep half-precision vectors in float32."""
     if cfg.mode == "lora":
+        from .lora import attach_lora, is_lora  # peft takes seconds to import: only when LoRA is used
+
         model = student if is_lora(student) else attach_lora(student, cfg.lora_rank, cfg.lora_alpha,
                                                              cfg.lora_dropout)
     else:
