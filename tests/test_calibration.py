@@ -115,14 +115,20 @@ def test_gguf_parsed_once_shares_the_parse_and_restores_gguf(tmp_path):
     path = tmp_path / "tiny.gguf"
     write_gguf(path)
     reader, name_map = gguf.GGUFReader, gguf.get_tensor_name_map
+    plain = gguf.GGUFReader(str(path))
     with gguf_parsed_once():
         first = gguf.GGUFReader(str(path))
         assert gguf.GGUFReader(str(path)) is first
         assert [t.name for t in first.tensors] == ["token_embd.weight"]
+        assert type(first.data) is np.ndarray and type(plain.data) is np.memmap  # read into memory
+        assert list(first.fields) == list(plain.fields)
+        assert np.array_equal(first.tensors[0].data, plain.tensors[0].data)
         arch = gguf.MODEL_ARCH.LLAMA
         assert gguf.get_tensor_name_map(arch, 2) is gguf.get_tensor_name_map(arch, 2)
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    assert type(gguf.GGUFReader(str(path)).data) is np.memmap
     with pytest.raises(RuntimeError), gguf_parsed_once():
         raise RuntimeError("a failed load")
     assert (gguf.GGUFReader, gguf.get_tensor_name_map) == (reader, name_map)
+    assert type(gguf.GGUFReader(str(path)).data) is np.memmap
     assert gguf.GGUFReader(str(path)) is not gguf.GGUFReader(str(path))
