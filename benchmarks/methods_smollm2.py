@@ -135,8 +135,8 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks
     model = out.model.get_base_model() if mode == "lora" else finalize(out.model, out.record())
     row.update({"refine_mode": mode, "lm_only": rcfg.lm_only, "lr": a.lr, "steps": out.steps,
                 "refine_s": round(time.perf_counter() - t0, 1), "trainable": summary.trainable,
-                "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final, "loss_weights": out.loss_weights,
-                "history": f"{rcfg.output_dir}/history.jsonl", "tasks": tasks(model)})
+                "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final,
+                "loss_weights": out.loss_weights, "history": f"{rcfg.output_dir}/history.jsonl", "tasks": tasks(model)})
     return row
 
 

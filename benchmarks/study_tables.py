@@ -41,11 +41,18 @@ ABLATIONS = (
 def load_runs(results_dir: Path, prefix: str) -> list[dict[str, Any]]:
     """Every results file of a stage (``<prefix>*.json``, a stage may be split over several runs)."""
     paths = sorted(p for p in results_dir.glob(f"{prefix}*.json") if not p.name.endswith(".run.json"))
-    return [json.loads(p.read_text()) | {"file": p.name} for p in paths]
+    return [json.loads(p.read_text()) for p in paths]
 
 
 def rows_of(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    return [row | {"lr": run["args"]["lr"], "file": run["file"]} for run in runs for row in run["rows"]]
+    return [row | {"lr": run["args"]["lr"]} for run in runs for row in run["rows"]]
+
+
+def tuned_row(rows: list[dict[str, Any]], ratio: float, method: str, variants: tuple[str, ...],
+              lr: float) -> dict[str, Any] | None:
+    """The fine-tuned row of one (ratio, method, variants, lr), or None."""
+    return next((r for r in rows if (r["ratio"], r["method"], tuple(r["variants"]), r["lr"]) ==
+                 (ratio, method, variants, lr) and "ppl_tuned" in r), None)
 
 
 def best_rows(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, Any]]:
@@ -276,8 +283,7 @@ def figure3(results_dir: Path, rows: list[dict[str, Any]], lr: float, figures_di
     for ratio in sorted({r["ratio"] for r in rows}, reverse=True):
         runs = {}
         for (m, variants), label in CURVES:
-            row = next((r for r in rows if (r["ratio"], r["method"], tuple(r["variants"]), r["lr"]) ==
-                        (ratio, m, variants, lr) and "history" in r), None)
+            row = tuned_row(rows, ratio, m, variants, lr)
             if row and history_path(results_dir, row).exists():
                 runs[label] = history_path(results_dir, row)
         if len(runs) >= 2:
@@ -291,8 +297,7 @@ def refinement_table(rows: list[dict[str, Any]], lr: float, tasks: list[str]) ->
     body = []
     for ratio in sorted({r["ratio"] for r in rows}, reverse=True):
         for (m, variants), label in CURVES:
-            row = next((r for r in rows if (r["ratio"], r["method"], tuple(r["variants"]), r["lr"]) ==
-                        (ratio, m, variants, lr) and "ppl_tuned" in r), None)
+            row = tuned_row(rows, ratio, m, variants, lr)
             if row:
                 body.append([f"{ratio:g}", label, f"{row['trainable']:,}", fmt(row["ppl_untuned"], 1),
                              fmt(row["ppl_tuned"], 2), *[fmt(accuracy(row.get("tasks", {}), t)) for t in tasks]])
@@ -312,8 +317,7 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
     best = best_rows(rows)
     variant_rows = rows_of(load_runs(results_dir, "variants"))
     variants = {r["variants"][0]: r for r in variant_rows if len(r["variants"]) == 1}
-    base = next((r for r in rows if (r["ratio"], r["method"]) == (0.5, "sharvet") and not r["variants"]
-                 and variant_rows and r["lr"] == variant_rows[0]["lr"]), None)
+    base = tuned_row(rows, 0.5, "sharvet", (), variant_rows[0]["lr"]) if variant_rows else None
     tasks = tasks_with_data(rows) or ["piqa"]
     grouping_path = results_dir / "grouping.json"
     grouping = json.loads(grouping_path.read_text()) if grouping_path.exists() else None

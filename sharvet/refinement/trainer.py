@@ -274,12 +274,13 @@ def _matched_weights(run: _Run, cfg: RefineConfig, ids: torch.Tensor) -> LossWei
     Measured here, before any checkpoint is restored, so a resumed run gets the same weights; every
     process measures the same batch, so DDP processes agree.
     """
-    order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(cfg.seed))
+    order = _epoch_order(ids.shape[0], cfg.seed, 0)
     training = run.model.training
     run.model.eval()  # no dropout: the measurement neither draws random numbers nor depends on them
     try:
         with torch.no_grad():
-            terms = _micro_step(run, ids[order[:cfg.batch_size]].to(run.accelerator.device)).floats()
+            batch = _micro_batch(ids, order, 0, cfg.batch_size, 0, 1)  # process 0's, on every process
+            terms = _micro_step(run, batch.to(run.accelerator.device)).floats()
     finally:
         run.model.train(training)
     w = run.weights
@@ -386,7 +387,7 @@ def _train(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, ids: torch
         return position, False
     start_epoch, start_micro = position.epoch, position.micro
     for epoch in range(start_epoch, sched.epochs):
-        order = torch.randperm(ids.shape[0], generator=torch.Generator().manual_seed(cfg.seed + epoch))
+        order = _epoch_order(ids.shape[0], cfg.seed, epoch)
         sums: dict[str, torch.Tensor] = {}
         tick = time.perf_counter()
         for micro in range(start_micro if epoch == start_epoch else 0, sched.micro_per_epoch):
@@ -426,6 +427,11 @@ def _learn(run: _Run, cfg: RefineConfig, batch: torch.Tensor) -> tuple[LossOutpu
         run.optimizer.step()
         run.optimizer.zero_grad()
     return loss, grad_norm
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
+    """The permutation of the ``n`` training sequences used in ``epoch`` (same on every process)."""
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed + epoch))
 
 
 def _micro_batch(ids: torch.Tensor, order: torch.Tensor, micro: int, batch: int, rank: int,
