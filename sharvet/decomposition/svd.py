@@ -34,7 +34,7 @@ def _svd(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 
 def _truncate(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``rank`` SVD; a wide group matrix (d_in < Z * d_out) is factored as its transpose, which
-    LAPACK does ~1.8x faster on CPU (same factors up to the signs of singular-vector pairs)."""
+    LAPACK does ~1.9x faster on CPU (576 x 3072: 515 -> 267 ms) (same factors up to the signs of singular-vector pairs)."""
     if mat.shape[1] > mat.shape[0]:
         v, s, uh = _svd(mat.T)
         return uh[:rank].T, s[:rank], v[:, :rank].T
