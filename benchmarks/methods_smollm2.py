@@ -61,6 +61,8 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--tasks", default=None,
                    help="comma list of lm-eval tasks scored on each final model (e.g. default, piqa); needs lm_eval")
     p.add_argument("--task-batch-size", type=int, default=32)
+    p.add_argument("--skip-original-tasks", action="store_true",
+                   help="do not score the original model (a stage split over runs scores it once)")
     p.add_argument("--task-limit", type=int, default=None, help="score only the first N documents (smoke runs)")
     p.add_argument("--out-dir", default="outputs/methods-bench")
     p.add_argument("--json", default=None)
@@ -90,7 +92,7 @@ def main() -> None:
     start = time.perf_counter()
     res = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if a.device == "cuda" else a.device,
            "eval_tokens": len(eval_ids), "args": vars(a), "original_ppl": ppl(teacher.model),
-           "original_tasks": tasks(teacher.model), "rows": []}
+           "original_tasks": {} if a.skip_original_tasks else tasks(teacher.model), "rows": []}
     print("original", res["original_ppl"], headlines(res["original_tasks"]), flush=True)
     for ratio in map(float, a.ratios.split(",")):
         for row_text in a.rows.split(","):

@@ -39,20 +39,21 @@ DEFAULT_LRS = "1e-4,1e-3"
 
 def stage_commands(a: argparse.Namespace) -> dict[str, list[str]]:
     """Every stage's command line, writing under ``a.results_dir`` / ``a.figures_dir``."""
-    res, fig = Path(a.results_dir), Path(a.figures_dir)
+    res, fig, runs = Path(a.results_dir), Path(a.figures_dir), Path(a.runs_dir or a.results_dir)
     model = ["--model", a.model] if a.model else []
     common = [*model, "--data-dir", a.data_dir, "--device", a.device]
     bench = [sys.executable, str(ROOT / "benchmarks" / "methods_smollm2.py"), *common, "--tasks", a.tasks,
-             "--train-samples", str(a.train_samples)]
+             "--train-samples", str(a.train_samples), "--task-batch-size", str(a.task_batch_size),
+             *(["--skip-original-tasks"] if a.skip_original_tasks else [])]
     tag = a.tag
-    cmds = {f"methods-lr{lr}": [*bench, "--ratios", a.ratios, "--rows", TABLE2_ROWS, "--lr", lr,
-                                "--out-dir", str(res / f"runs-lr{lr}"), "--json", str(res / f"methods-lr{lr}{tag}.json")]
+    cmds = {f"methods-lr{lr}": [*bench, "--ratios", a.ratios, "--rows", a.table2_rows, "--lr", lr,
+                                "--out-dir", str(runs / f"runs-lr{lr}"), "--json", str(res / f"methods-lr{lr}{tag}.json")]
             for lr in a.lrs.split(",")}
     cmds["variants"] = [*bench, "--ratios", "0.5", "--rows", a.variant_rows, "--lr", a.variants_lr,
-                        "--out-dir", str(res / "runs-variants"), "--json", str(res / f"variants{tag}.json")]
+                        "--out-dir", str(runs / "runs-variants"), "--json", str(res / f"variants{tag}.json")]
     for stage, row in (("sharvet-lora", "sharvet:LoRA"), ("sharvet-matched", "sharvet:M")):
         cmds[stage] = [*bench, "--ratios", a.ratios, "--rows", row, "--lr", a.variants_lr,
-                       "--out-dir", str(res / f"runs-lr{a.variants_lr}"), "--json", str(res / f"{stage}{tag}.json")]
+                       "--out-dir", str(runs / f"runs-lr{a.variants_lr}"), "--json", str(res / f"{stage}{tag}.json")]
     cli = [sys.executable, "-m", "sharvet.cli"]
     where = [a.model] if a.model else []
     calib = ["--data-dir", a.data_dir, "--device", a.device, "--cache-dir", "none"]
@@ -120,9 +121,14 @@ def arguments() -> argparse.Namespace:
     r.add_argument("--ratios", default="0.7,0.5", help="ratios of the methods stages")
     r.add_argument("--variants-lr", default="1e-3")
     r.add_argument("--variant-rows", default=VARIANT_ROWS, help="rows of the variants stage")
+    r.add_argument("--table2-rows", default=TABLE2_ROWS, help="rows of the methods stages (to split them with --tag)")
+    r.add_argument("--runs-dir", default=None, help="refinement folders (checkpoints, loss histories); default: "
+                   "the results folder")
     r.add_argument("--tag", default="", help="file-name suffix, to split a stage over several runs (e.g. -r0.7)")
     r.add_argument("--train-samples", type=int, default=256, help="fine-tuning windows of 1024 tokens")
     r.add_argument("--tasks", default="default", help="lm-eval tasks (default: those with data present)")
+    r.add_argument("--task-batch-size", type=int, default=32)
+    r.add_argument("--skip-original-tasks", action="store_true", help="the original model is scored by another run")
     for q in (r, sub.add_parser("render", help="write docs/results.md's study section from the results")):
         q.add_argument("--results-dir", default=str(ROOT / "results" / "study"))
         q.add_argument("--figures-dir", default=str(ROOT / "docs" / "figures"))

