@@ -16,8 +16,8 @@ in the results folder (so a stage can run on another machine and its files be co
 vectors vs LoRA) from the refinement histories. The discussion is hand-written in
 ``docs/study_discussion.md`` and included as is; the claim checks above it are computed.
 
-    python benchmarks/study_smollm2.py run --device cuda --data-dir ../shared/data   # all stages
-    python benchmarks/study_smollm2.py run --stages variants --device cuda --data-dir ../shared/data
+    python benchmarks/study_smollm2.py run --device cuda --data-dir .data   # all stages (.data: see README)
+    python benchmarks/study_smollm2.py run --stages variants --device cuda --data-dir .data
     python benchmarks/study_smollm2.py render
 """
 from __future__ import annotations

@@ -32,9 +32,36 @@ def _svd(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         return tuple(t.to(mat.device) for t in torch.linalg.svd(mat.cpu(), full_matrices=False))
 
 
+#: the largest ``s_1 / s_rank`` for which the kept factors are taken from the eigendecomposition of the
+#: smaller Gram matrix: in float64 its eigenvalues carry an absolute error of ~eps * s_1^2, so a kept
+#: s_rank is then accurate to ~eps * (s_1 / s_rank)^2 ~ 1e-8 relative (the whitened groups of SmolLM2 have
+#: 30-700 at ratio 0.8, where this route is 1.5-2.6x faster than LAPACK's SVD on a 2-core CPU)
+GRAM_MAX_CONDITION = 1e4
+
+
+def _truncate_by_gram(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+    """Top-``rank`` SVD through ``eigh`` of ``M M^T`` or ``M^T M`` (whichever is smaller); None where the
+    kept spectrum is too ill-conditioned for that (or the precision is below float64)."""
+    if mat.dtype != torch.float64:
+        return None
+    wide = mat.shape[1] >= mat.shape[0]
+    evals, evecs = torch.linalg.eigh(mat @ mat.T if wide else mat.T @ mat)
+    s = evals.flip(0)[:rank].clamp_min(0).sqrt()
+    if not bool(s[-1] * GRAM_MAX_CONDITION > s[0]):
+        return None
+    vecs = evecs.flip(1)[:, :rank]
+    if wide:
+        return vecs, s, (vecs.T @ mat) / s[:, None]
+    return (mat @ vecs) / s, s, vecs.T
+
+
 def _truncate(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Top-``rank`` SVD; a wide group matrix (d_in < Z * d_out) is factored as its transpose, which
-    LAPACK does ~1.9x faster on CPU (576 x 3072: 515 -> 267 ms) (same factors up to the signs of singular-vector pairs)."""
+    """Top-``rank`` SVD ``(U, s, V^T)``: through the Gram matrix where that is exact to ~1e-8, else LAPACK's
+    SVD, factoring a wide matrix (d_in < Z * d_out) as its transpose, which LAPACK does ~1.9x faster on
+    CPU (576 x 3072: 515 -> 267 ms). Factors agree up to the signs of singular-vector pairs."""
+    factors = _truncate_by_gram(mat, rank)
+    if factors is not None:
+        return factors
     if mat.shape[1] > mat.shape[0]:
         v, s, uh = _svd(mat.T)
         return uh[:rank].T, s[:rank], v[:, :rank].T
