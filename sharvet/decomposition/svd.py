@@ -35,7 +35,7 @@ def _svd(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 #: the largest ``s_1 / s_rank`` for which the kept factors are taken from the eigendecomposition of the
 #: smaller Gram matrix: in float64 its eigenvalues carry an absolute error of ~eps * s_1^2, so a kept
 #: s_rank is then accurate to ~eps * (s_1 / s_rank)^2 ~ 1e-8 relative (the whitened groups of SmolLM2 have
-#: 30-700 at ratio 0.8, where this route is 1.5-2.6x faster than LAPACK's SVD on a 2-core CPU)
+#: 30-700 at ratio 0.8, where this route is 1.5-3x faster than LAPACK's SVD on a 2-core CPU)
 GRAM_MAX_CONDITION = 1e4
 
 
