@@ -345,7 +345,7 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
         "### Table 2: methods at the same budget, after fine-tuning",
         table2(runs, best, tasks),
         f"{', '.join(['C4', *missing])}: **n/a = not run**: no copy of the data is reachable from these machines "
-        "(no hub access; see `docs/results.md`, \"Evaluation data\"). "
+        "(no hub access; see \"Evaluation data\" above). "
         "`trainable` counts the parameters fine-tuned: SharVeT's vectors lie inside the compression budget, "
         "the baselines' LoRA adapters come on top of it. `wall s`: compression + fine-tuning on the GPU, evaluation "
         "excluded. FiPS is reported beside the paper's baselines.",
