@@ -26,14 +26,6 @@ def timed(fn, *args):
     return out, 1000 * (time.perf_counter() - t0)
 
 
-def lapack(mat: torch.Tensor, rank: int):
-    if mat.shape[1] > mat.shape[0]:
-        v, s, uh = svd._svd(mat.T)
-        return uh[:rank].T, s[:rank], v[:, :rank].T
-    u, s, vh = svd._svd(mat)
-    return u[:, :rank], s[:rank], vh[:rank]
-
-
 def main() -> None:
     loaded = load_original(None)
     adapter = adapter_for(loaded.model)
@@ -48,7 +40,7 @@ def main() -> None:
         mat = chol.T @ wcat
         rank = int(0.8 * min(mat.shape))
         values = torch.linalg.svdvals(mat)
-        (u1, s1, v1), t1 = timed(lapack, mat, rank)
+        (u1, s1, v1), t1 = timed(svd._truncate_by_svd, mat, rank)
         gram, t2 = timed(svd._truncate_by_gram, mat, rank)
         if gram is None:
             print(f"| {name} | {layers} | {tuple(mat.shape)} | {rank} | {float(values[0] / values[rank - 1]):.0f} | "

