@@ -112,6 +112,20 @@ def wall(row: dict[str, Any]) -> str:
     return f"{row.get('compress_s', 0) + row.get('refine_s', 0):.0f}"
 
 
+def accuracy_header(tasks: list[str]) -> list[str]:
+    """Per-task accuracy columns, plus their average with its standard error when there are several tasks."""
+    return [f"{TASK_NAMES[t]} ↑" for t in tasks] + (["Avg ± SE ↑"] if len(tasks) > 1 else [])
+
+
+def accuracy_cells(row: dict[str, Any], tasks: list[str]) -> list[str]:
+    scores = row.get("tasks", {})
+    cells = [fmt(accuracy(scores, t)) for t in tasks]
+    if len(tasks) > 1:
+        mean, err = average(scores, tasks), stderr(scores, tasks)
+        cells.append(fmt(mean) if mean is None or err is None else f"{mean:.1f} ± {err:.1f}")
+    return cells
+
+
 def table(header: list[str], body: list[list[str]]) -> str:
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     return "\n".join(lines + ["| " + " | ".join(cells) + " |" for cells in body])
@@ -189,12 +203,11 @@ def ablation_tables(base: dict[str, Any] | None, variants: dict[str, dict[str, A
             if row is None:
                 continue
             tuned = fmt(row["ppl_tuned"], 1) if "ppl_tuned" in row else "-"
-            body.append([v or "SharVeT", what, fmt(row["ppl_untuned"], 1), tuned,
-                         *[fmt(accuracy(row.get("tasks", {}), t)) for t in tasks], f"{row.get('trainable', 0):,}",
-                         wall(row)])
+            body.append([v or "SharVeT", what, fmt(row["ppl_untuned"], 1), tuned, *accuracy_cells(row, tasks),
+                         f"{row.get('trainable', 0):,}", wall(row)])
         out.append(f"**{title}** (ratio 0.5)\n\n" + table(
-            ["Variant", "What changes", "ppl untuned", "ppl after refinement ↓",
-             *[f"{TASK_NAMES[t]} ↑" for t in tasks], "trainable", "wall s"], body))
+            ["Variant", "What changes", "ppl untuned", "ppl after refinement ↓", *accuracy_header(tasks),
+             "trainable", "wall s"], body))
     return "\n\n".join(out)
 
 
@@ -308,9 +321,9 @@ def refinement_table(rows: list[dict[str, Any]], lr: float, tasks: list[str]) ->
             row = tuned_row(rows, ratio, m, variants, lr)
             if row:
                 body.append([f"{ratio:g}", label, f"{row['trainable']:,}", fmt(row["ppl_untuned"], 1),
-                             fmt(row["ppl_tuned"], 2), *[fmt(accuracy(row.get("tasks", {}), t)) for t in tasks]])
-    return table(["Ratio", "Model, refinement", "trainable", "ppl untuned", "ppl tuned ↓",
-                  *[f"{TASK_NAMES[t]} ↑" for t in tasks]], body)
+                             fmt(row["ppl_tuned"], 2), *accuracy_cells(row, tasks)])
+    return table(["Ratio", "Model, refinement", "trainable", "ppl untuned", "ppl tuned ↓", *accuracy_header(tasks)],
+                 body)
 
 
 # ----------------------------------------------------------------------------------------------- document
@@ -357,6 +370,8 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
         "" if variant_tasks == tasks else f"The ablation runs carry {', '.join(TASK_NAMES[t] for t in variant_tasks)} "
         "only: they ran before the other tasks' data was on these machines.",
         ablation_tables(base, variants, variant_tasks) if base else "not run yet",
+        "`wall s`: compression + fine-tuning; a run that shared the GPU with others (its note under \"Runs\" "
+        "says so) includes their contention.",
         "### Figures",
         f"Figure 1 (joint similarity per module type): ![Figure 1]({fig}/similarity_smollm2.png)",
         f"Figure 3 (LM loss on the training batches, lr {fig3_lr:g}, same data and steps): SharVeT's compressed model "

@@ -125,3 +125,13 @@ def test_average_stderr_combines_the_tasks():
                                    "metrics": {"acc": 0.5, "acc_stderr": 0.02}}}
     assert study_tables.stderr(tasks, ["piqa", "copa"]) == pytest.approx((1.0 + 4.0) ** 0.5 / 2)
     assert study_tables.stderr(tasks, ["piqa", "winogrande"]) is None
+
+
+def test_accuracy_cells_add_the_average_only_for_several_tasks():
+    tasks = {**piqa(0.5), "copa": {"status": "ok", "headline": 0.6, "headline_metric": "acc",
+                                   "metrics": {"acc": 0.6, "acc_stderr": 0.02}}}
+    one = {"tasks": tasks}
+    assert study_tables.accuracy_cells(one, ["piqa"]) == ["50.0"]
+    assert study_tables.accuracy_header(["piqa"]) == ["PIQA ↑"]
+    assert study_tables.accuracy_cells(one, ["piqa", "copa"]) == ["50.0", "60.0", "55.0 ± 1.1"]
+    assert study_tables.accuracy_cells(one, ["piqa", "winogrande"])[-1] == "n/a"
