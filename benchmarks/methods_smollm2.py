@@ -19,7 +19,9 @@ import argparse
 import copy
 import json
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any, NamedTuple
 
 import torch
 from refine_smollm2 import split_corpus
@@ -27,6 +29,7 @@ from refine_smollm2 import split_corpus
 from sharvet.calibration import collect_stats
 from sharvet.data import pack_sequences
 from sharvet.evaluation.perplexity import perplexity
+from sharvet.evaluation.results import ppl_tokens
 from sharvet.evaluation.tasks import run_tasks
 from sharvet.loading import load_original
 from sharvet.methods import method, refine_overrides
@@ -57,6 +60,11 @@ def arguments() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--lora-rank", type=int, default=8)
     p.add_argument("--eval-tokens", type=int, default=None, help="evaluate on the first N held-out tokens only")
+    p.add_argument("--extra-ppl", default="c4,ptb",
+                   help="further perplexity sets scored on the original and every final model, each where its data "
+                        "is in --data-dir (a set without local data is left out, never downloaded); '' for none")
+    p.add_argument("--extra-ppl-tokens", type=int, default=256 * 1024,
+                   help="score the first N tokens of each further set (256 windows of 1024 by default)")
     p.add_argument("--no-finetune", action="store_true", help="only the untuned rows (paper Table 6)")
     p.add_argument("--tasks", default=None,
                    help="comma list of lm-eval tasks scored on each final model (e.g. default, piqa); needs lm_eval")
@@ -81,6 +89,16 @@ def main() -> None:
     def ppl(model) -> float:
         return round(perplexity(model, eval_ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
 
+    extra, not_run = ppl_tokens([n for n in a.extra_ppl.split(",") if n], teacher.tokenizer,
+                                Path(a.data_dir) if a.data_dir else None, True, a.extra_ppl_tokens)
+    for name, why in not_run.items():
+        print(f"{name}: not scored ({why['reason']})", flush=True)
+
+    def extra_ppl(model) -> dict[str, float]:
+        """Perplexity on the further sets (C4, PTB) whose data is local."""
+        return {name: round(perplexity(model, ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
+                for name, ids in extra.items()}
+
     def tasks(model) -> dict:
         """lm-eval accuracies of ``model`` (LoRA layers active); empty without ``--tasks``."""
         if not a.tasks:
@@ -92,11 +110,13 @@ def main() -> None:
     start = time.perf_counter()
     res = {"date": time.strftime("%Y-%m-%d"), "device": torch.cuda.get_device_name() if a.device == "cuda" else a.device,
            "eval_tokens": len(eval_ids), "args": vars(a), "original_ppl": ppl(teacher.model),
+           "extra_ppl_tokens": {name: len(ids) for name, ids in extra.items()},
+           "original_extra_ppl": extra_ppl(teacher.model),
            "original_tasks": {} if a.skip_original_tasks else tasks(teacher.model), "rows": []}
     print("original", res["original_ppl"], headlines(res["original_tasks"]), flush=True)
     for ratio in map(float, a.ratios.split(",")):
         for row_text in a.rows.split(","):
-            row = run_row(a, row_text, ratio, teacher.model, stats, calib_ids, train_ids, ppl, tasks)
+            row = run_row(a, row_text, ratio, teacher.model, stats, calib_ids, train_ids, Scores(ppl, extra_ppl, tasks))
             res["rows"].append(row)
             print(json.dumps(row), flush=True)
             if a.json:  # after every row: a run cut short keeps what it measured
@@ -112,7 +132,15 @@ def headlines(task_results: dict) -> dict[str, float | None]:
     return {name: r.get("headline") for name, r in task_results.items()}
 
 
-def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks) -> dict:
+class Scores(NamedTuple):
+    """What is measured on a model: held-out WikiText-2 perplexity, the further sets, lm-eval tasks."""
+
+    ppl: Callable[[Any], float]
+    extra_ppl: Callable[[Any], dict[str, float]]
+    tasks: Callable[[Any], dict]
+
+
+def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, score: Scores) -> dict:
     name, variants = parse_row(row_text)
     cfg = CompressionConfig.preset(name, variants, ratio=ratio)
     student = copy.deepcopy(teacher)
@@ -120,10 +148,10 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks
     result = compress(student, stats, cfg, calibration_ids=calib_ids, device=a.device, progress=False)
     row = {"row": row_text, "method": name, "variants": list(variants), "ratio": ratio,
            "realised_ratio": round(result.report.linear_ratio, 5), "model_ratio": round(result.report.model_ratio, 5),
-           "compress_s": round(time.perf_counter() - t0, 1), "ppl_untuned": ppl(student)}
+           "compress_s": round(time.perf_counter() - t0, 1), "ppl_untuned": score.ppl(student)}
     tuning = refine_overrides(variants)
     if a.no_finetune or tuning.pop("refine", True) is False:
-        row["tasks"] = tasks(student)
+        row.update({"extra_ppl": score.extra_ppl(student), "tasks": score.tasks(student)})
         return row
     mode = tuning.get("mode", method(name).refine_mode)
     rcfg = RefineConfig(mode=mode, lr=a.lr, epochs=a.epochs, batch_size=a.batch_size, lora_rank=a.lora_rank,
@@ -137,20 +165,20 @@ def run_row(a, row_text, ratio, teacher, stats, calib_ids, train_ids, ppl, tasks
     model = out.model.get_base_model() if mode == "lora" else finalize(out.model, out.record())
     row.update({"refine_mode": mode, "lm_only": rcfg.lm_only, "lr": a.lr, "steps": out.steps,
                 "refine_s": round(time.perf_counter() - t0, 1), "trainable": summary.trainable,
-                "total_with_adapters": summary.total, "ppl_tuned": ppl(model), "final_losses": out.final,
-                "loss_weights": out.loss_weights, "history": f"{rcfg.output_dir}/history.jsonl", "tasks": tasks(model)})
+                "total_with_adapters": summary.total, "ppl_tuned": score.ppl(model), "final_losses": out.final,
+                "loss_weights": out.loss_weights, "history": f"{rcfg.output_dir}/history.jsonl",
+                "extra_ppl": score.extra_ppl(model), "tasks": score.tasks(model)})
     return row
 
 
 def print_table(res: dict) -> None:
-    print(f"original WikiText-2 (held-out half) perplexity {res['original_ppl']}")
-    print("| ratio | row | realised | untuned ppl | tuned ppl | refinement | trainable | tasks |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(f"original WikiText-2 (held-out half) perplexity {res['original_ppl']}, further sets {res['original_extra_ppl']}")
+    print("| ratio | row | realised | untuned ppl | tuned ppl | further sets | refinement | trainable | tasks |")
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in res["rows"]:
         print(f"| {r['ratio']} | {r['row']} | {r['realised_ratio']:.4f} | {r['ppl_untuned']} | "
-              f"{r.get('ppl_tuned', '-')} | {r.get('refine_mode', '-')} | {r.get('trainable', 0):,} | "
-              f"{headlines(r.get('tasks', {}))} |")
-
+              f"{r.get('ppl_tuned', '-')} | {r.get('extra_ppl', {})} | {r.get('refine_mode', '-')} | "
+              f"{r.get('trainable', 0):,} | {headlines(r.get('tasks', {}))} |")
 
 if __name__ == "__main__":
     main()

@@ -25,6 +25,8 @@ LABELS = {m: n if m in ("original", "sharvet") else f"{n} + LoRA" for m, n in NA
 #: gaps are not findings
 NOISE = 0.016
 TABLE2 = ("seq", "cycle", "cycle-rev", "basis-sharing", "fips", "sharvet")
+#: Table 2's perplexity sets besides WikiText-2 (scored where their data is local); C4 is always a column
+PPL_SETS = {"c4": "C4", "ptb": "PTB"}
 TASK_NAMES = {"copa": "COPA", "piqa": "PIQA", "arc_easy": "ARC-E", "winogrande": "WG", "lambada_openai": "LAMBADA"}
 #: the paper's ablation tables: (title, [(variant or "" for full SharVeT, what it changes)])
 ABLATIONS = (
@@ -71,6 +73,19 @@ def best_rows(rows: list[dict[str, Any]]) -> dict[tuple[float, str], dict[str, A
 def accuracy(tasks: dict[str, Any], name: str) -> float | None:
     entry = tasks.get(name, {})
     return 100 * entry["headline"] if entry.get("status") == "ok" and entry.get("headline") is not None else None
+
+
+def final_ppl(row: dict[str, Any], name: str = "wikitext2") -> float | None:
+    """A row's perplexity after fine-tuning (or its only one) on ``wikitext2`` or a further set; None if not run."""
+    if name == "wikitext2":
+        return row.get("ppl_tuned", row.get("ppl_untuned"))
+    return row.get("extra_ppl", {}).get(name)
+
+
+def ppl_sets(runs: list[dict[str, Any]]) -> list[str]:
+    """Table 2's further perplexity columns: C4 always, other sets where a run scored them."""
+    scored = {name for run in runs for name in run.get("extra_ppl_tokens", {})}
+    return [name for name in PPL_SETS if name == "c4" or name in scored]
 
 
 def tasks_with_data(rows: list[dict[str, Any]]) -> list[str]:
@@ -153,6 +168,8 @@ def setup_section(first: dict[str, Any], lrs: list[float]) -> str:
         f"baselines train LoRA adapters (rank {a['lora_rank']}) on the same loss. Seeds fixed (0). Accuracy: "
         "lm-eval 0.4.13, 0-shot, full validation/test sets: PIQA from the shared data folder, COPA, WinoGrande, "
         "ARC-Easy and LAMBADA written by `sharvet fetch-data` (see \"Evaluation data\" above)."
+        + "".join(f" {PPL_SETS[n]} perplexity: the first {k:,} tokens of its local evaluation file, same windows."
+                  for n, k in first.get("extra_ppl_tokens", {}).items())
     )
 
 
@@ -163,18 +180,21 @@ def original_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
 
 def table2(runs: list[dict[str, Any]], best: dict, tasks: list[str]) -> str:
     first = original_run(runs)
-    header = ["Ratio", "Method", "lr", "realised ratio", "trainable", "WikiText-2 ↓", "C4 ↓",
-              *TASK_NAMES.values(), f"Avg ({'+'.join(TASK_NAMES[t] for t in tasks)}) ↑", "wall s"]
+    sets = ppl_sets(runs)
+    header = ["Ratio", "Method", "lr", "realised ratio", "trainable", "WikiText-2 ↓",
+              *[f"{PPL_SETS[n]} ↓" for n in sets], *TASK_NAMES.values(),
+              f"Avg ({'+'.join(TASK_NAMES[t] for t in tasks)}) ↑", "wall s"]
     def cells(tasks_of: dict) -> list[str]:
         return [fmt(accuracy(tasks_of, t)) for t in TASK_NAMES] + [fmt(average(tasks_of, tasks))]
-    body = [["1.0", LABELS["original"], "-", "1.0", "-", fmt(first["original_ppl"], 2), "n/a",
+    original = {"ppl_untuned": first["original_ppl"], "extra_ppl": first.get("original_extra_ppl", {})}
+    body = [["1.0", LABELS["original"], "-", "1.0", "-", *[fmt(final_ppl(original, n), 2) for n in ["wikitext2", *sets]],
              *cells(first.get("original_tasks", {})), "-"]]
     for ratio in sorted({r for r, _ in best}, reverse=True):
         for m in (m for m in TABLE2 if (ratio, m) in best):
             row = best[(ratio, m)]
             body.append([f"{ratio:g}", LABELS[m], f"{row['lr']:g}", f"{row['realised_ratio']:.4f}",
-                         f"{row['trainable']:,}", fmt(row["ppl_tuned"], 2), "n/a", *cells(row.get("tasks", {})),
-                         wall(row)])
+                         f"{row['trainable']:,}", *[fmt(final_ppl(row, n), 2) for n in ["wikitext2", *sets]],
+                         *cells(row.get("tasks", {})), wall(row)])
     return table(header, body)
 
 
@@ -237,6 +257,16 @@ def verdict(ok: bool, ours: float | None = None, theirs: float | None = None) ->
     return "**holds**" if ok else "**does not hold**"
 
 
+def ppl_claim(ratio: float, label: str, mine: float | None, theirs: dict[str, float | None]) -> list[str]:
+    """Table 2's claim on one perplexity set (no line when a method was not scored on it)."""
+    if mine is None or not theirs or None in theirs.values():
+        return []
+    rival = min(theirs, key=theirs.get)
+    return [f"- Table 2, ratio {ratio:g}, {label}: SharVeT ahead of every baseline - "
+            f"{verdict(mine < theirs[rival], mine, theirs[rival])} (SharVeT {fmt(mine, 1)}, "
+            f"best baseline {LABELS[rival]} {fmt(theirs[rival], 1)})."]
+
+
 def claims(best: dict, tasks: list[str], base: dict | None, variants: dict, curves: dict, grouping: dict | None) -> str:
     lines = []
     for ratio in sorted({r for r, _ in best}, reverse=True):
@@ -244,10 +274,8 @@ def claims(best: dict, tasks: list[str], base: dict | None, variants: dict, curv
         others = {m: best[(ratio, m)] for m in TABLE2 if m != "sharvet" and (ratio, m) in best}
         if not ours or not others:
             continue
-        rival = min(others, key=lambda m: others[m]["ppl_tuned"])
-        lines.append(f"- Table 2, ratio {ratio:g}, WikiText-2: SharVeT ahead of every baseline - "
-                     f"{verdict(ours['ppl_tuned'] < others[rival]['ppl_tuned'], ours['ppl_tuned'], others[rival]['ppl_tuned'])} (SharVeT {fmt(ours['ppl_tuned'], 1)}, "
-                     f"best baseline {LABELS[rival]} {fmt(others[rival]['ppl_tuned'], 1)}).")
+        for name, label in (("wikitext2", "WikiText-2"), *PPL_SETS.items()):
+            lines += ppl_claim(ratio, label, final_ppl(ours, name), {m: final_ppl(r, name) for m, r in others.items()})
         accs = {m: average(r.get("tasks", {}), tasks) for m, r in others.items()}
         mine = average(ours.get("tasks", {}), tasks)
         if mine is not None and all(v is not None for v in accs.values()):
@@ -341,7 +369,10 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
     base = tuned_row(rows, 0.5, "sharvet", (), variant_rows[0]["lr"]) if variant_rows else None
     tasks = tasks_with_data(rows) or ["piqa"]
     variant_tasks = tasks_with_data(variant_rows) or ["piqa"]
-    missing = [TASK_NAMES[t] for t in TASK_NAMES if t not in tasks]
+    missing = [PPL_SETS[n] for n in ppl_sets(runs) if all(final_ppl(r, n) is None for r in best.values())]
+    missing += [TASK_NAMES[t] for t in TASK_NAMES if t not in tasks]
+    not_run = (f"{', '.join(missing)}: **n/a = not run**: no copy of the data is reachable from these machines "
+               "(no hub access; see \"Evaluation data\" above). ") if missing else ""
     grouping_path = results_dir / "grouping.json"
     grouping = json.loads(grouping_path.read_text()) if grouping_path.exists() else None
     extra = rows_of(load_runs(results_dir, "sharvet-lora") + load_runs(results_dir, "sharvet-matched"))
@@ -357,9 +388,7 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
         setup_section(with_runs, lrs),
         "### Table 2: methods at the same budget, after fine-tuning",
         table2(runs, best, tasks),
-        f"{', '.join(['C4', *missing])}: **n/a = not run**: no copy of the data is reachable from these machines "
-        "(no hub access; see \"Evaluation data\" above). "
-        "`trainable` counts the parameters fine-tuned: SharVeT's vectors lie inside the compression budget, "
+        f"{not_run}`trainable` counts the parameters fine-tuned: SharVeT's vectors lie inside the compression budget, "
         "the baselines' LoRA adapters come on top of it. `wall s`: compression + fine-tuning on the GPU, evaluation "
         "excluded. FiPS is reported beside the paper's baselines.",
         "Learning-rate search (held-out WikiText-2 perplexity after fine-tuning; the lower one is Table 2's):",

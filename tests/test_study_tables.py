@@ -78,6 +78,24 @@ def test_render_tables_claims_and_figure(results, tmp_path):
     assert "| methods-lr1e-3 | test GPU | 2026-11-23 | 1 | `run methods-lr1e-3` |" in text
 
 
+def test_c4_column_fills_when_the_runs_scored_it(results, tmp_path):
+    run_file = results / "methods-lr1e-3.json"
+    run = json.loads(run_file.read_text())
+    run["extra_ppl_tokens"], run["original_extra_ppl"] = {"c4": 2048}, {"c4": 30.0}
+    run["rows"][0]["extra_ppl"], run["rows"][1]["extra_ppl"] = {"c4": 90.0}, {"c4": 85.0}
+    run_file.write_text(json.dumps(run))
+    lr4_file = results / "methods-lr1e-4.json"  # basis sharing's best row (lr 1e-4) is the one Table 2 shows
+    lr4 = json.loads(lr4_file.read_text())
+    lr4["rows"][0]["extra_ppl"] = {"c4": 88.0}
+    lr4_file.write_text(json.dumps(lr4))
+    text = study_tables.render_study(results, tmp_path, tmp_path, tmp_path / "missing.md")
+    assert "| 1.0 | Original | - | 1.0 | - | 20.00 | 30.00 |" in text
+    assert "| 0.5 | Basis Sharing + LoRA | 0.0001 | 0.5000 | 100 | 50.00 | 88.00 | n/a | 52.0 |" in text
+    assert "C4: SharVeT ahead of every baseline - **holds** (SharVeT 85.0, best baseline Basis Sharing + LoRA 88.0)" \
+        in text
+    assert "\nCOPA, ARC-E, WG, LAMBADA: **n/a = not run**" in text
+
+
 def test_render_replaces_only_the_study_section(results, tmp_path):
     doc = tmp_path / "results.md"
     doc.write_text("# Results\n\nkept above\n\n<!-- study:begin -->\nstale text\n<!-- study:end -->\n\nkept below\n")

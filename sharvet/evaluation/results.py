@@ -60,7 +60,7 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
     }
 
 
-def _ppl_tokens(names: Sequence[str], tokenizer: Any, data_dir: Path | None, offline: bool | None,
+def ppl_tokens(names: Sequence[str], tokenizer: Any, data_dir: Path | None, offline: bool | None,
                 max_tokens: int | None) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """Token ids per perplexity set; a missing set becomes a "not run" entry, malformed data raises."""
     tokens, not_run = {}, {}
@@ -130,7 +130,7 @@ def evaluate(
     ppl, tasks = [n.strip() for n in ppl if n.strip()], [n.strip() for n in tasks if n.strip()]
     plan = plan_tasks(tasks, root, offline=offline, source=task_source)
     loaded = _as_loaded(spec, device, dtype)
-    tokens, ppl_not_run = _ppl_tokens(ppl, loaded.tokenizer, root, offline, max_tokens)
+    tokens, ppl_not_run = ppl_tokens(ppl, loaded.tokenizer, root, offline, max_tokens)
     ppl_results = {**ppl_not_run, **_run_perplexity(loaded.model, tokens, context=context, stride=stride,
                                                      batch_size=batch_size, device=device, progress=progress)}
     task_results = run_plan(plan, loaded.model, loaded.tokenizer, limit=limit, seed=seed,
