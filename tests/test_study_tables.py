@@ -153,3 +153,26 @@ def test_accuracy_cells_add_the_average_only_for_several_tasks():
     assert study_tables.accuracy_header(["piqa"]) == ["PIQA ↑"]
     assert study_tables.accuracy_cells(one, ["piqa", "copa"]) == ["50.0", "60.0", "55.0 ± 1.1"]
     assert study_tables.accuracy_cells(one, ["piqa", "winogrande"])[-1] == "n/a"
+
+
+def test_jobs_run_data_first_then_stages_side_by_side(tmp_path, monkeypatch):
+    marker = tmp_path / "data-done"
+    write = [sys.executable, "-c", f"import pathlib; pathlib.Path({str(marker)!r}).touch()"]
+    check = [sys.executable, "-c",
+             f"import pathlib, sys; print('ok'); sys.exit(not pathlib.Path({str(marker)!r}).exists())"]
+    monkeypatch.setattr(study_smollm2, "stage_commands", lambda a: {"data": write, "one": check, "two": check})
+    a = Namespace(stages="all", results_dir=str(tmp_path / "res"), figures_dir=str(tmp_path / "fig"), tag="-t", jobs=2)
+    study_smollm2.run(a)
+    records = {n: json.loads((tmp_path / "res" / f"{n}-t.run.json").read_text()) for n in ("data", "one", "two")}
+    assert all(r["returncode"] == 0 for r in records.values())
+    assert "note" not in records["data"] and "2 stages at a time" in records["one"]["note"]
+    assert (tmp_path / "res" / "two-t.log").read_text().strip() == "ok"
+
+
+def test_a_failed_stage_among_jobs_fails_the_run(tmp_path, monkeypatch):
+    fail = [sys.executable, "-c", "raise SystemExit(3)"]
+    monkeypatch.setattr(study_smollm2, "stage_commands", lambda a: {"one": fail, "two": [sys.executable, "-c", ""]})
+    a = Namespace(stages="all", results_dir=str(tmp_path), figures_dir=str(tmp_path), tag="", jobs=2)
+    with pytest.raises(SystemExit, match="stage one failed with exit code 3"):
+        study_smollm2.run(a)
+    assert json.loads((tmp_path / "two.run.json").read_text())["returncode"] == 0
