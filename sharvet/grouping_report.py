@@ -14,6 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .plots import pyplot, save_figure
 from .grouping import STRATEGIES, Groups, GroupingRequest, intra_group_similarity, make_groups
 from .similarity import TypeSimilarity
 
@@ -127,11 +128,7 @@ def grouping_report(sims: dict[str, TypeSimilarity], entries: Sequence[StrategyE
 def plot_grouping_report(report: GroupingReport, path: str | Path, *, title: str = "") -> Path:
     """Box plot of the pooled pair similarities per strategy, with every pair drawn as a jittered point
     coloured by module type (so outliers can be traced to a type). Returns the PNG path."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     labels = [e.label for e in report.entries]
     types = list(next(iter(report.results.values()), {}))
     fig, ax = plt.subplots(figsize=(max(4.0, 1.3 * len(labels) + 1.5), 4.0))
@@ -153,9 +150,4 @@ def plot_grouping_report(report: GroupingReport, path: str | Path, *, title: str
     if len(types) > 1:
         ax.legend(title="module type", fontsize=7, title_fontsize=8, loc="best")
     ax.set_title(title or "similarity of layers grouped together")
-    fig.tight_layout()
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    return path
+    return save_figure(fig, path)

@@ -5,6 +5,8 @@ import json
 from pathlib import Path
 from typing import Any, Iterable
 
+from ..plots import pyplot, save_figure
+
 HISTORY = "history.jsonl"
 PLOT = "loss.png"
 #: loss terms in plotting order (the total last, dashed)
@@ -34,17 +36,12 @@ def read_history(path: str | Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
 
 
-def _axes():
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+def _axes() -> tuple[Any, Any]:
+    fig, ax = pyplot().subplots(figsize=(6.4, 4.0))
     ax.set_yscale("log")
     ax.set_xlabel("optimizer step")
     ax.grid(True, which="both", alpha=0.3)
-    return plt, fig, ax
+    return fig, ax
 
 
 def _series(records: Iterable[dict[str, Any]], term: str) -> tuple[list[int], list[float]]:
@@ -55,7 +52,7 @@ def _series(records: Iterable[dict[str, Any]], term: str) -> tuple[list[int], li
 
 def plot_history(records: list[dict[str, Any]], out_png: str | Path, *, title: str = "") -> Path:
     """Every logged term (unweighted) against the optimizer step, log scale."""
-    plt, fig, ax = _axes()
+    fig, ax = _axes()
     for term in TERMS:
         steps, values = _series(records, term)
         if steps:
@@ -64,10 +61,7 @@ def plot_history(records: list[dict[str, Any]], out_png: str | Path, *, title: s
     ax.set_ylabel("loss (unweighted terms)")
     ax.set_title(title)
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
+    return save_figure(fig, out_png)
 
 
 def plot_comparison(runs: dict[str, str | Path], out_png: str | Path, *, term: str = "lm") -> Path:
@@ -75,14 +69,11 @@ def plot_comparison(runs: dict[str, str | Path], out_png: str | Path, *, term: s
 
     Each run is its output folder or its ``history.jsonl``.
     """
-    plt, fig, ax = _axes()
+    fig, ax = _axes()
     for label, where in runs.items():
         path = Path(where) / HISTORY if Path(where).is_dir() else Path(where)
         steps, values = _series(read_history(path), term)
         ax.plot(steps, values, label=label)
     ax.set_ylabel(f"{term} loss")
     ax.legend()
-    fig.tight_layout()
-    fig.savefig(out_png, dpi=120)
-    plt.close(fig)
-    return Path(out_png)
+    return save_figure(fig, out_png)
