@@ -7,6 +7,8 @@ in the results folder (so a stage can run on another machine and its files be co
   from ``sharvet fetch-data`` (kept as is when already written, so it reruns offline);
 * ``methods-lr<LR>`` - Table 2 and Table 6: SEQ, CYCLE, CYCLE-REV, Basis Sharing, FiPS (each + LoRA) and
   SharVeT at ratios 0.7 and 0.5, one run per learning rate of the search (the paper's 1e-4 to 1e-3);
+* ``lr-probe-<LR>`` - the same runs at learning rates beyond the paper's range (``--probe-lrs``), perplexity
+  only: whether the search's edge holds a method back (not used for Table 2);
 * ``variants`` - Tables 3, 7, 8, 9: the SharVeT variants at ratio 0.5 (learning rate ``--variants-lr``);
 * ``sharvet-lora`` - Figure 3: SharVeT's own model fine-tuned with LoRA instead of its vectors;
 * ``sharvet-matched`` - SharVeT's vectors with eq. 13's weights matched to the LM loss's scale (variant M);
@@ -46,13 +48,18 @@ def stage_commands(a: argparse.Namespace) -> dict[str, list[str]]:
     res, fig, runs = Path(a.results_dir), Path(a.figures_dir), Path(a.runs_dir or a.results_dir)
     model = ["--model", a.model] if a.model else []
     common = [*model, "--data-dir", a.data_dir, "--device", a.device]
-    bench = [sys.executable, str(ROOT / "benchmarks" / "methods_smollm2.py"), *common, "--tasks", a.tasks,
-             "--train-samples", str(a.train_samples), "--task-batch-size", str(a.task_batch_size),
-             *(["--skip-original-tasks"] if a.skip_original_tasks else [])]
+    script = [sys.executable, str(ROOT / "benchmarks" / "methods_smollm2.py"), *common]
+    rest = ["--train-samples", str(a.train_samples), "--task-batch-size", str(a.task_batch_size),
+            *(["--skip-original-tasks"] if a.skip_original_tasks else [])]
+    bench = [*script, "--tasks", a.tasks, *rest]
     tag = a.tag
     cmds = {f"methods-lr{lr}": [*bench, "--ratios", a.ratios, "--rows", a.table2_rows, "--lr", lr,
                                 "--out-dir", str(runs / f"runs-lr{lr}"), "--json", str(res / f"methods-lr{lr}{tag}.json")]
             for lr in a.lrs.split(",")}
+    for lr in filter(None, a.probe_lrs.split(",")):  # perplexity only: a probe, not Table 2's search
+        cmds[f"lr-probe-{lr}"] = [*script, "--tasks", "", *rest, "--ratios", a.ratios, "--rows", a.table2_rows,
+                                  "--lr", lr, "--out-dir", str(runs / f"runs-lr{lr}"),
+                                  "--json", str(res / f"lr-probe-{lr}{tag}.json")]
     cmds["variants"] = [*bench, "--ratios", "0.5", "--rows", a.variant_rows, "--lr", a.variants_lr,
                         "--out-dir", str(runs / "runs-variants"), "--json", str(res / f"variants{tag}.json")]
     for stage, row in (("sharvet-lora", "sharvet:LoRA"), ("sharvet-matched", "sharvet:M")):
@@ -148,6 +155,9 @@ def arguments() -> argparse.Namespace:
     r.add_argument("--device", default="cuda")
     r.add_argument("--lrs", default=DEFAULT_LRS, help="learning-rate search of the methods stage")
     r.add_argument("--ratios", default="0.7,0.5", help="ratios of the methods stages")
+    r.add_argument("--probe-lrs", default="3e-3,1e-2,3e-2",
+                   help="learning rates beyond the paper's range, tried on every method (perplexity only, not used "
+                        "for Table 2): stages lr-probe-<lr>; '' for none")
     r.add_argument("--variants-lr", default="1e-3")
     r.add_argument("--variant-rows", default=VARIANT_ROWS, help="rows of the variants stage")
     r.add_argument("--table2-rows", default=TABLE2_ROWS, help="rows of the methods stages (to split them with --tag)")

@@ -111,10 +111,12 @@ def test_stage_commands_name_every_stage_and_split_by_tag():
     a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
                   train_samples=256, lrs="1e-4,1e-3", ratios="0.7", variants_lr="1e-3", variant_rows="sharvet:R",
                   tag="-x", table2_rows="seq,sharvet", runs_dir=None, task_batch_size=32, skip_original_tasks=False,
-                  shared_data="S")
+                  shared_data="S", probe_lrs="1e-2")
     cmds = study_smollm2.stage_commands(a)
-    assert list(cmds) == ["data", "methods-lr1e-4", "methods-lr1e-3", "variants", "sharvet-lora", "sharvet-matched",
-                          "grouping", "similarity"]
+    assert list(cmds) == ["data", "methods-lr1e-4", "methods-lr1e-3", "lr-probe-1e-2", "variants", "sharvet-lora",
+                          "sharvet-matched", "grouping", "similarity"]
+    probe = cmds["lr-probe-1e-2"]
+    assert probe[probe.index("--tasks") + 1] == "" and probe[-1] == "R/lr-probe-1e-2-x.json"
     assert cmds["data"][-5:] == ["fetch-data", "--out", "D", "--base", "S"]
     assert cmds["methods-lr1e-3"][-1] == "R/methods-lr1e-3-x.json" and "0.7" in cmds["methods-lr1e-3"]
     methods = cmds["methods-lr1e-3"]
@@ -126,7 +128,7 @@ def test_split_stage_runs_elsewhere_and_skips_the_original():
     a = Namespace(results_dir="R", figures_dir="F", model=None, data_dir="D", device="cuda", tasks="default",
                   train_samples=256, lrs="1e-3", ratios="0.5", variants_lr="1e-3", variant_rows="sharvet:R",
                   tag="-b", table2_rows="fips", runs_dir="/tmp/runs", task_batch_size=128, skip_original_tasks=True,
-                  shared_data="S")
+                  shared_data="S", probe_lrs="")
     for stage, cmd in study_smollm2.stage_commands(a).items():
         if "--out-dir" in cmd:
             assert cmd[cmd.index("--out-dir") + 1].startswith("/tmp/runs/"), stage
@@ -176,3 +178,13 @@ def test_a_failed_stage_among_jobs_fails_the_run(tmp_path, monkeypatch):
     with pytest.raises(SystemExit, match="stage one failed with exit code 3"):
         study_smollm2.run(a)
     assert json.loads((tmp_path / "two.run.json").read_text())["returncode"] == 0
+
+
+def test_probe_columns_and_claim_stay_out_of_table2(results, tmp_path):
+    write_run(results, "lr-probe-1e-2", 1e-2, [row("basis-sharing", 400.0, 0.5, tag="lr1e-2"),
+                                               row("sharvet", 45.0, 0.5, tag="lr1e-2")])
+    text = study_tables.render_study(results, tmp_path, tmp_path, tmp_path / "missing.md")
+    assert "| 0.5 | SharVeT | 90.00 | 80.00 | **45.00** |" in text and "ppl, lr 0.01 (probe)" in text
+    assert "| 0.5 | SharVeT | 0.001 |" in text  # Table 2 keeps the search's best row
+    assert ("learning rate searched up to 0.01 (probe): SharVeT ahead of every baseline - **holds** (SharVeT 45.0 "
+            "at lr 0.01, best baseline Basis Sharing + LoRA 50.0 at lr 0.0001)") in text
