@@ -86,8 +86,11 @@ def main() -> None:
     stats = collect_stats(adapter_for(teacher.model), calib_ids, device=a.device, progress=False)
     train_ids = pack_sequences(train_1d, a.train_samples, a.seq_len, 1)
 
+    def ppl_on(model, ids: torch.Tensor) -> float:
+        return round(perplexity(model, ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
+
     def ppl(model) -> float:
-        return round(perplexity(model, eval_ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
+        return ppl_on(model, eval_ids)
 
     extra, not_run = ppl_tokens([n for n in a.extra_ppl.split(",") if n], teacher.tokenizer,
                                 Path(a.data_dir) if a.data_dir else None, True, a.extra_ppl_tokens)
@@ -96,8 +99,7 @@ def main() -> None:
 
     def extra_ppl(model) -> dict[str, float]:
         """Perplexity on the further sets (C4, PTB) whose data is local."""
-        return {name: round(perplexity(model, ids, context=1024, batch_size=8, device=a.device, progress=False).ppl, 3)
-                for name, ids in extra.items()}
+        return {name: ppl_on(model, ids) for name, ids in extra.items()}
 
     def tasks(model) -> dict:
         """lm-eval accuracies of ``model`` (LoRA layers active); empty without ``--tasks``."""
@@ -179,6 +181,7 @@ def print_table(res: dict) -> None:
         print(f"| {r['ratio']} | {r['row']} | {r['realised_ratio']:.4f} | {r['ppl_untuned']} | "
               f"{r.get('ppl_tuned', '-')} | {r.get('extra_ppl', {})} | {r.get('refine_mode', '-')} | "
               f"{r.get('trainable', 0):,} | {headlines(r.get('tasks', {}))} |")
+
 
 if __name__ == "__main__":
     main()

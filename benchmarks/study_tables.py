@@ -221,13 +221,9 @@ def probe_claims(rows: list[dict[str, Any]], probe: list[dict[str, Any]]) -> lis
     lines = []
     for ratio in sorted({r for r, _ in best}, reverse=True):
         ours, others = best.get((ratio, "sharvet")), {m: r for (q, m), r in best.items() if q == ratio and m != "sharvet"}
-        if not ours or not others:
-            continue
-        rival = min(others, key=lambda m: others[m]["ppl_tuned"])
-        mine, theirs = ours["ppl_tuned"], others[rival]["ppl_tuned"]
-        lines.append(f"- Table 2, ratio {ratio:g}, WikiText-2, learning rate searched up to {top_lr:g} (probe): SharVeT "
-                     f"ahead of every baseline - {verdict(mine < theirs, mine, theirs)} (SharVeT {fmt(mine, 1)} at lr "
-                     f"{ours['lr']:g}, best baseline {LABELS[rival]} {fmt(theirs, 1)} at lr {others[rival]['lr']:g}).")
+        if ours:
+            lines += ppl_claim(ratio, f"WikiText-2, learning rate searched up to {top_lr:g} (probe)", ours, others,
+                               with_lr=True)
     return lines
 
 
@@ -280,14 +276,18 @@ def verdict(ok: bool, ours: float | None = None, theirs: float | None = None) ->
     return "**holds**" if ok else "**does not hold**"
 
 
-def ppl_claim(ratio: float, label: str, mine: float | None, theirs: dict[str, float | None]) -> list[str]:
-    """Table 2's claim on one perplexity set (no line when a method was not scored on it)."""
+def ppl_claim(ratio: float, label: str, ours: dict[str, Any], others: dict[str, dict[str, Any]],
+              name: str = "wikitext2", with_lr: bool = False) -> list[str]:
+    """Table 2's claim on one perplexity set, from the rows of SharVeT and the baselines (no line when a method
+    was not scored on it); ``with_lr`` names each side's learning rate (rows from several rates)."""
+    mine, theirs = final_ppl(ours, name), {m: final_ppl(r, name) for m, r in others.items()}
     if mine is None or not theirs or None in theirs.values():
         return []
     rival = min(theirs, key=theirs.get)
+    at = (lambda row: f" at lr {row['lr']:g}") if with_lr else (lambda row: "")
     return [f"- Table 2, ratio {ratio:g}, {label}: SharVeT ahead of every baseline - "
-            f"{verdict(mine < theirs[rival], mine, theirs[rival])} (SharVeT {fmt(mine, 1)}, "
-            f"best baseline {LABELS[rival]} {fmt(theirs[rival], 1)})."]
+            f"{verdict(mine < theirs[rival], mine, theirs[rival])} (SharVeT {fmt(mine, 1)}{at(ours)}, "
+            f"best baseline {LABELS[rival]} {fmt(theirs[rival], 1)}{at(others[rival])})."]
 
 
 def claims(best: dict, tasks: list[str], base: dict | None, variants: dict, curves: dict, grouping: dict | None) -> str:
@@ -298,7 +298,7 @@ def claims(best: dict, tasks: list[str], base: dict | None, variants: dict, curv
         if not ours or not others:
             continue
         for name, label in (("wikitext2", "WikiText-2"), *PPL_SETS.items()):
-            lines += ppl_claim(ratio, label, final_ppl(ours, name), {m: final_ppl(r, name) for m, r in others.items()})
+            lines += ppl_claim(ratio, label, ours, others, name)
         accs = {m: average(r.get("tasks", {}), tasks) for m, r in others.items()}
         mine = average(ours.get("tasks", {}), tasks)
         if mine is not None and all(v is not None for v in accs.values()):

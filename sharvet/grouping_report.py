@@ -14,8 +14,8 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .plots import pyplot, save_figure
 from .grouping import STRATEGIES, Groups, GroupingRequest, intra_group_similarity, make_groups
+from .plots import pyplot, save_figure
 from .similarity import TypeSimilarity
 
 

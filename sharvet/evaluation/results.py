@@ -61,7 +61,7 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
 
 
 def ppl_tokens(names: Sequence[str], tokenizer: Any, data_dir: Path | None, offline: bool | None,
-                max_tokens: int | None) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
+               max_tokens: int | None) -> tuple[dict[str, torch.Tensor], dict[str, dict[str, Any]]]:
     """Token ids per perplexity set; a missing set becomes a "not run" entry, malformed data raises."""
     tokens, not_run = {}, {}
     for name in names:
