@@ -11,7 +11,7 @@ from torch import nn
 from . import checkpoint
 from .calibration import DEFAULT_BATCH_SIZE, CalibrationStats, collect_or_load
 from .data import calibration_batch, resolve_data_dir
-from .loading import BUNDLED_ID, LoadedModel, load_original
+from .loading import BUNDLED_ID, LoadedModel, default_device, load_original
 from .models import adapter_for
 from .pipeline import CompressionConfig, CompressionResult, attach_plan, compress, plan_of
 from .summary import render
@@ -58,6 +58,7 @@ def compress_pretrained(
     cfg.validate()
     if output is not None:
         checkpoint.check_output(output, overwrite)
+    device = default_device(device)
     start = time.perf_counter()
     loaded = load_original(model, dtype=dtype, device=device)
     adapter = adapter_for(loaded.model)
@@ -79,20 +80,28 @@ def compress_pretrained(
     return loaded.model, result, loaded
 
 
-def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> nn.Module:
-    """Load a sharvet checkpoint folder as a ready-to-run transformers model."""
-    return checkpoint.load(path, device=device, dtype=dtype)
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         verify: bool = True) -> nn.Module:
+    """Load a sharvet checkpoint folder as a ready-to-run model, exactly as it was refined.
+
+    The files are checked against the checkpoint's integrity record first (``verify=False`` skips the sha256
+    pass). A checkpoint refined with LoRA comes back with its adapters applied (a peft ``PeftModel``).
+    """
+    if checkpoint.has_adapters(path):
+        from .refinement.lora import load_lora
+
+        return load_lora(path, device=device, dtype=dtype, verify=verify)
+    return checkpoint.load(path, device=device, dtype=dtype, verify=verify)
 
 
-def load_any(spec: str | None, *, device: str | None = None, dtype: str | None = None) -> LoadedModel:
+def load_any(spec: str | None, *, device: str | None = None, dtype: str | None = None,
+             verify: bool = True) -> LoadedModel:
     """A sharvet checkpoint folder, or any original model spec ``load_original`` accepts."""
-    from transformers import AutoTokenizer
-
     if spec is not None and checkpoint.is_checkpoint(spec):
-        from .loading import parse_dtype
+        from .loading import load_tokenizer, parse_dtype
 
-        model = checkpoint.load(spec, device=device, dtype=parse_dtype(dtype))
-        return LoadedModel(model, AutoTokenizer.from_pretrained(spec), str(Path(spec).resolve()))
+        model = load(spec, device=device, dtype=parse_dtype(dtype), verify=verify)
+        return LoadedModel(model, load_tokenizer(spec), str(Path(spec).resolve()))
     return load_original(spec, dtype=dtype, device=device)
 
 
@@ -122,18 +131,21 @@ def refine_checkpoint(
     The teacher is ``teacher`` or the model the checkpoint records as its source. Vectors are absorbed
     (sigma into V) before saving; LoRA runs keep their adapters beside the checkpoint.
     """
-    from transformers import AutoTokenizer
-
     from .data import calibration_batch
+    from .loading import load_tokenizer
     from .refinement import finalize, refine, save_lora
     from .summary import render
 
-    student = load(checkpoint_dir, device=device)
+    if checkpoint.has_adapters(checkpoint_dir):
+        raise ValueError(f"{checkpoint_dir} is already refined with LoRA adapters; refine the checkpoint it was "
+                         "made from instead")
+    device = default_device(device)
+    student = checkpoint.load(checkpoint_dir, device=device)
     source = teacher or student.config.sharvet.get("settings", {}).get("model_id")
     if source is None:
         raise ValueError("the checkpoint does not record its source model: pass --teacher MODEL")
     original = load_original(None if source == BUNDLED_ID else source, device=device)
-    tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
+    tokenizer = load_tokenizer(checkpoint_dir)
     ids = calibration_batch(train.source, tokenizer, train.samples, train.seq_len, cfg.seed,
                             data_dir=resolve_data_dir(train.data_dir), split="train")
     result = refine(student, original.model, ids, cfg, resume=resume)

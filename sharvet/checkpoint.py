@@ -4,30 +4,34 @@ A checkpoint folder holds ``config.json`` (the model's config plus a ``sharvet``
 groups, ranks, settings), ``model.safetensors``, the tokenizer files and ``SUMMARY.md``. Tensors that
 share storage (a group's basis, tied embeddings) are written once; the other names are recorded as
 aliases in the safetensors metadata. Writing goes to a temporary folder renamed at the end, so an
-interrupted run never leaves a folder that looks complete.
+interrupted run never leaves a folder that looks complete (the next save of the same folder removes what a
+killed one left). ``sharvet-checkpoint.json`` records every file's sha256 (:mod:`sharvet.integrity`), and
+loading verifies it; a model with non-finite weights is never written.
 """
 from __future__ import annotations
 
 import json
 import shutil
-import tempfile
 from pathlib import Path
+from typing import Callable
 
 import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .models import adapter_for
+from .errors import CheckpointError, NonFiniteError
 from .install import install_plan
+from .integrity import MANIFEST, write_manifest
+from .integrity import verify as verify_files
+from .models import adapter_for
+from .outputs import check_output, partial_folder, remove_stale_partials
 from .pipeline import plan_of
 
 WEIGHTS = "model.safetensors"
 FORMAT = "sharvet"
-
-
-class CheckpointError(ValueError):
-    """A folder that is not a (complete) sharvet checkpoint."""
+#: LoRA adapters of a checkpoint refined with LoRA (peft's files)
+ADAPTER_DIR = "lora"
 
 
 def dedupe_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[str, str]]:
@@ -45,27 +49,28 @@ def dedupe_state_dict(model: nn.Module) -> tuple[dict[str, torch.Tensor], dict[s
     return tensors, aliases
 
 
-def check_output(out_dir: str | Path, overwrite: bool) -> Path:
-    """Refuse a non-empty output folder unless overwriting (checked before any heavy work)."""
-    out = Path(out_dir)
-    if out.exists() and any(out.iterdir()) and not overwrite:
-        raise FileExistsError(f"{out} exists and is not empty (use --overwrite to replace it)")
-    return out
+def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str = "", overwrite: bool = False,
+         extras: Callable[[Path], None] | None = None) -> Path:
+    """Write ``model`` as a checkpoint folder; ``extras(folder)`` adds files (e.g. LoRA adapters) before it is sealed.
 
-
-def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str = "", overwrite: bool = False) -> Path:
+    Refuses a model with non-finite weights. The folder is assembled under a temporary name, its integrity
+    record written last, and only then renamed into place.
+    """
     out = check_output(out_dir, overwrite)
     plan_of(model)  # refuse to save something that is not a sharvet model
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.partial-", dir=out.parent))
-    tmp.chmod(0o755)  # mkdtemp's 0700 would make the finished checkpoint private to this user
+    tensors, aliases = dedupe_state_dict(model)
+    check_finite(tensors, f"the model to be saved in {out}")
+    remove_stale_partials(out)
+    tmp = partial_folder(out)
     try:
-        tensors, aliases = dedupe_state_dict(model)
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "aliases": json.dumps(aliases)})
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)
+        if extras is not None:
+            extras(tmp)
         (tmp / "SUMMARY.md").write_text(summary)
+        write_manifest(tmp)
         if out.exists():
             shutil.rmtree(out)
         tmp.rename(out)
@@ -73,6 +78,28 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
         shutil.rmtree(tmp, ignore_errors=True)
         raise
     return out
+
+
+def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
+    """Refuse NaN / Inf weights: a diverged model must never replace a good checkpoint."""
+    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    if bad:
+        raise NonFiniteError(f"{what} has non-finite values in {len(bad)} of {len(tensors)} tensors "
+                             f"(first: {bad[0]}); nothing was written")
+
+
+def read_config(folder: Path) -> dict:
+    """``config.json`` as a dict, with one clear line when it is missing or damaged."""
+    path = folder / "config.json"
+    if not path.is_file():
+        raise CheckpointError(f"{folder} is not a model folder (no config.json)")
+    try:
+        config = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise CheckpointError(f"{path} is damaged: not valid JSON ({e})") from None
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path} is damaged: not a JSON object")
+    return config
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
@@ -91,28 +118,54 @@ def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None) -> nn.Module:
+def verify_checkpoint(folder: str | Path, *, verify: bool = True) -> dict:
+    """The folder's config after checking it is a complete, unchanged sharvet checkpoint.
+
+    With ``verify`` every file recorded at save time is checked against its sha256. A folder with a record but
+    no ``sharvet`` section in its config was edited after saving, and is refused like any damaged file.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder} is not a folder")
+    if not (folder / "config.json").is_file():
+        raise CheckpointError(f"{folder} is not a sharvet checkpoint (no config.json)")
+    if verify:
+        verify_files(folder)
+    config = read_config(folder)
+    if "sharvet" not in config:
+        raise CheckpointError(f"{folder} is not a sharvet checkpoint (config.json has no 'sharvet' section)")
+    if not (folder / WEIGHTS).is_file():
+        raise CheckpointError(f"{folder} is not a complete sharvet checkpoint (no {WEIGHTS})")
+    return config
+
+
+def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
+         verify: bool = True) -> nn.Module:
     """Rebuild a compressed model: the original architecture with the planned modules swapped in."""
     from transformers import AutoConfig, AutoModelForCausalLM
 
     folder = Path(path)
-    if not folder.is_dir():
-        raise CheckpointError(f"{folder} is not a folder")
-    if not (folder / "config.json").is_file() or not (folder / WEIGHTS).is_file():
-        raise CheckpointError(f"{folder} is not a sharvet checkpoint (needs config.json and {WEIGHTS})")
+    verify_checkpoint(folder, verify=verify)
     config = AutoConfig.from_pretrained(folder)
-    if getattr(config, "sharvet", None) is None:
-        raise CheckpointError(f"{folder} is not a sharvet checkpoint (config.json has no 'sharvet' section)")
     state = read_state_dict(folder / WEIGHTS)
     model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
     install_plan(adapter_for(model), plan_of(model), lambda _g: None)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        raise CheckpointError(f"{folder}: weights do not match the plan in config.json: {e}") from e
+        first = str(e).strip().splitlines()[1].strip() if len(str(e).strip().splitlines()) > 1 else str(e)
+        raise CheckpointError(f"{folder}: weights do not match the plan in config.json ({first})") from None
     if device is not None:
         model.to(device)
     return model.eval()
+
+
+def has_adapters(folder: str | Path) -> bool:
+    """Whether the checkpoint carries LoRA adapters (``<folder>/lora``), which loaders must apply."""
+    lora = Path(folder) / ADAPTER_DIR
+    if lora.exists() and not (lora / "adapter_config.json").is_file():
+        raise CheckpointError(f"{lora} holds no adapter_config.json: the LoRA adapters are damaged")
+    return lora.exists()
 
 
 def require_checkpoint(path: str | Path) -> None:
@@ -121,11 +174,28 @@ def require_checkpoint(path: str | Path) -> None:
 
 
 def is_checkpoint(path: str | Path) -> bool:
-    """A folder whose config.json carries a sharvet section (cheap check, no weights read)."""
-    cfg = Path(path) / "config.json"
-    if not cfg.is_file():
+    """A folder sharvet wrote: a config with a sharvet section, or an integrity record, or sharvet weights.
+
+    Cheap (no weights read). A folder that was a checkpoint but lost its config section still counts, so it is
+    refused by :func:`load` instead of being read as an original model with random weights.
+    """
+    folder = Path(path)
+    if not folder.is_dir():
         return False
+    if (folder / MANIFEST).is_file():
+        return True
+    cfg = folder / "config.json"
     try:
-        return "sharvet" in json.loads(cfg.read_text())
-    except json.JSONDecodeError:
+        if cfg.is_file() and "sharvet" in json.loads(cfg.read_text()):
+            return True
+    except (json.JSONDecodeError, UnicodeDecodeError):
+        pass
+    return (folder / WEIGHTS).is_file() and _written_by_sharvet(folder / WEIGHTS)
+
+
+def _written_by_sharvet(path: Path) -> bool:
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            return (f.metadata() or {}).get("format") == FORMAT
+    except Exception:  # a damaged file: the loader reports it
         return False

@@ -7,23 +7,28 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
+import re
 import sys
-import time
 from pathlib import Path
 
 from .allocation import LayerLayout
+from .argtypes import at_least, in_range
 from .calibration import DEFAULT_BATCH_SIZE
-from .checkpoint import check_output, require_checkpoint
+from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NON_FINITE, EXIT_USER, NonFiniteError
+from .outputs import check_output, check_output_file
 from .evaluation.report import add_report_arguments
 from .evaluation.results import add_eval_arguments
 from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
 from .methods import METHODS, VARIANTS, describe, refine_overrides
+from .refinement.resume import check_resume
 from .pipeline import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .similarity import SimilarityConfig
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError)
+USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADirectoryError, IsADirectoryError,
+               PermissionError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -33,14 +38,16 @@ def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--data-dir", default=None, help="data folder with the layout of shared/data "
                    "(or env SHARVET_DATA_DIR)")
     p.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    p.add_argument("--no-verify", action="store_true", help="skip the sha256 check of a checkpoint's files (faster "
+                   "loads of large checkpoints you trust)")
 
 
 def _calibration_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
     g.add_argument("--calib-data", default="wikitext2", help="dataset name, file or folder")
-    g.add_argument("--calib-samples", type=int, default=64)
-    g.add_argument("--calib-seq-len", type=int, default=1024)
-    g.add_argument("--calib-batch-size", type=int, default=DEFAULT_BATCH_SIZE)
+    g.add_argument("--calib-samples", type=at_least(1), default=64)
+    g.add_argument("--calib-seq-len", type=at_least(2), default=1024)
+    g.add_argument("--calib-batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE)
     g.add_argument("--cache-dir", default=None, help="where calibration statistics are cached "
                    "(default ~/.cache/sharvet; 'none' disables)")
 
@@ -54,8 +61,17 @@ def _similarity_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--gamma-dist", type=float, default=None, help="default: median inverse distance")
 
 
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: the flag, what is wrong, where help is (exit code 2)."""
+
+    def error(self, message: str):
+        message = re.sub(r"^argument ([^:]+): ", r"\1 ", message)
+        print(f"sharvet: error: {message} (see {self.prog} --help)", file=sys.stderr)
+        raise SystemExit(EXIT_USER)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="sharvet", description=__doc__.splitlines()[0])
+    parser = _Parser(prog="sharvet", description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
 
     c = sub.add_parser("compress", help="compress a model by similarity-aware basis sharing")
@@ -63,14 +79,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="hub id, local folder or .gguf file (default: the bundled SmolLM2-135M-Instruct)")
     c.add_argument("--output", "-o", required=True, help="checkpoint folder to write")
     c.add_argument("--overwrite", action="store_true")
-    c.add_argument("--ratio", type=float, default=0.8, help="kept fraction of the compressed linear modules")
+    c.add_argument("--ratio", type=in_range(0, 1), default=0.8, help="kept fraction of the compressed linear modules")
     c.add_argument("--method", default="sharvet", choices=list(METHODS), help=describe())
     c.add_argument("--variant", default=None,
                    help=f"comma list of sharvet ablations: {', '.join(VARIANTS)} (paper Tables 3, 7, 8, 9)")
     c.add_argument("--grouping", default=None, help=f"one of {', '.join(sorted(STRATEGIES))} (default: the method's)")
-    c.add_argument("--k", type=int, default=None, help="groups per shared module type (default L//2)")
+    c.add_argument("--k", type=at_least(1), default=None, help="groups per shared module type (default L//2)")
     c.add_argument("--allocation", default=None, choices=ALLOCATIONS, help="default: the method's")
-    c.add_argument("--mu", type=float, default=0.9, help="guaranteed share per group (eq. 9)")
+    c.add_argument("--mu", type=in_range(0, 1, low_open=False), default=0.9, help="guaranteed share per group (eq. 9)")
     c.add_argument("--eta-reduce", default="mean", choices=("mean", "sum"))
     c.add_argument("--decomposition", default=None, choices=DECOMPOSITIONS,
                    help="whitened (default; for seq/cycle: the activation-weighted mean) or plain")
@@ -103,8 +119,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_refine_arguments(f)
     _common(f)
 
-    i = sub.add_parser("info", help="parameters, groups and ranks of a checkpoint")
+    i = sub.add_parser("info", help="parameters, groups and ranks of a checkpoint (its files verified)")
     i.add_argument("checkpoint")
+    i.add_argument("--no-verify", action="store_true", help="skip the sha256 check of the checkpoint's files")
 
     s = sub.add_parser("similarity", help="cross-layer similarity heatmaps (paper Figure 1)")
     s.add_argument("model", nargs="?", default=None)
@@ -119,7 +136,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = sub.add_parser("grouping", help="intra-group similarity of each grouping strategy (paper Figure 4)")
     g.add_argument("model", nargs="?", default=None)
     g.add_argument("--plot", required=True, help="PNG file to write")
-    g.add_argument("--k", type=int, default=None, help="groups per module type (default L//2)")
+    g.add_argument("--k", type=at_least(1), default=None, help="groups per module type (default L//2)")
     g.add_argument("--strategies", default="SharVeT=spectral,SEQ=consecutive,CYCLE=cycle,REV=cycle-rev,R=random",
                    help="comma list of LABEL=strategy")
     g.add_argument("--types", default=None, help="comma list of module types (default: the shared ones)")
@@ -193,9 +210,11 @@ def cmd_compress(a: argparse.Namespace) -> int:
         refine_cfg = refine_config_from_args(a, output_dir=refine_run_dir(a.output),
                                              default_mode=method(a.method).refine_mode, variants=tuning)
         training_spec(a)
+        check_resume(refine_cfg, a.resume)
     check_model_arg(a.model, a.k)
     check_data_dir(a)
     out = check_output(a.output, a.overwrite)
+    announce_device(a)
     _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
                                        overwrite=a.overwrite, progress=not a.no_progress)
     from .budget import BudgetReport
@@ -221,7 +240,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.model is not None and not Path(a.model).is_dir():
         check_model_arg(a.model)
-    return eval_command(a)
+    return eval_command(a, on_start=lambda: announce_device(a))
 
 
 def cmd_report(a: argparse.Namespace) -> int:
@@ -235,6 +254,8 @@ def training_spec(a: argparse.Namespace):
 
     if a.train_samples < 1 or a.train_seq_len < 2:
         raise ValueError("--train-samples must be >= 1 and --train-seq-len >= 2")
+    if a.max_steps is not None and a.max_steps < 1:
+        raise ValueError(f"--max-steps must be >= 1, got {a.max_steps}")
     return TrainingSpec(a.train_data, a.train_samples, a.train_seq_len, a.data_dir)
 
 
@@ -252,35 +273,45 @@ def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> in
                           resume=a.resume, device=a.device, overwrite=True)
     except KeyboardInterrupt:
         print(f"sharvet: interrupted; a checkpoint is in {cfg.output_dir}: rerun with --resume", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
     print(f"wrote refined checkpoint {output} (history and loss plot in {cfg.output_dir})")
     return 0
 
 
 def cmd_refine(a: argparse.Namespace) -> int:
+    from .checkpoint import verify_checkpoint
+    from .methods import method
     from .refinement.command import refine_config_from_args
 
-    from transformers import AutoConfig
-
-    from .methods import method
-
-    require_checkpoint(a.checkpoint)
+    config = verify_checkpoint(a.checkpoint, verify=not a.no_verify)
     out = check_output(a.output, a.overwrite)
-    plan = AutoConfig.from_pretrained(a.checkpoint).sharvet
-    cfg = refine_config_from_args(a, output_dir=refine_run_dir(out), default_mode=method(plan["method"]).refine_mode)
+    cfg = refine_config_from_args(a, output_dir=refine_run_dir(out),
+                                  default_mode=method(config["sharvet"]["method"]).refine_mode)
     training_spec(a)
+    check_resume(cfg, a.resume)
+    announce_device(a)
     return run_refinement(a, Path(a.checkpoint), out, cfg)
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from transformers import AutoConfig
-
+    from .checkpoint import has_adapters, read_state_dict, verify_checkpoint
+    from .integrity import read_manifest
     from .plan import CompressionPlan
     from .summary import render
 
-    require_checkpoint(a.checkpoint)
-    plan = CompressionPlan.from_dict(AutoConfig.from_pretrained(a.checkpoint).sharvet)
+    config = verify_checkpoint(a.checkpoint, verify=not a.no_verify)
+    plan = CompressionPlan.from_dict(config["sharvet"])
+    if a.no_verify:
+        read_state_dict(Path(a.checkpoint) / "model.safetensors")  # at least a readable file
     print(render(plan), end="")
+    record = read_manifest(a.checkpoint)
+    if record is None:
+        print("- integrity: no record (a checkpoint written before sharvet recorded digests); not verified")
+    else:
+        state = "not verified (--no-verify)" if a.no_verify else "every file matches its recorded sha256"
+        print(f"- integrity: {len(record['files'])} files recorded; {state}")
+    if has_adapters(a.checkpoint):
+        print("- LoRA adapters in lora/: applied by every loader")
     return 0
 
 
@@ -295,6 +326,7 @@ def model_similarities(a: argparse.Namespace, default_types=None):
     spec = calibration_spec(a)
     check_model_arg(a.model, getattr(a, "k", None))
     check_data_dir(a)
+    announce_device(a)
     loaded = load_original(a.model, dtype=a.dtype, device=a.device)
     adapter = adapter_for(loaded.model)
     types = a.types.split(",") if a.types else list(default_types(adapter) if default_types else adapter.type_names)
@@ -308,6 +340,8 @@ def model_similarities(a: argparse.Namespace, default_types=None):
 def cmd_similarity(a: argparse.Namespace) -> int:
     from .plots import similarity_heatmaps
 
+    check_output_file(a.plot, "--plot")
+    check_output_file(a.save, "--save")
     loaded, _, sims = model_similarities(a)
     path = similarity_heatmaps(sims, a.plot, which=a.which, title=f"{loaded.model_id}: {a.which} similarity")
     if a.save:
@@ -338,6 +372,8 @@ def cmd_grouping(a: argparse.Namespace) -> int:
     if a.k is not None and a.k < 1:
         raise ValueError(f"--k must be at least 1, got {a.k}")
     strategy_entries(a.strategies, 1)  # syntax checked before loading anything
+    check_output_file(a.plot, "--plot")
+    check_output_file(a.json, "--json")
     loaded, adapter, sims = model_similarities(a, default_types=lambda ad: ad.default_shared)
     report = grouping_report(sims, strategy_entries(a.strategies, a.k or adapter.num_layers // 2), seed=a.seed)
     path = plot_grouping_report(report, a.plot, title=f"{loaded.model_id}: intra-group similarity")
@@ -363,17 +399,53 @@ COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "report": cmd_report, "r
             "info": cmd_info, "similarity": cmd_similarity, "grouping": cmd_grouping, "fetch-data": cmd_fetch_data}
 
 
+def _resolve_device(a: argparse.Namespace) -> None:
+    """``--device`` defaults to CUDA when available, else the CPU; :func:`announce_device` says which."""
+    from .loading import default_device
+
+    if hasattr(a, "device") and hasattr(a, "dtype"):
+        a.device_chosen = a.device is None
+        a.device = default_device(a.device)
+
+
+def announce_device(a: argparse.Namespace) -> None:
+    """Say once, when the work starts (after every check passed), which device a default picked."""
+    if getattr(a, "device_chosen", False):
+        print(f"sharvet: device {a.device} (--device to choose)", file=sys.stderr)
+        a.device_chosen = False
+
+
+def _error_line(e: BaseException) -> str:
+    if isinstance(e, KeyError) and e.args:
+        return str(e.args[0])
+    if isinstance(e, OSError) and e.filename is not None:
+        return f"{e.strerror or e}: {e.filename}"
+    return str(e)
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
+    except SystemExit as e:  # --help (0) or a usage error, already printed in one line (2)
+        return e.code if isinstance(e.code, int) else EXIT_USER
+    try:
+        _resolve_device(args)
         return COMMANDS[args.command](args)
-    except USER_ERRORS as e:
-        msg = e.args[0] if isinstance(e, KeyError) and e.args else e
-        print(f"sharvet: error: {msg}", file=sys.stderr)
-        return 2
+    except NonFiniteError as e:
+        print(f"sharvet: error: {e}", file=sys.stderr)
+        return EXIT_NON_FINITE
+    except USER_ERRORS + (OSError,) as e:
+        print(f"sharvet: error: {_error_line(e)}", file=sys.stderr)
+        return EXIT_USER
     except KeyboardInterrupt:
         print("sharvet: interrupted", file=sys.stderr)
-        return 130
+        return EXIT_INTERRUPTED
+    except Exception as e:  # a bug: one line by default, the traceback on request
+        if os.environ.get("SHARVET_DEBUG"):
+            raise
+        print(f"sharvet: internal error: {type(e).__name__}: {_error_line(e)} (rerun with SHARVET_DEBUG=1 for the "
+              "traceback, and please report it)", file=sys.stderr)
+        return EXIT_INTERNAL
 
 
 if __name__ == "__main__":

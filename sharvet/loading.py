@@ -110,21 +110,59 @@ def gguf_parsed_once() -> Iterator[None]:
 
 
 def load_original(spec: str | None, *, dtype: str | None = None, device: str | None = None) -> LoadedModel:
-    """Load a causal LM and its tokenizer; GGUF weights are dequantised to float32 (or ``dtype``)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    """Load a causal LM and its tokenizer; GGUF weights are dequantised to float32 (or ``dtype``).
+
+    A checkpoint whose weights do not match its architecture (missing, unexpected or mis-shaped tensors) is
+    refused: transformers would fill the gaps with random weights and the model would evaluate to nonsense.
+    """
+    from transformers import AutoModelForCausalLM
 
     source, gguf, model_id = resolve_model_source(spec)
     kwargs = {"gguf_file": gguf} if gguf else {}
     torch_dtype = parse_dtype(dtype) or torch.float32
     with gguf_parsed_once() if gguf else contextlib.nullcontext():
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,
+                                                           **kwargs)
+        check_loading_info(info, model_id)
+        tokenizer = load_tokenizer(source, **kwargs)
     if hasattr(model.config, "quantization_config"):  # GGUF is dequantised: the model is plain now
         del model.config.quantization_config
     if device:
         model.to(device)
     model.eval()
     return LoadedModel(model, tokenizer, model_id)
+
+
+def check_loading_info(info: dict, model_id: str) -> None:
+    """Raise on any weight transformers could not place (it would have initialised it randomly)."""
+    problems = {kind: sorted(info.get(f"{kind}_keys") or ()) for kind in ("missing", "unexpected", "mismatched")}
+    problems = {k: v for k, v in problems.items() if v}
+    if problems:
+        detail = "; ".join(f"{len(v)} {k} (e.g. {v[0]})" for k, v in problems.items())
+        raise ValueError(f"{model_id}: the weights do not match the model's architecture ({detail}); "
+                         "refusing to run a model with randomly initialised weights")
+
+
+def load_tokenizer(source: str | Path, **kwargs):
+    """The tokenizer of a model folder, hub id or GGUF file; a local folder's broken tokenizer is one clear line."""
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(str(source), **kwargs)
+    except (OSError, ValueError, TypeError, ImportError) as e:
+        if not Path(source).is_dir():
+            raise
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise FileNotFoundError(f"{source}: its tokenizer cannot be loaded (tokenizer.json or other tokenizer files "
+                                f"missing or damaged: {first[:160]}); copy the source model's tokenizer files into "
+                                "it") from None
+
+
+def default_device(device: str | None) -> str:
+    """``device``, or CUDA when available, else the CPU (the documented default of every command)."""
+    if device is not None:
+        return device
+    return "cuda" if torch.cuda.is_available() else "cpu"
 
 
 def peek_num_layers(spec: str | None) -> int | None:

@@ -12,9 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import platform
+import sys
 import time
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
@@ -22,10 +24,16 @@ from typing import Any
 
 import torch
 
-from sharvet.data import DataNotFoundError, resolve_data_dir
+from sharvet.argtypes import at_least
+from sharvet.data import DATASETS, DataNotFoundError, resolve_data_dir
+from sharvet.errors import EXIT_NOT_RUN, NonFiniteError
 from sharvet.evaluation.perplexity import evaluation_tokens, perplexity
 from sharvet.evaluation.tasks import NOT_RUN, OK, plan_tasks, run_plan
 from sharvet.loading import LoadedModel
+from sharvet.outputs import check_output_file
+
+#: status of a perplexity that came out NaN or infinite (never a number to report)
+NON_FINITE = "non-finite"
 
 FORMAT = "sharvet-eval"
 FORMAT_VERSION = 1
@@ -81,18 +89,21 @@ def _run_perplexity(model: Any, tokens: Mapping[str, torch.Tensor], *, context: 
         start = time.perf_counter()
         r = perplexity(model, ids, context=context, stride=stride, batch_size=batch_size, device=device,
                        progress=progress)
-        out[name] = {"status": OK, "ppl": r.ppl, "nll_sum": r.nll_sum, "n_tokens": r.n_tokens,
+        finite = math.isfinite(r.ppl)
+        out[name] = {"status": OK if finite else NON_FINITE, "ppl": r.ppl,
+                     **({} if finite else {"reason": f"perplexity is {r.ppl}: the model's outputs are not finite"}), "nll_sum": r.nll_sum, "n_tokens": r.n_tokens,
                      "n_windows": r.n_windows, "context": r.context, "stride": r.stride,
                      "wall_time_s": round(time.perf_counter() - start, 1)}
     return out
 
 
-def _as_loaded(spec: str | LoadedModel | None, device: str | None, dtype: str | None) -> LoadedModel:
+def _as_loaded(spec: str | LoadedModel | None, device: str | None, dtype: str | None,
+               verify: bool = True) -> LoadedModel:
     if isinstance(spec, LoadedModel):
         return spec
     from sharvet.api import load_any
 
-    return load_any(spec, device=device, dtype=dtype)
+    return load_any(spec, device=device, dtype=dtype, verify=verify)
 
 
 def evaluate(
@@ -116,6 +127,7 @@ def evaluate(
     progress: bool = True,
     json_path: str | Path | None = None,
     print_table: bool = True,
+    verify: bool = True,
 ) -> dict[str, Any]:
     """Perplexity on ``ppl`` and lm-eval ``tasks`` of a model; returns (and optionally writes) the result dict.
 
@@ -129,7 +141,8 @@ def evaluate(
     root = resolve_data_dir(data_dir)
     ppl, tasks = [n.strip() for n in ppl if n.strip()], [n.strip() for n in tasks if n.strip()]
     plan = plan_tasks(tasks, root, offline=offline, source=task_source)
-    loaded = _as_loaded(spec, device, dtype)
+    json_path = check_output_file(json_path, "json_path")
+    loaded = _as_loaded(spec, device, dtype, verify)
     tokens, ppl_not_run = ppl_tokens(ppl, loaded.tokenizer, root, offline, max_tokens)
     ppl_results = {**ppl_not_run, **_run_perplexity(loaded.model, tokens, context=context, stride=stride,
                                                      batch_size=batch_size, device=device, progress=progress)}
@@ -150,10 +163,10 @@ def evaluate(
         "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "wall_time_s": round(time.perf_counter() - start, 1),
     }
-    if json_path is not None:
-        write_results(result, json_path)
     if print_table:
         print(format_table(result))
+    if json_path is not None:
+        write_results(result, json_path)
     return result
 
 
@@ -222,10 +235,11 @@ def add_eval_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--task-source", default="auto", choices=("auto", "local", "hub"),
                    help="auto: the local file when the data dir has it, else lm-eval's built-in task unless offline")
     p.add_argument("--offline", action="store_true", help="never download (as HF_DATASETS_OFFLINE=1)")
-    p.add_argument("--context", type=int, default=1024, help="perplexity window")
-    p.add_argument("--stride", type=int, default=None, help="default: context")
-    p.add_argument("--batch-size", type=int, default=1, help="perplexity windows / lm-eval requests per batch")
-    p.add_argument("--max-tokens", type=int, default=None, help="evaluate only the first N tokens (quick runs)")
+    p.add_argument("--context", type=at_least(2), default=1024, help="perplexity window")
+    p.add_argument("--stride", type=at_least(1), default=None, help="default: context")
+    p.add_argument("--batch-size", type=at_least(1), default=1, help="perplexity windows / lm-eval requests per batch")
+    p.add_argument("--max-tokens", type=at_least(1), default=None,
+                   help="evaluate only the first N tokens (quick runs)")
     p.add_argument("--json", default=None, help="write results to this JSON file")
 
 
@@ -242,12 +256,49 @@ def _limit(value: float | None) -> int | float | None:
     return int(value) if value >= 1 else value
 
 
-def eval_command(a: Any) -> int:
-    """``sharvet eval`` on arguments parsed by :func:`add_eval_arguments` plus the CLI's common ones."""
-    evaluate(a.model, ppl=_names(a.ppl), tasks=_names(a.tasks), data_dir=a.data_dir, device=a.device,
-             dtype=a.dtype, context=a.context, stride=a.stride, batch_size=a.batch_size, max_tokens=a.max_tokens,
-             limit=_limit(a.limit), seed=a.seed, offline=True if a.offline else None, task_source=a.task_source,
-             progress=not a.no_progress, json_path=a.json)
+def check_ppl_names(names: Sequence[str], root: Path | None) -> None:
+    """A perplexity set must be a known data set or an existing path: a typo is an error, not "not run"."""
+    unknown = [n for n in names if n not in DATASETS and not Path(n).exists() and not (root and (root / n).exists())]
+    if unknown:
+        raise ValueError(f"--ppl {','.join(unknown)}: neither a known data set ({', '.join(sorted(DATASETS))}) "
+                         "nor an existing file or folder")
+
+
+def problems(result: Mapping[str, Any]) -> tuple[list[str], list[str]]:
+    """(items that did not run, items whose value is not finite) of a result."""
+    rows = [(f"perplexity {n}", r) for n, r in result.get("perplexity", {}).items()]
+    rows += [(f"task {n}", r) for n, r in result.get("tasks", {}).items()]
+    return [n for n, r in rows if r.get("status") == NOT_RUN], [n for n, r in rows if r.get("status") == NON_FINITE]
+
+
+def eval_command(a: Any, on_start: Callable[[], None] = lambda: None) -> int:
+    """``sharvet eval`` on arguments parsed by :func:`add_eval_arguments` plus the CLI's common ones.
+
+    Everything that can be checked is checked before the model loads (the JSON path, the data names); the
+    table is printed before the JSON is written, so a failed write never loses the numbers. Exit codes:
+    0 all ran, 3 some items did not run (data missing), 4 a non-finite perplexity (see sharvet.errors).
+    """
+    json_path = check_output_file(a.json, "--json")
+    check_ppl_names(_names(a.ppl), resolve_data_dir(a.data_dir))
+    on_start()
+    result = evaluate(a.model, ppl=_names(a.ppl), tasks=_names(a.tasks), data_dir=a.data_dir, device=a.device,
+                      dtype=a.dtype, context=a.context, stride=a.stride, batch_size=a.batch_size,
+                      max_tokens=a.max_tokens, limit=_limit(a.limit), seed=a.seed,
+                      offline=True if a.offline else None, task_source=a.task_source, progress=not a.no_progress,
+                      verify=not a.no_verify)
+    if json_path is not None:
+        try:
+            write_results(result, json_path)
+        except OSError as e:
+            raise OSError(e.errno, f"{e.strerror}; the results are printed above, not written", str(json_path)) \
+                from None
+    not_run, non_finite = problems(result)
+    if non_finite:
+        raise NonFiniteError(f"{', '.join(non_finite)} of {result['model']} is not finite: its weights are damaged "
+                             "or diverged (check the model with sharvet info)")
+    if not_run:
+        print(f"sharvet: not run: {', '.join(not_run)} (reasons above); exit code {EXIT_NOT_RUN}", file=sys.stderr)
+        return EXIT_NOT_RUN
     return 0
 
 

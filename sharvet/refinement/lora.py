@@ -15,6 +15,8 @@ compressed model as a normal sharvet checkpoint plus the adapters in ``<dir>/lor
 """
 from __future__ import annotations
 
+import shutil
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -28,7 +30,7 @@ from ..models import adapter_for
 from ..modules import SharedBasisLinear, SparseProjectionLinear
 from ..pipeline import plan_of
 
-ADAPTER_DIR = "lora"
+ADAPTER_DIR = checkpoint.ADAPTER_DIR
 
 
 class SharedBasisLoraLinear(PeftLoraLinear):
@@ -96,17 +98,19 @@ class _BaseModules:
 
 def save_lora(model: PeftModel, out_dir: str | Path, *, tokenizer=None, summary: str = "",
               overwrite: bool = False) -> Path:
-    """A sharvet checkpoint of the compressed base plus the adapters in ``<out_dir>/lora``."""
-    with _BaseModules(model) as base:
-        out = checkpoint.save(base, out_dir, tokenizer=tokenizer, summary=summary, overwrite=overwrite)
-    model.save_pretrained(str(out / ADAPTER_DIR))
-    return out
+    """A sharvet checkpoint of the compressed base plus the adapters in ``<out_dir>/lora`` (both under its
+    integrity record, so a loader can never silently drop or mix them)."""
+    with tempfile.TemporaryDirectory() as adapters:
+        model.save_pretrained(adapters)  # before the swap: peft reads the adapters from the module tree
+        with _BaseModules(model) as base:
+            return checkpoint.save(base, out_dir, tokenizer=tokenizer, summary=summary, overwrite=overwrite,
+                                   extras=lambda tmp: shutil.copytree(adapters, tmp / ADAPTER_DIR))
 
 
-def load_lora(path: str | Path, *, device=None, dtype=None) -> PeftModel:
+def load_lora(path: str | Path, *, device=None, dtype=None, verify: bool = True) -> PeftModel:
     """Inverse of :func:`save_lora` (the custom module must be registered again: peft does not store it)."""
     folder = Path(path)
-    base = checkpoint.load(folder, device=device, dtype=dtype)
+    base = checkpoint.load(folder, device=device, dtype=dtype, verify=verify)
     cfg = LoraConfig.from_pretrained(str(folder / ADAPTER_DIR))
     register_custom(cfg)
     return PeftModel.from_pretrained(base, str(folder / ADAPTER_DIR), config=cfg).eval()
