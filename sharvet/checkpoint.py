@@ -160,6 +160,33 @@ def load(path: str | Path, *, device: str | torch.device | None = None, dtype: t
     return model.eval()
 
 
+def check_shapes(folder: str | Path) -> None:
+    """The weight file holds exactly the tensors the plan in config.json needs, at their shapes (no weights read).
+
+    Built on the meta device, so it costs the same for a 135M and a 70B model; catches a plan edited after
+    saving (a changed rank) in checkpoints written before integrity records existed.
+    """
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    folder = Path(folder)
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
+    install_plan(adapter_for(model), plan_of(model), lambda _g: None)
+    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    try:
+        with safe_open(str(folder / WEIGHTS), framework="pt") as f:
+            have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+            aliases = json.loads((f.metadata() or {}).get("aliases", "{}"))
+    except Exception as e:  # safetensors raises several types for a damaged header
+        raise CheckpointError(f"{folder / WEIGHTS} is damaged or unreadable: {e}") from None
+    have.update({alias: have.get(canonical) for alias, canonical in aliases.items()})
+    wrong = sorted(k for k in want.keys() | have.keys() if want.get(k) != have.get(k))
+    if wrong:
+        k = wrong[0]
+        raise CheckpointError(f"{folder / WEIGHTS} does not match the plan in config.json: {len(wrong)} tensors "
+                              f"differ (e.g. {k}: file {have.get(k)}, plan {want.get(k)})")
+
+
 def has_adapters(folder: str | Path) -> bool:
     """Whether the checkpoint carries LoRA adapters (``<folder>/lora``), which loaders must apply."""
     lora = Path(folder) / ADAPTER_DIR

@@ -198,6 +198,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         fips=FipsConfig(a.fips_rank, a.fips_steps, a.fips_lr, tokens=a.fips_tokens), seed=a.seed,
     )
     cfg.validate()
+    out = check_output(a.output, a.overwrite)
     spec = calibration_spec(a)
     refine_cfg = None
     tuning = refine_overrides(variants)
@@ -213,7 +214,6 @@ def cmd_compress(a: argparse.Namespace) -> int:
         check_resume(refine_cfg, a.resume)
     check_model_arg(a.model, a.k)
     check_data_dir(a)
-    out = check_output(a.output, a.overwrite)
     announce_device(a)
     _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
                                        overwrite=a.overwrite, progress=not a.no_progress)
@@ -294,15 +294,14 @@ def cmd_refine(a: argparse.Namespace) -> int:
 
 
 def cmd_info(a: argparse.Namespace) -> int:
-    from .checkpoint import has_adapters, read_state_dict, verify_checkpoint
+    from .checkpoint import check_shapes, has_adapters, verify_checkpoint
     from .integrity import read_manifest
     from .plan import CompressionPlan
     from .summary import render
 
     config = verify_checkpoint(a.checkpoint, verify=not a.no_verify)
     plan = CompressionPlan.from_dict(config["sharvet"])
-    if a.no_verify:
-        read_state_dict(Path(a.checkpoint) / "model.safetensors")  # at least a readable file
+    check_shapes(a.checkpoint)
     print(render(plan), end="")
     record = read_manifest(a.checkpoint)
     if record is None:

@@ -4,37 +4,9 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
-from tokenizers import Tokenizer, models, pre_tokenizers
-from transformers import PreTrainedTokenizerFast
 
 from sharvet import load
 from sharvet.cli import main
-
-from tiny import tiny_llama
-
-WORDS = ["the", "cat", "sat", "on", "mat", "a", "dog", "ran", "to", "house", "and", "big", "red", "blue", "."]
-
-
-@pytest.fixture(scope="module")
-def model_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("tiny-model")
-    vocab = {"[UNK]": 0, "<s>": 1, "</s>": 2, **{w: i + 3 for i, w in enumerate(WORDS)}}
-    tok = Tokenizer(models.WordLevel(vocab, unk_token="[UNK]"))
-    tok.pre_tokenizer = pre_tokenizers.WhitespaceSplit()
-    PreTrainedTokenizerFast(tokenizer_object=tok, bos_token="<s>", eos_token="</s>", unk_token="[UNK]").save_pretrained(folder)
-    tiny_llama(4).save_pretrained(folder)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def data_dir(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("data")
-    (folder / "wikitext2").mkdir()
-    g = torch.Generator().manual_seed(0)
-    rows = [" ".join(WORDS[i] for i in torch.randint(0, len(WORDS), (40,), generator=g).tolist()) for _ in range(60)]
-    (folder / "wikitext2" / "wiki.test.raw").write_text("\n".join(rows) + "\n")
-    return folder
 
 
 def test_compress_refine_info_eval(model_dir, data_dir, tmp_path, capsys):
