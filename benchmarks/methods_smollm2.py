@@ -30,7 +30,7 @@ from sharvet.calibration import collect_stats
 from sharvet.data import pack_sequences
 from sharvet.evaluation.perplexity import perplexity
 from sharvet.evaluation.results import ppl_tokens
-from sharvet.evaluation.tasks import run_tasks
+from sharvet.evaluation.task_runner import run_tasks
 from sharvet.loading import load_original
 from sharvet.methods import method, refine_overrides
 from sharvet.models import adapter_for

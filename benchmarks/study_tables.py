@@ -13,7 +13,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from sharvet.evaluation.tasks import PAPER_TASKS
+from sharvet.evaluation.task_catalog import PAPER_TASKS
 from sharvet.refinement.history import plot_comparison, read_history
 
 NAMES = {"original": "Original", "seq": "SEQ", "cycle": "CYCLE", "cycle-rev": "CYCLE-REV",

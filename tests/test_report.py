@@ -10,7 +10,7 @@ import pytest
 
 from sharvet.evaluation.report import merge_rows, report, row_values
 from sharvet.evaluation.results import read_results, write_results
-from sharvet.evaluation.tasks import HEADLINE_METRICS
+from sharvet.evaluation.task_catalog import HEADLINE_METRICS
 
 NOT_RUN = None
 

@@ -2,7 +2,7 @@
 
 Rows are method x ratio, the original model first, then one block per compression ratio (the fraction of
 parameters removed, ``1 - kept``, as papers quote it: 20%, 30%, ...). Columns are perplexity on C4 and
-WikiText-2 (lower is better) and the headline accuracy (see :data:`sharvet.evaluation.tasks.HEADLINE_METRICS`)
+WikiText-2 (lower is better) and the headline accuracy (see :data:`sharvet.evaluation.task_catalog.HEADLINE_METRICS`)
 on COPA, PIQA, ARC-Easy, WinoGrande and LAMBADA, plus their mean (only when all five were run, so that an
 average over fewer tasks is never compared with a full one). Within each ratio block the best value of a column
 is bold and the second best underlined; a value that was not run is "–". Files with the same method and ratio
@@ -20,7 +20,8 @@ from pathlib import Path
 from typing import Any
 
 from sharvet.evaluation.results import read_results
-from sharvet.evaluation.tasks import OK, PAPER_TASKS
+from sharvet.evaluation.task_catalog import PAPER_TASKS
+from sharvet.evaluation.task_results import OK
 
 #: (header, section of the result JSON, name in it)
 COLUMNS = (("C4", "perplexity", "c4"), ("Wiki.", "perplexity", "wikitext2"), ("CP", "tasks", "copa"),

@@ -24,7 +24,9 @@ import torch
 
 from sharvet.data import DataNotFoundError, resolve_data_dir
 from sharvet.evaluation.perplexity import evaluation_tokens, perplexity
-from sharvet.evaluation.tasks import NOT_RUN, OK, plan_tasks, run_plan
+from sharvet.evaluation.task_plan import plan_tasks
+from sharvet.evaluation.task_results import NOT_RUN, OK
+from sharvet.evaluation.task_runner import run_plan
 from sharvet.loading import LoadedModel
 
 FORMAT = "sharvet-eval"
