@@ -153,10 +153,10 @@ def test_average_stderr_combines_the_five_tasks():
 
 def test_accuracy_cells_add_the_average_only_for_several_tasks():
     row = ResultRow("m", 0.5, tasks={**piqa(0.5, FIVE), "copa": {"status": "ok", "headline": 1.0,
-                                                                 "headline_metric": "acc", "metrics": {"acc": 1.0}}})
+                                                                 "headline_metric": "acc", "metrics": {"acc": 1.0, "acc_stderr": 0.02}}})
     assert study_tables.accuracy_cells(row, ["piqa"]) == ["50.0"]
     assert study_tables.accuracy_header(["piqa"]) == ["PIQA ↑"]
-    assert study_tables.accuracy_cells(row, ["piqa", "copa"]) == ["50.0", "100.0", "60.0 ± nan"]  # the five's mean
+    assert study_tables.accuracy_cells(row, ["piqa", "copa"]) == ["50.0", "100.0", "60.0 ± 0.6"]  # the five's mean
     assert study_tables.accuracy_cells(ResultRow("m", 0.5, tasks=piqa(0.5)), ["piqa", "copa"])[-1] == "n/a"
 
 
