@@ -8,7 +8,6 @@ on the machine that ran the study is shown as "n/a", and averages follow :data:`
 from __future__ import annotations
 
 import json
-import math
 import os
 from pathlib import Path
 
