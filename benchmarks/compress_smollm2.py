@@ -139,7 +139,7 @@ def main() -> None:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps(out, indent=2))
-    print(f"| ratio | method | SVD | WikiText-2 ppl | linear ratio | model ratio | compress s | peak MiB |")
+    print("| ratio | method | SVD | WikiText-2 ppl | linear ratio | model ratio | compress s | peak MiB |")
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['ratio']} | {r['method']} | {r.get('decomposition', '-')} | {r['ppl']} | "

@@ -1,6 +1,6 @@
 """Benchmark: refinement of SmolLM2-135M (issue 3) -- vectors (lambda + sigma) vs LoRA, same steps.
 
-Only WikiText-2 *test* is available offline, so it is split by rows: the first half is held out for
+Only WikiText-2 *test* is available offline, so it is split by rows (``sharvet.experiment.held_out_split``): the first half is held out for
 perplexity, the second half supplies calibration and fine-tuning windows. No evaluated token is ever
 trained on. The original model is evaluated on the same held-out half.
 
@@ -17,18 +17,13 @@ from pathlib import Path
 import torch
 
 from sharvet.calibration import collect_stats
-from sharvet.data import join_texts, load_texts, pack_sequences, resolve_data_dir, tokenize_corpus
+from sharvet.data import pack_sequences
 from sharvet.evaluation.perplexity import perplexity
+from sharvet.experiment import held_out_split, refined_model
 from sharvet.loading import load_original
 from sharvet.models import adapter_for
 from sharvet.pipeline import CompressionConfig, compress
-from sharvet.refinement import RefineConfig, finalize, parameter_summary, plot_comparison, refine
-
-
-def split_corpus(tokenizer, data_dir):
-    rows = load_texts("wikitext2", split="test", data_dir=resolve_data_dir(data_dir))
-    half = len(rows) // 2
-    return tokenize_corpus(rows[:half], tokenizer), tokenize_corpus(rows[half:], tokenizer)
+from sharvet.refinement import RefineConfig, parameter_summary, plot_comparison, refine
 
 
 def main() -> None:
@@ -51,7 +46,7 @@ def main() -> None:
     a = p.parse_args()
     out_dir = Path(a.out_dir)
     teacher = load_original(a.model, device=a.device)
-    eval_ids, train_1d = split_corpus(teacher.tokenizer, a.data_dir)
+    eval_ids, train_1d = held_out_split(teacher.tokenizer, a.data_dir)
     stats = collect_stats(adapter_for(teacher.model), pack_sequences(train_1d, a.calib_samples, a.seq_len, 0),
                           device=a.device, progress=False)
     train_ids = pack_sequences(train_1d, a.train_samples, a.seq_len, 1)
@@ -77,10 +72,8 @@ def main() -> None:
             t0 = time.perf_counter()
             result = refine(student, teacher.model, train_ids, cfg)
             wall = time.perf_counter() - t0
-            model = result.model
-            summary = parameter_summary(model)
-            if mode != "lora":
-                finalize(model, result.record())
+            summary = parameter_summary(result.model)
+            model = refined_model(result)
             row = {"ratio": ratio, "mode": mode, "ppl_before": before, "ppl_after": ppl(model),
                    "steps": result.steps, "wall_s": round(wall, 1),
                    "train_tokens_per_s": round(a.train_samples * a.seq_len * a.epochs / wall),

@@ -315,25 +315,16 @@ def cmd_info(a: argparse.Namespace) -> int:
 
 
 def model_similarities(a: argparse.Namespace, default_types=None):
-    """Load the model, calibrate if CKA is on, and compute the similarity of the requested types."""
-    from .api import calibrate
-    from .loading import load_original
-    from .models import adapter_for
-    from .similarity import model_similarity
+    """:func:`sharvet.analysis.model_similarities` on the parsed arguments, checked first."""
+    from .analysis import model_similarities as compute
 
     cfg = similarity_config(a)
     spec = calibration_spec(a)
     check_model_arg(a.model, getattr(a, "k", None))
     check_data_dir(a)
     announce_device(a)
-    loaded = load_original(a.model, dtype=a.dtype, device=a.device)
-    adapter = adapter_for(loaded.model)
-    types = a.types.split(",") if a.types else list(default_types(adapter) if default_types else adapter.type_names)
-    for t in types:
-        adapter.module_type(t)
-    stats = calibrate(loaded, spec, seed=a.seed, device=a.device, progress=not a.no_progress) if cfg.use_cka else None
-    sims = model_similarity(adapter, types, stats, cfg, device=a.device or "cpu", progress=not a.no_progress)
-    return loaded, adapter, sims
+    return compute(a.model, cfg, spec, types=a.types.split(",") if a.types else None, default_types=default_types,
+                   seed=a.seed, device=a.device, dtype=a.dtype, progress=not a.no_progress)
 
 
 def cmd_similarity(a: argparse.Namespace) -> int:

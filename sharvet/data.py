@@ -9,18 +9,20 @@ split in their name serve every split.
 
 from __future__ import annotations
 
-import gzip
 import itertools
-import json
 import logging
 import os
-import re
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field as dataclass_field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, TextIO
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from sharvet.datafiles import (
+    SPLIT_ALIASES, DataError, DataNotFoundError, file_format, files_for_split, parquet_columns, read_records,
+    supported_files,
+)
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -34,27 +36,9 @@ TEXT_FIELDS = ("text", "sentence", "content")
 #: so their tokens are exactly those of tokenising the whole joined text at once.
 DEFAULT_CHUNK_CHARS = 1 << 22
 
-_SPLIT_ALIASES = {
-    "train": "train",
-    "test": "test",
-    "valid": "validation",
-    "validation": "validation",
-    "val": "validation",
-    "dev": "validation",
-}
 _FALLBACK_SPLITS = ("validation", "test", "train")
-_LINE_FORMATS = {".txt", ".raw"}
-_JSON_FORMATS = {".json", ".jsonl"}
 _TRUE_VALUES = {"1", "true", "yes", "on"}
 _warned_fallbacks: set[tuple[str, str]] = set()
-
-
-class DataError(ValueError):
-    """Data could not be found or read; the message says what was looked for and how to fix it."""
-
-
-class DataNotFoundError(DataError):
-    """No data exists for the requested source and split (as opposed to data that exists but is malformed)."""
 
 
 @dataclass(frozen=True)
@@ -119,7 +103,7 @@ def resolve_data_dir(value: str | Path | None) -> Path | None:
 def normalize_split(split: str) -> str:
     """Canonical split name: ``train``, ``validation`` (also ``valid``, ``val``, ``dev``) or ``test``."""
     try:
-        return _SPLIT_ALIASES[split.lower()]
+        return SPLIT_ALIASES[split.lower()]
     except KeyError:
         raise DataError(f"unknown split {split!r}; use train, validation (valid) or test") from None
 
@@ -134,23 +118,9 @@ def is_offline(offline: bool | None = None) -> bool:
 # --------------------------------------------------------------------------------------------------- files
 
 
-def _file_format(path: Path) -> str | None:
-    """The format suffix of a supported file (``.txt``, ``.raw``, ``.json``, ``.jsonl``, ``.parquet``) or None."""
-    name = path.name.lower()
-    if name.endswith(".parquet"):
-        return ".parquet"
-    suffix = Path(name.removesuffix(".gz")).suffix
-    return suffix if suffix in _LINE_FORMATS | _JSON_FORMATS else None
-
-
-def _open_text(path: Path) -> TextIO:
-    if path.name.lower().endswith(".gz"):
-        return gzip.open(path, "rt", encoding="utf-8")
-    return path.open(encoding="utf-8")
-
-
-def _record_text(record: Any, path: Path, index: int, field: str | None) -> str:
-    """The text of one JSON/parquet record: ``field`` if given, else the first of :data:`TEXT_FIELDS`."""
+def _record_text(record: Any, path: Path, where: str, field: str | None) -> str:
+    """The text of one record: a line as is; of a JSON/parquet record ``field`` if given, else the first of
+    :data:`TEXT_FIELDS`."""
     if isinstance(record, str):
         return record
     candidates = (field,) if field else TEXT_FIELDS
@@ -158,32 +128,7 @@ def _record_text(record: Any, path: Path, index: int, field: str | None) -> str:
         for name in candidates:
             if isinstance(record.get(name), str):
                 return record[name]
-    raise DataError(f"{path}: record {index} has no text field {' / '.join(repr(c) for c in candidates)}")
-
-
-def _json_records(path: Path) -> list[Any]:
-    """Records of a JSON array file or a JSON-lines file."""
-    with _open_text(path) as handle:
-        content = handle.read()
-    if _file_format(path) == ".json":
-        try:
-            data = json.loads(content)
-        except json.JSONDecodeError:
-            data = None  # not a single document: read it as JSON lines below
-        if isinstance(data, dict):  # JSON lines holding a single record
-            return [data]
-        if data is not None:
-            if not isinstance(data, list):
-                raise DataError(f"{path}: expected a JSON list of records or JSON lines")
-            return data
-    records = []
-    for number, line in enumerate(content.splitlines(), start=1):
-        if line.strip():
-            try:
-                records.append(json.loads(line))
-            except json.JSONDecodeError as exc:
-                raise DataError(f"{path}: line {number} is not valid JSON ({exc.msg})") from None
-    return records
+    raise DataError(f"{path}: {where} has no text field {' / '.join(repr(c) for c in candidates)}")
 
 
 def _pick_column(path: Path, columns: Sequence[str], field: str | None) -> str:
@@ -193,60 +138,18 @@ def _pick_column(path: Path, columns: Sequence[str], field: str | None) -> str:
     raise DataError(f"{path}: no text column {field or ' / '.join(TEXT_FIELDS)} (columns: {list(columns)})")
 
 
-def _parquet_records(path: Path, field: str | None) -> list[dict[str, Any]]:
-    """Records of a parquet file reduced to their text column, read with pyarrow or else pandas."""
-    try:
-        import pyarrow.parquet as pq
-    except ImportError:
-        pq = None
-    if pq is not None:
-        name = _pick_column(path, pq.read_schema(path).names, field)
-        values = pq.read_table(path, columns=[name]).column(name).to_pylist()
-    else:
-        try:
-            import pandas as pd
-        except ImportError:
-            raise DataError(f"{path}: reading parquet needs pyarrow or pandas (pip install pyarrow)") from None
-        frame = pd.read_parquet(path)
-        name = _pick_column(path, list(frame.columns), field)
-        values = frame[name].tolist()
-    return [{name: value} for value in values]
-
-
 def read_text_file(path: str | Path, field: str | None = None) -> list[str]:
-    """Text records of one file.
+    """Text records of one file (formats: :mod:`sharvet.datafiles`).
 
     ``.txt``/``.raw``: one record per line, blank lines dropped. ``.json`` (a list, or JSON lines), ``.jsonl`` and
     ``.parquet``: the ``field`` of each record, by default the first present of ``text``, ``sentence``,
-    ``content``. Text formats may be gzip-compressed (``.gz``).
+    ``content``. An empty file fails, naming it.
     """
     path = Path(path)
-    fmt = _file_format(path)
-    if fmt is None:
-        raise DataError(f"{path}: unsupported file type (use .txt, .raw, .json, .jsonl, optionally .gz, or .parquet)")
-    if not path.is_file():
-        raise DataNotFoundError(f"{path}: no such file")
-    if fmt in _LINE_FORMATS:
-        with _open_text(path) as handle:
-            return [line.rstrip("\r\n") for line in handle if line.strip()]
-    records = _parquet_records(path, field) if fmt == ".parquet" else _json_records(path)
-    return [_record_text(record, path, index, field) for index, record in enumerate(records)]
-
-
-def _split_tags(path: Path) -> set[str]:
-    """Splits named in a file name, e.g. ``{"test"}`` for ``wiki.test.raw``."""
-    words = re.split(r"[^a-z0-9]+", path.name.lower())
-    return {_SPLIT_ALIASES[word] for word in words if word in _SPLIT_ALIASES}
-
-
-def _supported_files(folder: Path) -> list[Path]:
-    return sorted(p for p in folder.iterdir() if p.is_file() and not p.name.startswith(".") and _file_format(p))
-
-
-def _files_for_split(files: Sequence[Path], split: str) -> list[Path]:
-    """Files named for ``split``; if none is, files that name no split at all."""
-    named = [p for p in files if split in _split_tags(p)]
-    return named or [p for p in files if not _split_tags(p)]
+    columns = None
+    if file_format(path) == ".parquet" and path.is_file():  # read only the text column of a (large) table
+        columns = [_pick_column(path, parquet_columns(path), field)]
+    return [_record_text(record, path, where, field) for where, record in read_records(path, columns=columns)]
 
 
 def _read_files(files: Sequence[Path], field: str | None) -> list[str]:
@@ -254,8 +157,8 @@ def _read_files(files: Sequence[Path], field: str | None) -> list[str]:
 
 
 def _read_folder(folder: Path, split: str, field: str | None) -> list[str]:
-    files = _supported_files(folder)
-    chosen = _files_for_split(files, split)
+    files = supported_files(folder)
+    chosen = files_for_split(files, split)
     if not chosen:
         found = ", ".join(p.name for p in files) or "no supported files"
         raise DataNotFoundError(f"{folder}: no file for split {split!r} (found: {found})")
@@ -308,7 +211,7 @@ def _load_named(
     """A known dataset: the local folder first, then the hub unless offline."""
     folder = data_dir / spec.local_dir if data_dir else None
     if folder is not None and folder.is_dir():
-        chosen = _files_for_split(_supported_files(folder), split)
+        chosen = files_for_split(supported_files(folder), split)
         if chosen:
             return _read_files(chosen, field)
     if is_offline(offline):
@@ -427,9 +330,9 @@ def _local_folder(source: str, data_dir: Path | None) -> Path | None:
 def _fallback_texts(source: str, split: str, data_dir: Path | None, field: str | None) -> list[str] | None:
     """Rows of another split's local files when ``split`` has none, with a one-time warning naming them."""
     folder = _local_folder(source, data_dir)
-    files = _supported_files(folder) if folder else []
+    files = supported_files(folder) if folder else []
     for other in (s for s in _FALLBACK_SPLITS if s != split):
-        chosen = _files_for_split(files, other)
+        chosen = files_for_split(files, other)
         if chosen:
             names = ", ".join(str(p) for p in chosen)
             if (source, names) not in _warned_fallbacks:

@@ -108,6 +108,19 @@ def test_missing_field_names_file_and_record(tmp_path: Path) -> None:
         read_text_file(path)
 
 
+@pytest.mark.parametrize("name", ["wiki.test.raw", "c4.test.jsonl.gz", "list.test.json"])
+def test_empty_file_fails_naming_it(tmp_path: Path, name: str, tokenizer: PreTrainedTokenizerFast) -> None:
+    """An empty (or blank) WikiText-2 file used to pass reading and fail later with "no text to tokenise"."""
+    _write(tmp_path / "wikitext2" / name, "[]" if name.endswith(".json") else "\n\n")
+    with pytest.raises(DataError, match=rf"wikitext2/{name}: no records \(the file is empty\)"):
+        calibration_batch("wikitext2", tokenizer, 2, 8, 0, data_dir=tmp_path, split="test")
+
+
+def test_json_list_error_names_the_line(tmp_path: Path) -> None:
+    with pytest.raises(DataError, match=r"a\.json: not valid JSON \(.* at line 2\)"):
+        read_text_file(_write(tmp_path / "a.json", '[{"text": "x"},\n oops]'))
+
+
 def test_unsupported_file(tmp_path: Path) -> None:
     with pytest.raises(DataError, match="unsupported"):
         read_text_file(_write(tmp_path / "a.csv", "x\n"))

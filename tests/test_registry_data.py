@@ -14,7 +14,7 @@ pa = pytest.importorskip("pyarrow")
 from sharvet import cli  # noqa: E402
 from sharvet.data import DataError  # noqa: E402
 from sharvet.evaluation import registry_data as rd  # noqa: E402
-from sharvet.evaluation.tasks import find_task_file, load_local_docs  # noqa: E402
+from sharvet.evaluation.task_files import find_task_file, load_local_docs  # noqa: E402
 
 
 def arrow_bytes(rows: list[dict]) -> bytes:

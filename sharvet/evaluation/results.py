@@ -28,7 +28,9 @@ from sharvet.argtypes import at_least
 from sharvet.data import DATASETS, DataNotFoundError, resolve_data_dir
 from sharvet.errors import EXIT_NOT_RUN, NonFiniteError
 from sharvet.evaluation.perplexity import evaluation_tokens, perplexity
-from sharvet.evaluation.tasks import NOT_RUN, OK, plan_tasks, run_plan
+from sharvet.evaluation.task_plan import plan_tasks
+from sharvet.evaluation.task_results import NOT_RUN, OK
+from sharvet.evaluation.task_runner import run_plan
 from sharvet.loading import LoadedModel
 from sharvet.outputs import check_output_file
 
