@@ -27,6 +27,7 @@ import torch
 from refine_smollm2 import split_corpus
 
 from sharvet.calibration import collect_stats
+from sharvet.config import CompressionConfig
 from sharvet.data import pack_sequences
 from sharvet.evaluation.perplexity import perplexity
 from sharvet.evaluation.results import ppl_tokens
@@ -34,7 +35,7 @@ from sharvet.evaluation.tasks import run_tasks
 from sharvet.loading import load_original
 from sharvet.methods import method, refine_overrides
 from sharvet.models import adapter_for
-from sharvet.pipeline import CompressionConfig, compress
+from sharvet.pipeline import compress
 from sharvet.refinement import RefineConfig, finalize, parameter_summary, refine
 
 ALL_ROWS = "sharvet,basis-sharing,seq,cycle,cycle-rev,fips"

@@ -17,11 +17,12 @@ from pathlib import Path
 import torch
 
 from sharvet.calibration import collect_stats
+from sharvet.config import CompressionConfig
 from sharvet.data import join_texts, load_texts, pack_sequences, resolve_data_dir, tokenize_corpus
 from sharvet.evaluation.perplexity import perplexity
 from sharvet.loading import load_original
 from sharvet.models import adapter_for
-from sharvet.pipeline import CompressionConfig, compress
+from sharvet.pipeline import compress
 from sharvet.refinement import RefineConfig, finalize, parameter_summary, plot_comparison, refine
 
 
