@@ -6,21 +6,16 @@ shows what a new method family has to supply: a planner, a price, factors and an
 """
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
 import torch
 from torch import nn
 
 from sharvet.accounting import ModuleShape, module_shapes
 from sharvet.allocation import LayerLayout
 from sharvet.calibration import CalibrationStats
-from sharvet.kinds.base import GroupPlan, Kind, like, singletons
+from sharvet.kinds.base import GroupPlan, Kind, PlanConfig, like, singletons
 from sharvet.methods import Method
 from sharvet.models import ModelAdapter
 from sharvet.similarity import TypeSimilarity
-
-if TYPE_CHECKING:
-    from sharvet.config import CompressionConfig
 
 Factors = tuple[torch.Tensor, torch.Tensor]  # (r, d_in) and (d_out, r)
 
@@ -50,7 +45,7 @@ class OwnRankKind(Kind):
     name = "own-rank"
     whitens = False  # plain SVD of each weight: no calibration statistics
 
-    def plan(self, adapter: ModelAdapter, cfg: CompressionConfig, shared: list[str],
+    def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
              sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
         """Every module alone, at the largest rank whose two factors and bias fit ``ratio`` of it."""
         groups = []

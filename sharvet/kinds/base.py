@@ -8,18 +8,38 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 import torch
 
 from ..accounting import ModuleShape
 from ..allocation import LayerLayout
 from ..calibration import CalibrationStats
+from ..decomposition.sparse import FipsConfig
 from ..models import ModelAdapter
 from ..similarity import TypeSimilarity
 
-if TYPE_CHECKING:  # annotations only: the config names a kind, so it sits above the kinds
-    from ..config import CompressionConfig
+
+class PlanConfig(Protocol):
+    """What a kind reads of the compression config (:class:`sharvet.config.CompressionConfig`).
+
+    A protocol rather than the class itself: the config names its kind and asks it questions, so the
+    kinds sit below it and must not import it.
+    """
+
+    ratio: float
+    method: str
+    grouping: str
+    k: int | None
+    allocation: str
+    mu: float
+    eta_reduce: str
+    decomposition: str
+    layout: LayerLayout
+    fips: FipsConfig
+    seed: int
+
+    def groups_per_type(self, num_layers: int) -> int: ...
 
 
 @dataclass
@@ -52,19 +72,19 @@ class Kind(ABC):
     #: the settings entry :meth:`build` records go to (None: it records nothing)
     record_key: str | None = None
 
-    def validate(self, cfg: CompressionConfig) -> None:
+    def validate(self, cfg: PlanConfig) -> None:
         """Refuse settings this kind cannot honour (before any heavy work)."""
 
-    def needs_similarity(self, cfg: CompressionConfig) -> bool:
+    def needs_similarity(self, cfg: PlanConfig) -> bool:
         """Whether planning needs layer similarity beyond what the grouping strategy needs."""
         return False
 
-    def needs_ids(self, cfg: CompressionConfig) -> bool:
+    def needs_ids(self, cfg: PlanConfig) -> bool:
         """Whether :meth:`prepare` needs the calibration token ids themselves."""
         return False
 
     @abstractmethod
-    def plan(self, adapter: ModelAdapter, cfg: CompressionConfig, shared: list[str],
+    def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
              sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
         """Groups and sizes for every (layer, type) module, within ``cfg.ratio`` of the budget."""
 
@@ -72,7 +92,7 @@ class Kind(ABC):
     def price(self, group: GroupPlan, shapes: dict[str, ModuleShape], layout: LayerLayout) -> int:
         """Numbers the built group stores (what :func:`sharvet.budget.account` sums)."""
 
-    def prepare(self, adapter: ModelAdapter, cfg: CompressionConfig, ids: torch.Tensor | None, *,
+    def prepare(self, adapter: ModelAdapter, cfg: PlanConfig, ids: torch.Tensor | None, *,
                 device: torch.device, progress: bool) -> Any:
         """Inputs :meth:`build` needs from the uncompressed model, gathered before any group is swapped."""
         return None
@@ -91,7 +111,7 @@ class Kind(ABC):
         """
 
     def build(self, adapter: ModelAdapter, group: GroupPlan, layout: LayerLayout, factors: Any, prepared: Any,
-              cfg: CompressionConfig) -> dict[str, Any] | None:
+              cfg: PlanConfig) -> dict[str, Any] | None:
         """Install the group from its factors (a kind may refine it); returns a record for ``record_key``."""
         self.install(adapter, group, layout, factors)
         return None

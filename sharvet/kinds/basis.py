@@ -6,7 +6,6 @@ weights (eqs. 2-3); the other types get one SVD per layer at the same ratio.
 from __future__ import annotations
 
 import dataclasses
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -19,19 +18,16 @@ from ..grouping import GroupingRequest, make_groups
 from ..models import ModelAdapter
 from ..modules import SharedBasisLinear
 from ..similarity import TypeSimilarity
-from .base import GroupPlan, Kind, bias_copy, group_inputs, like, similarity_of
-
-if TYPE_CHECKING:
-    from ..config import CompressionConfig
+from .base import GroupPlan, Kind, PlanConfig, bias_copy, group_inputs, like, similarity_of
 
 
 class BasisKind(Kind):
     name = "basis"
 
-    def needs_similarity(self, cfg: CompressionConfig) -> bool:
+    def needs_similarity(self, cfg: PlanConfig) -> bool:
         return cfg.allocation == "adaptive"  # eq. 10 ranks groups by their intra-group similarity
 
-    def plan(self, adapter: ModelAdapter, cfg: CompressionConfig, shared: list[str],
+    def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
              sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
         groups: list[GroupPlan] = []
         k = cfg.groups_per_type(adapter.num_layers)

@@ -7,7 +7,6 @@ that layer's weight as it is, which is also how FiPS keeps the types it does not
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -20,10 +19,7 @@ from ..grouping import GroupingRequest, make_groups
 from ..models import ModelAdapter
 from ..modules import shared_linear
 from ..similarity import TypeSimilarity
-from .base import GroupPlan, Kind, group_inputs, like, similarity_of, singletons
-
-if TYPE_CHECKING:
-    from ..config import CompressionConfig
+from .base import GroupPlan, Kind, PlanConfig, group_inputs, like, similarity_of, singletons
 
 DenseFactors = tuple[torch.Tensor, torch.Tensor | None]
 
@@ -44,11 +40,11 @@ def dense_sets(ratio: float, num_layers: int, shared_fraction: float) -> int:
 class DenseKind(Kind):
     name = "dense"
 
-    def validate(self, cfg: CompressionConfig) -> None:
+    def validate(self, cfg: PlanConfig) -> None:
         if cfg.k is not None:
             raise ValueError(f"{cfg.method} derives its number of shared sets from the ratio; --k does not apply")
 
-    def plan(self, adapter: ModelAdapter, cfg: CompressionConfig, shared: list[str],
+    def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
              sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
         """M whole-matrix sets per shared type, the other types kept as they are."""
         shapes = module_shapes(adapter)

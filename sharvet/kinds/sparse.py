@@ -8,7 +8,7 @@ refines each group on its MLP blocks' captured inputs (:mod:`sharvet.decompositi
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,10 +21,7 @@ from ..grouping import GroupingRequest, make_groups
 from ..models import ModelAdapter
 from ..modules import SparseProjectionLinear
 from ..similarity import TypeSimilarity
-from .base import GroupPlan, Kind, bias_copy, like, similarity_of, singletons
-
-if TYPE_CHECKING:
-    from ..config import CompressionConfig
+from .base import GroupPlan, Kind, PlanConfig, bias_copy, like, similarity_of, singletons
 
 #: stored numbers per kept sparse entry: the value and its index (int32, as wide as a float32)
 SPARSE_ENTRY_COST = 2
@@ -65,10 +62,10 @@ class SparseKind(Kind):
     whitens = False
     record_key = "fips_reconstruction"
 
-    def needs_ids(self, cfg: CompressionConfig) -> bool:
+    def needs_ids(self, cfg: PlanConfig) -> bool:
         return cfg.fips.steps > 0  # the block-wise refinement runs on captured MLP-block inputs
 
-    def plan(self, adapter: ModelAdapter, cfg: CompressionConfig, shared: list[str],
+    def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
              sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
         """The shared types of consecutive blocks share one basis; the rest are kept as they are."""
         shapes = module_shapes(adapter)
@@ -97,7 +94,7 @@ class SparseKind(Kind):
         width = sparse_basis_width(group, shapes)
         return group.rank * width + SPARSE_ENTRY_COST * sum(group.nnz or []) + biases
 
-    def prepare(self, adapter: ModelAdapter, cfg: CompressionConfig, ids: torch.Tensor | None, *,
+    def prepare(self, adapter: ModelAdapter, cfg: PlanConfig, ids: torch.Tensor | None, *,
                 device: torch.device, progress: bool) -> list[torch.Tensor] | None:
         """Every layer's MLP-block inputs on the calibration tokens (None: no refinement)."""
         if not self.needs_ids(cfg):
@@ -129,7 +126,7 @@ class SparseKind(Kind):
                 bias=bias_copy(adapter, layer, t)))
 
     def build(self, adapter: ModelAdapter, group: GroupPlan, layout: LayerLayout, factors: SparseFactors,
-              prepared: list[torch.Tensor] | None, cfg: CompressionConfig) -> dict[str, Any] | None:
+              prepared: list[torch.Tensor] | None, cfg: PlanConfig) -> dict[str, Any] | None:
         """Install, then minimise the group's MLP blocks' reconstruction error on the captured inputs."""
         if prepared is None:
             self.install(adapter, group, layout, factors)
