@@ -1,6 +1,7 @@
 """The group-kind registry: a new method family in one file, and plans that load across versions."""
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -12,6 +13,7 @@ from toy_kind import OWN_RANK, OwnRankKind
 from sharvet import checkpoint, kinds
 from sharvet.calibration import collect_stats
 from sharvet.config import CompressionConfig
+from sharvet.kinds.base import PlanConfig
 from sharvet.methods import METHODS
 from sharvet.models import adapter_for
 from sharvet.pipeline import compress
@@ -47,6 +49,13 @@ def test_a_new_kind_is_one_file_and_one_registration(monkeypatch, tmp_path):
     monkeypatch.undo()
     with pytest.raises(ValueError, match="unknown group kind 'own-rank'"):
         checkpoint.load(out)  # loading installs through the registry
+
+
+def test_the_config_has_what_kinds_read():
+    """Kinds type the config by a protocol (they sit below it): the config must keep its side of it."""
+    fields = {f.name: f.type for f in dataclasses.fields(CompressionConfig)}
+    assert {name: fields.get(name) for name in PlanConfig.__annotations__} == PlanConfig.__annotations__
+    assert CompressionConfig(k=None).groups_per_type(7) == 3
 
 
 @pytest.mark.parametrize("name", ["sharvet", "fips", "cycle"])
