@@ -26,10 +26,11 @@ from pathlib import Path
 import torch
 
 from sharvet.api import CalibrationSpec, calibrate
+from sharvet.config import CompressionConfig
 from sharvet.data import resolve_data_dir
 from sharvet.evaluation.perplexity import evaluation_tokens, perplexity
 from sharvet.loading import load_original
-from sharvet.pipeline import CompressionConfig, compress
+from sharvet.pipeline import compress
 
 VARIANTS = {
     "sharvet": dict(grouping="spectral", allocation="adaptive"),

@@ -22,7 +22,8 @@ from sharvet.evaluation.perplexity import perplexity
 from sharvet.experiment import held_out_split, refined_model
 from sharvet.loading import load_original
 from sharvet.models import adapter_for
-from sharvet.pipeline import CompressionConfig, compress
+from sharvet.config import CompressionConfig
+from sharvet.pipeline import compress
 from sharvet.refinement import RefineConfig, parameter_summary, plot_comparison, refine
 
 

@@ -1,7 +1,8 @@
 """sharvet: similarity-aware cross-layer basis sharing with vector-based tuning for LLM compression."""
 from .api import CalibrationSpec, compress_pretrained, load, load_any
 from .calibration import CalibrationStats, collect_stats
-from .pipeline import CompressionConfig, CompressionResult, compress, plan_of
+from .config import CompressionConfig
+from .pipeline import CompressionResult, compress, plan_of
 from .similarity import SimilarityConfig
 
 __all__ = [

@@ -1,31 +1,59 @@
-"""Parameter accounting: what the compression ratio counts, for the linear modules and the whole model."""
+"""Parameter accounting: what the compression ratio counts, for the linear modules and the whole model.
+
+One counter for every place that counts stored numbers: a tensor shared by several modules (a group's
+basis, a whole shared matrix, tied embeddings) counts once, by storage; sparse projections add their
+int32 index tensors. Plans are priced before anything is built against :class:`ModuleShape` counts, and
+``compress`` checks the built model against that price with these counters.
+"""
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
+from typing import Any
 
 from torch import nn
 
 from .models import ModelAdapter
+from .modules import SparseProjectionLinear
 
 
-def stored_parameter_count(module: nn.Module) -> int:
-    """Numbers a checkpoint stores: unique parameters plus the index tensors of sparse projections."""
-    from .modules import SparseProjectionLinear
+@dataclass(frozen=True)
+class ModuleShape:
+    d_in: int
+    d_out: int
+    bias: bool
 
-    extra = sum(m.index.numel() for m in module.modules() if isinstance(m, SparseProjectionLinear))
-    return unique_parameter_count(module) + extra
+    @property
+    def parameters(self) -> int:
+        """Weights and bias of the original module."""
+        return self.d_in * self.d_out + (self.d_out if self.bias else 0)
 
 
-def unique_parameter_count(module: nn.Module) -> int:
-    """Parameters by storage: tied embeddings and shared bases count once."""
+def module_shapes(adapter: ModelAdapter) -> dict[str, ModuleShape]:
+    """Shape and bias of every module type (read from layer 0; identical in every layer)."""
+    return {t: ModuleShape(*adapter.shape(t), adapter.bias(0, t) is not None) for t in adapter.type_names}
+
+
+def unique_parameters(module: nn.Module) -> list[nn.Parameter]:
+    """Every parameter of ``module`` once per storage: tied embeddings and shared bases appear once."""
     seen: set[tuple[int, int]] = set()
-    total = 0
+    out = []
     for _, p in module.named_parameters(remove_duplicate=False):
         key = (p.untyped_storage().data_ptr(), p.storage_offset()) if p.device.type != "meta" else (id(p), 0)
         if key not in seen:
             seen.add(key)
-            total += p.numel()
-    return total
+            out.append(p)
+    return out
+
+
+def unique_parameter_count(module: nn.Module) -> int:
+    """Parameters by storage: tied embeddings and shared bases count once."""
+    return sum(p.numel() for p in unique_parameters(module))
+
+
+def stored_parameter_count(module: nn.Module) -> int:
+    """Numbers a checkpoint stores: unique parameters plus the index tensors of sparse projections."""
+    extra = sum(m.index.numel() for m in module.modules() if isinstance(m, SparseProjectionLinear))
+    return unique_parameter_count(module) + extra
 
 
 def linear_parameter_count(adapter: ModelAdapter, types: list[str]) -> int:
@@ -34,8 +62,38 @@ def linear_parameter_count(adapter: ModelAdapter, types: list[str]) -> int:
     return stored_parameter_count(holder)
 
 
-@dataclass
+@dataclass(frozen=True)
+class BudgetReport:
+    """Target and planned parameters of the compressed linear modules (priced before building)."""
+
+    target_ratio: float
+    original: int
+    planned: int
+
+    @property
+    def budget(self) -> int:
+        return int(self.target_ratio * self.original)
+
+    @property
+    def realised_ratio(self) -> float:
+        return self.planned / self.original
+
+    def line(self) -> str:
+        return (f"budget {self.budget:,} of {self.original:,} linear parameters (ratio {self.target_ratio}); "
+                f"planned {self.planned:,} (realised ratio {self.realised_ratio:.4f})")
+
+    def to_dict(self) -> dict:
+        return {**asdict(self), "budget": self.budget, "realised_ratio": self.realised_ratio}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "BudgetReport":
+        return cls(d["target_ratio"], d["original"], d["planned"])
+
+
+@dataclass(frozen=True)
 class ParameterReport:
+    """Counted parameters of the built model, before and after compression."""
+
     linear_original: int
     linear_compressed: int
     model_original: int
@@ -52,6 +110,11 @@ class ParameterReport:
 
     def to_dict(self) -> dict:
         return {**asdict(self), "linear_ratio": self.linear_ratio, "model_ratio": self.model_ratio}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "ParameterReport":
+        return cls(d["linear_original"], d["linear_compressed"], d["model_original"], d["model_compressed"],
+                   d["target_ratio"])
 
     def lines(self) -> list[str]:
         return [

@@ -13,7 +13,8 @@ from .calibration import DEFAULT_BATCH_SIZE, CalibrationStats, collect_or_load
 from .data import calibration_batch, resolve_data_dir
 from .loading import BUNDLED_ID, LoadedModel, default_device, load_original
 from .models import adapter_for
-from .pipeline import CompressionConfig, CompressionResult, attach_plan, compress, plan_of
+from .config import CompressionConfig
+from .pipeline import CompressionResult, attach_plan, compress, plan_of
 from .summary import render
 
 DEFAULT_CACHE = Path.home() / ".cache" / "sharvet"
@@ -69,10 +70,10 @@ def compress_pretrained(
         if cfg.needs_stats else None
     result = compress(loaded.model, stats, cfg, calibration_ids=ids if cfg.needs_ids else None, device=device,
                       progress=progress)
-    result.plan.settings["model_id"] = loaded.model_id
+    result.plan.settings.model_id = loaded.model_id
     if calibration is not None and ids is not None:
-        result.plan.settings["calibration"] = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
-    result.plan.settings["wall_time_s"] = round(time.perf_counter() - start, 1)
+        result.plan.settings.calibration = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
+    result.plan.settings.wall_time_s = round(time.perf_counter() - start, 1)
     attach_plan(loaded.model, result.plan)
     if output is not None:
         checkpoint.save(loaded.model, output, tokenizer=loaded.tokenizer,
@@ -141,7 +142,7 @@ def refine_checkpoint(
                          "made from instead")
     device = default_device(device)
     student = checkpoint.load(checkpoint_dir, device=device)
-    source = teacher or student.config.sharvet.get("settings", {}).get("model_id")
+    source = teacher or plan_of(student).settings.model_id
     if source is None:
         raise ValueError("the checkpoint does not record its source model: pass --teacher MODEL")
     original = load_original(None if source == BUNDLED_ID else source, device=device)

@@ -23,8 +23,8 @@ from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
 from .methods import METHODS, VARIANTS, describe, refine_overrides
+from .config import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .refinement.resume import check_resume
-from .pipeline import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .similarity import SimilarityConfig
 
 USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADirectoryError, IsADirectoryError,
@@ -217,12 +217,9 @@ def cmd_compress(a: argparse.Namespace) -> int:
     announce_device(a)
     _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
                                        overwrite=a.overwrite, progress=not a.no_progress)
-    from .budget import BudgetReport
-
-    budget = result.plan.settings["budget"]
-    print(BudgetReport(budget["target_ratio"], budget["original"], budget["planned"]).line())
+    print(result.plan.settings.budget.line())
     print("\n".join(result.report.lines()))
-    print(f"wrote {out} ({result.plan.settings['wall_time_s']} s)")
+    print(f"wrote {out} ({result.plan.settings.wall_time_s} s)")
     if refine_cfg is not None:
         return run_refinement(a, out, out, refine_cfg)
     return 0

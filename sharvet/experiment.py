@@ -25,7 +25,8 @@ from sharvet.evaluation.perplexity import perplexity
 from sharvet.evaluation.rows import WIKITEXT2, ResultRow
 from sharvet.evaluation.task_runner import run_tasks
 from sharvet.methods import method, refine_overrides
-from sharvet.pipeline import CompressionConfig, compress
+from sharvet.config import CompressionConfig
+from sharvet.pipeline import compress
 from sharvet.refinement import RefineConfig, RefineResult, finalize, parameter_summary, refine
 
 

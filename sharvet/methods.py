@@ -1,11 +1,10 @@
-"""Every compared method and SharVeT variant as a named preset of :class:`CompressionConfig`.
+"""Every compared method and SharVeT variant as a named preset of :class:`sharvet.config.CompressionConfig`.
 
 ``--method`` picks a preset (how groups are stored, grouping, allocation, what is shared, how the model
 is fine-tuned); any explicit flag overrides it. ``--variant`` applies the paper's ablations on top.
 """
 from __future__ import annotations
 
-import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -16,7 +15,7 @@ from .allocation import LayerLayout
 class Method:
     """A compression method: its group kind, its config defaults and its fine-tuning mode."""
 
-    kind: str  # basis | dense | sparse (see plan.py)
+    kind: str  # a kind registered in sharvet.kinds: basis | dense | sparse
     #: which module types are shared by default: the adapter's default, all, or the MLP types
     shares: str
     defaults: dict[str, Any] = field(default_factory=dict)
@@ -104,16 +103,3 @@ def describe() -> str:
     """One line per method, for ``--help``."""
     return "; ".join(f"{name}: {m.summary}" for name, m in METHODS.items())
 
-
-def apply(cfg_cls, method_name: str, variants=(), **explicit: Any):
-    """Build a config: the method's preset, then the variants, then every explicit (non-None) value."""
-    from .similarity import SimilarityConfig
-
-    fields = preset_overrides(method_name, variants)
-    sim = fields.pop("similarity", {})
-    explicit = {k: v for k, v in explicit.items() if v is not None}
-    if "similarity" in explicit:
-        base = explicit.pop("similarity")
-        sim = {**dataclasses.asdict(base), **sim} if isinstance(base, SimilarityConfig) else {**base, **sim}
-    fields.update(explicit)
-    return cfg_cls(method=method_name, similarity=SimilarityConfig(**sim), **fields)

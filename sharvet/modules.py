@@ -65,11 +65,6 @@ class SharedBasisLinear(nn.Module):
             f"sigma={self.sigma is not None}, scale={self.scale is not None}, bias={self.bias is not None}"
         )
 
-    def num_parameters(self, *, include_basis: bool) -> int:
-        """Stored parameters of this layer; the shared basis is counted by whoever counts the group."""
-        own = sum(p.numel() for p in (self.v, self.sigma, self.scale, self.bias) if p is not None)
-        return own + (self.basis.numel() if include_basis else 0)
-
 
 def shared_linear(weight: nn.Parameter, bias: nn.Parameter | None) -> nn.Linear:
     """An ``nn.Linear`` holding ``weight`` and ``bias`` themselves (SEQ / CYCLE whole-layer sharing).

@@ -14,7 +14,9 @@ from sharvet.calibration import CalibrationStats, collect_or_load, collect_stats
 from sharvet.grouping import STRATEGIES, GroupingRequest, make_groups
 from sharvet.models import UnsupportedModelError, adapter_for
 from sharvet.modules import SharedBasisLinear
-from sharvet.pipeline import CompressionConfig, compress
+from sharvet.config import CompressionConfig
+from sharvet.kinds import kind
+from sharvet.pipeline import compress
 from sharvet.similarity import SimilarityConfig, cka_from_covariance
 
 from tiny import tiny_gpt2, tiny_llama, tokens
@@ -39,7 +41,6 @@ def test_full_rank_reproduces_logits(family, decomposition):
     ref = model(ids).logits
     adapter = adapter_for(model)
     stats = collect_stats(adapter, ids, progress=False)
-    from sharvet.build import group_factors
     from sharvet.install import install_group
     from sharvet.planning import plan_compression
 
@@ -48,7 +49,7 @@ def test_full_rank_reproduces_logits(family, decomposition):
     for g in plan.groups:  # raise every group to full rank
         d_in, d_out = adapter.shape(g.type)
         g.rank = min(d_in, len(g.layers) * d_out)
-        install_group(adapter, g, plan.layout, group_factors(adapter, g, stats, decomposition == "whitened", "cpu"))
+        install_group(adapter, g, plan.layout, kind(g.kind).factors(adapter, g, stats, decomposition == "whitened", "cpu"))
     assert isinstance(adapter.get_module(0, adapter.type_names[0]), SharedBasisLinear)
     torch.testing.assert_close(model(ids).logits, ref, atol=2e-4, rtol=1e-4)
 

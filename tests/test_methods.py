@@ -9,18 +9,18 @@ from safetensors import safe_open
 from tiny import tiny_gpt2, tiny_llama, tokens
 
 from sharvet import checkpoint
-from sharvet.budget import module_shapes
-from sharvet.build import group_factors
+from sharvet.accounting import module_shapes
 from sharvet.calibration import collect_stats
 from sharvet.cli import main
+from sharvet.config import CompressionConfig
 from sharvet.decomposition import shared_matrix
 from sharvet.decomposition.sparse import FipsConfig, sparse_init
 from sharvet.install import install_group
+from sharvet.kinds import GroupPlan, kind
 from sharvet.methods import METHODS, preset_overrides, refine_overrides
 from sharvet.models import adapter_for
 from sharvet.modules import SparseProjectionLinear
-from sharvet.pipeline import CompressionConfig, compress
-from sharvet.plan import GroupPlan
+from sharvet.pipeline import compress
 from sharvet.planning import plan_compression
 from sharvet.refinement.lora import attach_lora, load_lora, save_lora
 
@@ -42,9 +42,9 @@ def run(family: str, method: str, ratio: float, **fields):
 @pytest.mark.parametrize("method", METHODS)
 def test_every_method_respects_the_budget_and_round_trips(family, method, tmp_path):
     model, ids, _, result = run(family, method, 0.5, k=3 if METHODS[method].kind != "dense" else None)
-    budget = result.plan.settings["budget"]
-    assert budget["planned"] <= budget["budget"]
-    assert result.report.linear_compressed == budget["planned"]  # the accountant priced what was built
+    budget = result.plan.settings.budget
+    assert budget.planned <= budget.budget
+    assert result.report.linear_compressed == budget.planned  # the accountant priced what was built
     assert result.report.linear_ratio == pytest.approx(0.5, abs=0.005)  # 6 layers: M = 3 is exact for dense
     out = checkpoint.save(model, tmp_path / "ckpt")
     loaded = checkpoint.load(out)
@@ -108,7 +108,7 @@ def test_fips_full_density_reproduces_the_original():
     group = GroupPlan("gate+up+down", [0, 1], width, "sparse")
     shapes = module_shapes(adapter)
     group.nnz = [width * (shapes[t].d_out if t != "down" else shapes[t].d_in) for _, t in group.members]
-    install_group(adapter, group, None, group_factors(adapter, group, None, False, "cpu"))
+    install_group(adapter, group, None, kind(group.kind).factors(adapter, group, None, False, "cpu"))
     assert isinstance(adapter.get_module(1, "down"), SparseProjectionLinear)
     torch.testing.assert_close(model(ids).logits, ref, atol=1e-4, rtol=1e-4)
 
@@ -127,7 +127,7 @@ def test_fips_counts_indices_and_stores_them_sparse(tmp_path):
     assert {g.type for g in sparse} == {"gate+up+down"} and len(sparse) == 3
     kept = [g for g in plan.groups if g.kind == "dense"]
     assert {g.type for g in kept} == {"q", "k", "v", "o"} and all(len(g.layers) == 1 for g in kept)
-    log = plan.settings["fips_reconstruction"]
+    log = plan.settings.records["fips_reconstruction"]
     assert len(log) == 3 and all(r["error_after"] < r["error_before"] for r in log)
     out = checkpoint.save(model, tmp_path / "fips")
     with safe_open(str(out / checkpoint.WEIGHTS), "pt") as f:

@@ -15,9 +15,10 @@ from transformers import LlamaConfig, LlamaForCausalLM
 from sharvet import checkpoint
 from sharvet.allocation import LayerLayout
 from sharvet.calibration import collect_stats
+from sharvet.config import CompressionConfig
 from sharvet.models import adapter_for
 from sharvet.modules import SharedBasisLinear
-from sharvet.pipeline import CompressionConfig, compress, plan_of
+from sharvet.pipeline import compress, plan_of
 from sharvet.refinement import (
     RefineConfig, add_refine_arguments, attach_lora, feature_loss, finalize, kd_loss, l2_deviation,
     load_lora, mark_trainable, parameter_summary, plot_comparison, read_history, refine, refine_config_from_args,
@@ -350,14 +351,14 @@ def test_finalize_keeps_logits_and_round_trips(pair, tmp_path):
     assert not any(p.requires_grad for p in model.parameters())
     plan = plan_of(model)
     assert plan.layout.sigma is False and plan.layout.scale is True
-    assert plan.settings["refinement"]["config"]["mode"] == "both"
-    assert plan.settings["refinement"]["final_losses"]["loss"] == result.final["loss"]
+    assert plan.settings.refinement["config"]["mode"] == "both"
+    assert plan.settings.refinement["final_losses"]["loss"] == result.final["loss"]
     with torch.no_grad():
         assert torch.allclose(model(ids).logits, before, atol=1e-5)
     loaded = checkpoint.load(checkpoint.save(model, tmp_path / "ck"))
     with torch.no_grad():
         assert torch.allclose(loaded(ids).logits, before, atol=1e-5)
-    assert plan_of(loaded).settings["refinement"]["steps"] == result.steps
+    assert plan_of(loaded).settings.refinement["steps"] == result.steps
 
 
 # --- LoRA baseline ----------------------------------------------------------------------------------------

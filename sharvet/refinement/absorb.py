@@ -14,6 +14,7 @@ from torch import nn
 from ..accounting import linear_parameter_count, stored_parameter_count
 from ..models import adapter_for
 from ..pipeline import attach_plan, plan_of
+from ..plan import PlanSettings
 from .vectors import shared_basis_modules
 
 
@@ -32,17 +33,15 @@ def finalize(model: nn.Module, record: dict[str, Any] | None = None) -> nn.Modul
     plan.layout = dataclasses.replace(plan.layout, sigma=False)
     _update_counts(model, plan.settings, plan.types)
     if record is not None:
-        plan.settings["refinement"] = record
+        plan.settings.refinement = record
     attach_plan(model, plan)
     return model
 
 
-def _update_counts(model: nn.Module, settings: dict[str, Any], types: list[str]) -> None:
+def _update_counts(model: nn.Module, settings: PlanSettings, types: list[str]) -> None:
     """Absorption removes ``r`` parameters per layer: keep the stored parameter report truthful."""
-    params = settings.get("parameters")
-    if not params:
+    if settings.parameters is None:
         return
-    params["linear_compressed"] = linear_parameter_count(adapter_for(model), types)
-    params["model_compressed"] = stored_parameter_count(model)
-    params["linear_ratio"] = params["linear_compressed"] / params["linear_original"]
-    params["model_ratio"] = params["model_compressed"] / params["model_original"]
+    settings.parameters = dataclasses.replace(
+        settings.parameters, linear_compressed=linear_parameter_count(adapter_for(model), types),
+        model_compressed=stored_parameter_count(model))

@@ -9,6 +9,7 @@ from typing import NamedTuple
 
 from torch import nn
 
+from ..accounting import unique_parameters
 from ..modules import SharedBasisLinear
 
 #: mode -> attribute names of SharedBasisLinear that train (paper Appendix G.3: both, Lambda only, Sigma only)
@@ -66,13 +67,5 @@ class ParameterSummary(NamedTuple):
 
 def parameter_summary(model: nn.Module) -> ParameterSummary:
     """Paper Table 1 accounting for a whole model: unique storages, so shared bases count once."""
-    seen: set[tuple[int, int]] = set()
-    trainable = total = 0
-    for _, p in model.named_parameters(remove_duplicate=False):
-        key = (p.untyped_storage().data_ptr(), p.storage_offset())
-        if key in seen:
-            continue
-        seen.add(key)
-        total += p.numel()
-        trainable += p.numel() if p.requires_grad else 0
-    return ParameterSummary(trainable, total)
+    params = unique_parameters(model)
+    return ParameterSummary(sum(p.numel() for p in params if p.requires_grad), sum(p.numel() for p in params))
