@@ -27,6 +27,7 @@ from .. import checkpoint
 from ..models import adapter_for
 from ..modules import SharedBasisLinear, SparseProjectionLinear
 from ..pipeline import plan_of
+from .guard import require_finite
 
 ADAPTER_DIR = "lora"
 
@@ -96,7 +97,8 @@ class _BaseModules:
 
 def save_lora(model: PeftModel, out_dir: str | Path, *, tokenizer=None, summary: str = "",
               overwrite: bool = False) -> Path:
-    """A sharvet checkpoint of the compressed base plus the adapters in ``<out_dir>/lora``."""
+    """A sharvet checkpoint of the compressed base plus the adapters in ``<out_dir>/lora``; refuses NaN/inf."""
+    require_finite(model.named_parameters(), "LoRA-refined model")
     with _BaseModules(model) as base:
         out = checkpoint.save(base, out_dir, tokenizer=tokenizer, summary=summary, overwrite=overwrite)
     model.save_pretrained(str(out / ADAPTER_DIR))
