@@ -124,9 +124,9 @@ def refine_checkpoint(
     """
     from transformers import AutoTokenizer
 
-    from .data import calibration_batch
     from .refinement import finalize, refine, save_lora
     from .summary import render
+    from .training_data import training_ids
 
     student = load(checkpoint_dir, device=device)
     source = teacher or student.config.sharvet.get("settings", {}).get("model_id")
@@ -134,8 +134,8 @@ def refine_checkpoint(
         raise ValueError("the checkpoint does not record its source model: pass --teacher MODEL")
     original = load_original(None if source == BUNDLED_ID else source, device=device)
     tokenizer = AutoTokenizer.from_pretrained(checkpoint_dir)
-    ids = calibration_batch(train.source, tokenizer, train.samples, train.seq_len, cfg.seed,
-                            data_dir=resolve_data_dir(train.data_dir), split="train")
+    ids = training_ids(train.source, tokenizer, train.samples, train.seq_len, cfg.seed, data_dir=train.data_dir,
+                       teacher=original.model, teacher_id=str(source), cache_dir=DEFAULT_CACHE)
     result = refine(student, original.model, ids, cfg, resume=resume)
     if not result.main_process:
         return Path(output)

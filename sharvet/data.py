@@ -22,6 +22,8 @@ from typing import TYPE_CHECKING, Any, TextIO
 
 import torch
 
+from .training_data import fixed_split
+
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
 
@@ -308,6 +310,9 @@ def _load_named(
     """A known dataset: the local folder first, then the hub unless offline."""
     folder = data_dir / spec.local_dir if data_dir else None
     if folder is not None and folder.is_dir():
+        fixed = fixed_split(spec.name, folder)  # C4: documents for training vs held out (sharvet.training_data)
+        if fixed is not None:
+            return fixed.select(_read_files([fixed.path], field), split)
         chosen = _files_for_split(_supported_files(folder), split)
         if chosen:
             return _read_files(chosen, field)

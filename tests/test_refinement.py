@@ -485,6 +485,8 @@ def test_relative_sigma_leaves_a_plain_sigma_that_resumes_and_saves(pair, tmp_pa
     delta = [v for k, v in saved.items() if k.endswith("parametrizations.sigma.original")]
     assert delta and all(d.abs().max() > 0 for d in delta)  # the checkpoint holds delta, moved from 0
     assert type(next(m for m in result.model.modules() if isinstance(m, SharedBasisLinear))) is SharedBasisLinear
+    modules = [m for m in result.model.modules() if isinstance(m, SharedBasisLinear)]
+    assert result.parameters.trainable == sum(m.rank + m.in_features for m in modules)  # counted while training
 
 
 # --- distillation weight as the reference sums it -----------------------------------------------------------

@@ -63,8 +63,9 @@ class RefineConfig:
     #: ``default`` (matched loss weights, relative sigma) or ``reference`` (the authors' code)
     preset: str = "default"
     lr: float | None = None
-    epochs: int = 2
-    batch_size: int = 2
+    #: one pass over 4,096 x 1,024 tokens of real and teacher text (``--train-samples``), 256 steps of 16
+    epochs: int = 1
+    batch_size: int = 16
     grad_accum: int = 1
     #: AdamW decoupled decay (towards 0). 0 by default: the L2 term regularises towards the initial values
     weight_decay: float = 0.0
@@ -265,8 +266,10 @@ def refine(student: nn.Module, teacher: nn.Module | None, train_ids: torch.Tenso
         bar.close()
         if writer is not None and writer.records:
             plot_history(writer.records, run.out / PLOT, title=f"refinement ({cfg.mode})")
-    if cfg.progress and main and meter.tokens:
-        tqdm.write(meter.line())
+    if main and meter.tokens:
+        log.info(meter.line())
+        if cfg.progress:
+            tqdm.write(meter.line())
     return _result(run, cfg, position, finished, writer, meter)
 
 
@@ -600,6 +603,7 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
             writer: HistoryWriter | None, meter: _Throughput) -> RefineResult:
     # drop DDP and accelerate's autocast wrapper of forward: later evaluation must run in the model's dtype
     model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    summary = parameter_summary(model)  # counted while the vectors still train
     release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype
     for p, dtype in run.downcast:  # outside autocast a bf16 model needs bf16 vectors
         p.data = p.data.to(dtype)
@@ -608,5 +612,5 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     model.eval()
     history = writer.records if writer is not None else []
     final = {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {}
-    return RefineResult(model, position.step, finished, history, parameter_summary(model), run.out, cfg, final,
+    return RefineResult(model, position.step, finished, history, summary, run.out, cfg, final,
                         run.accelerator.is_main_process, dataclasses.asdict(run.weights), meter.rate, meter.tokens)
