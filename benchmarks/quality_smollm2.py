@@ -42,6 +42,7 @@ from sharvet.training_data import training_ids
 ROWS = {
     "sharvet": ("sharvet", {}, []),
     "sharvet-reference": ("sharvet", {}, ["--refine-preset", "reference"]),
+    "sharvet-lr3e-3": ("sharvet", {}, ["--lr", "3e-3"]),
     "basis-sharing": ("basis-sharing", {}, []),
     "svd": ("basis-sharing", {"k": 30}, []),
 }

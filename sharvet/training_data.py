@@ -76,10 +76,13 @@ def corpus_ids(source: str, tokenizer: PreTrainedTokenizerBase, data_dir: str | 
 
     root = resolve_data_dir(data_dir)
     local = root is not None and source in DATASETS and (root / DATASETS[source].local_dir).is_dir()
-    for split in ("train", "validation", "test"):
+    splits = ("train", "validation", "test") if local or source not in DATASETS else ("train",)  # hub: once
+    for split in splits:
         try:
             texts = load_texts(source, split=split, data_dir=root, offline=True if local else None)
         except DataNotFoundError:
+            if len(splits) == 1:
+                raise
             continue
         if split != "train":
             log.warning("no train split for %r: fine-tuning on its %s split", source, split)
@@ -150,34 +153,60 @@ def _windows(ids: torch.Tensor, n: int, seq_len: int, seed: int) -> torch.Tensor
     return ids[: whole * seq_len].view(whole, seq_len).clone() if n == whole else pack_sequences(ids, n, seq_len, seed)
 
 
-def training_ids(source: str, tokenizer: PreTrainedTokenizerBase, n_sequences: int, seq_len: int, seed: int, *,
-                 data_dir: str | Path | None = None, teacher: PreTrainedModel | None = None,
-                 teacher_id: str = "", cache_dir: str | Path | None = None) -> torch.Tensor:
-    """``(n_sequences, seq_len)`` fine-tuning windows from ``source``, one or several joined by ``+``.
+def _text_windows(parts: list[str], tokenizer: PreTrainedTokenizerBase,
+                  data_dir: str | Path | None) -> dict[str, torch.Tensor]:
+    """1-D ids of every text source that has data; a missing one is skipped with a warning, unless all are."""
+    from .data import DataNotFoundError
 
-    Without ``teacher`` among them the sources share the windows equally (packed at random starts, seeded;
-    a source that has fewer distinct tokens warns). With it, each text source gives at most its share and
-    at most what it holds (non-overlapping windows: every token once), and teacher text (which needs the
-    original model) fills the rest. The result is in source order; the trainer shuffles.
+    found: dict[str, torch.Tensor] = {}
+    for part in parts:
+        try:
+            found[part] = corpus_ids(part, tokenizer, data_dir)
+        except DataNotFoundError as exc:
+            if len(parts) == 1:
+                raise
+            log.warning("training data: %s has no data here, left out (%s)", part, str(exc).splitlines()[0])
+    if parts and not found:
+        raise DataNotFoundError(f"none of the training sources {', '.join(parts)} has data")
+    return found
+
+
+def training_ids(source: str, tokenizer: PreTrainedTokenizerBase, n_sequences: int | None, seq_len: int,
+                 seed: int, *, data_dir: str | Path | None = None, teacher: PreTrainedModel | None = None,
+                 teacher_id: str = "", cache_dir: str | Path | None = None) -> torch.Tensor:
+    """``(n, seq_len)`` fine-tuning windows from ``source``, one or several joined by ``+``.
+
+    ``n_sequences=None`` takes every whole window of the text sources once (each token once; not with
+    ``teacher``). Otherwise, without ``teacher`` the sources share the windows equally (packed at random
+    starts, seeded; a source with fewer distinct tokens warns); with it, each text source gives at most its
+    share and at most what it holds (non-overlapping windows: every token once) and teacher text (which
+    needs the original model) fills the rest. A text source without data is left out with a warning when
+    others have some. The result is in source order; the trainer shuffles.
     """
     parts = [p for p in source.split("+") if p]
     if not parts:
         raise ValueError("--train-data names no source")
-    texts = [p for p in parts if p != TEACHER]
     fill = TEACHER in parts
-    if fill and teacher is None:
-        raise ValueError("--train-data teacher needs the original model")
-    share = n_sequences // len(parts)
+    if fill and (teacher is None or n_sequences is None):
+        raise ValueError("--train-data teacher needs the original model and a number of --train-samples")
+    texts = _text_windows([p for p in parts if p != TEACHER], tokenizer, data_dir)
+    share = n_sequences // len(parts) if n_sequences is not None else 0
     out = []
-    for i, part in enumerate(texts):
-        ids = corpus_ids(part, tokenizer, data_dir)
-        n = share + (i < n_sequences % len(parts)) if not fill else min(share, ids.numel() // seq_len)
-        if not fill:
+    for i, (part, ids) in enumerate(texts.items()):
+        whole = ids.numel() // seq_len
+        if n_sequences is None:
+            n = whole
+        elif fill:
+            n = min(share, whole)
+        else:
+            n = n_sequences // len(texts) + (i < n_sequences % len(texts))
             warn_if_repeated(part, ids.numel(), n, seq_len)
         if n:
             out.append(_windows(ids, n, seq_len, seed + i))
-    rest = n_sequences - sum(len(o) for o in out)
-    if fill and rest:
+    rest = n_sequences - sum(len(o) for o in out) if fill else 0
+    if rest:
         out.append(teacher_sequences(teacher, tokenizer, rest, seq_len, seed, model_id=teacher_id, cache_dir=cache_dir))
+    if not out:
+        raise ValueError(f"no whole window of {seq_len} tokens in {source!r}")
     log.info("training data %s: %s", source, ", ".join(f"{len(o)} x {seq_len}" for o in out))
     return torch.cat(out)

@@ -73,7 +73,8 @@ def _ids(n: int = 8, length: int = 12, seed: int = 2) -> torch.Tensor:
 
 
 def _cfg(tmp_path, **kw) -> RefineConfig:
-    return RefineConfig(**{"output_dir": str(tmp_path / "run"), "progress": False, "lr": 1e-2, "cpu": True, **kw})
+    return RefineConfig(**{"output_dir": str(tmp_path / "run"), "progress": False, "lr": 1e-2, "cpu": True,
+                           "batch_size": 2, **kw})
 
 
 def _vectors(model) -> dict[str, torch.Tensor]:

@@ -91,6 +91,20 @@ def test_teacher_fills_what_the_text_sources_cannot(tmp_path, monkeypatch):
         training_ids("teacher", tok, 2, 8, 0)
 
 
+def test_by_default_every_whole_window_once_and_missing_sources_left_out(tmp_path, monkeypatch, caplog):
+    monkeypatch.setitem(FIXED_SPLITS, "c4", (C4_FILE, 3))
+    monkeypatch.setenv("HF_DATASETS_OFFLINE", "1")  # wikitext2 is not in the folder: no hub either
+    root = _c4_folder(tmp_path, 6)
+    tok = _Tokenizer()
+    text = training_data.corpus_ids("c4", tok, root)
+    with caplog.at_level(logging.WARNING, logger="sharvet.training_data"):
+        ids = training_ids("wikitext2+c4", tok, None, 40, 0, data_dir=root, cache_dir=None)
+    assert torch.equal(ids, text[: 3 * 40].view(3, 40))
+    assert any("wikitext2 has no data here" in r.getMessage() for r in caplog.records)
+    with pytest.raises(Exception, match="wikitext2"):
+        training_ids("wikitext2", tok, None, 40, 0, data_dir=root)
+
+
 def test_text_sources_share_equally_and_warn_when_they_repeat(tmp_path, monkeypatch, caplog):
     monkeypatch.setitem(FIXED_SPLITS, "c4", (C4_FILE, 4))
     root = _c4_folder(tmp_path, 6)

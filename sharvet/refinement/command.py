@@ -12,8 +12,8 @@ from .presets import PRESETS
 from .trainer import MODES, RefineConfig
 
 _DEFAULTS = RefineConfig()
-#: WikiText-2 validation, the training half of the C4 subset, and teacher text for the rest (training_data.py)
-TRAIN_DATA = "wikitext2+c4+teacher"
+#: WikiText-2 validation and the training half of the C4 subset, every token once (training_data.py)
+TRAIN_DATA = "wikitext2+c4"
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,7 +47,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="dataset name, file or folder of training text, or 'teacher' (sequences sampled from the "
                         "original model); several joined by '+' share --train-samples, and with 'teacher' among "
                         "them each text source gives at most what it holds (no repeats) and teacher text the rest")
-    g.add_argument("--train-samples", type=int, default=4096, help="training sequences of --train-seq-len tokens")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="training sequences of --train-seq-len tokens (default: every whole window of the text "
+                        "sources once; needed with 'teacher')")
     g.add_argument("--train-seq-len", type=int, default=1024)
     g.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every,
                    help="optimizer steps between resumable checkpoints (0: only at the end and on Ctrl-C)")

@@ -63,8 +63,8 @@ class RefineConfig:
     #: ``default`` (matched loss weights, relative sigma) or ``reference`` (the authors' code)
     preset: str = "default"
     lr: float | None = None
-    #: one pass over 4,096 x 1,024 tokens of real and teacher text (``--train-samples``), 256 steps of 16
-    epochs: int = 1
+    #: two passes over the training windows in steps of 16 sequences (41k tokens/s on an H200 at 1,024 tokens)
+    epochs: int = 2
     batch_size: int = 16
     grad_accum: int = 1
     #: AdamW decoupled decay (towards 0). 0 by default: the L2 term regularises towards the initial values
