@@ -8,7 +8,7 @@ subset (``sharvet.training_data``; fine-tuning reads WikiText-2 *validation* and
     python benchmarks/quality_smollm2.py run --model smol.gguf --data-dir DATA --device cuda \
         --rows sharvet@0.7,basis-sharing@0.7,svd@0.7 --json results/quality/run.json
     python benchmarks/quality_smollm2.py throughput --model smol.gguf --data-dir DATA --device cuda --batch-sizes 8,16,32
-    python benchmarks/quality_smollm2.py summary results/quality/*.json --out results/quality/summary.json
+    python benchmarks/quality_smollm2.py summary results/quality/run-*.json --out results/quality/summary.json
 
 Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-reference`` (``--refine-preset
 reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd`` (per-layer whitened SVD,
@@ -171,6 +171,41 @@ def cmd_throughput(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
+#: the ``sharvet compress`` flags each row stands for (its refinement flags are appended)
+CLI_METHOD = {"sharvet": "", "sharvet-reference": "", "sharvet-lr3e-3": "", "basis-sharing": " --method basis-sharing",
+              "svd": " --method basis-sharing --k 30"}
+
+
+def _record(row: dict, run: dict) -> dict:
+    flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
+    command = (f"sharvet compress --ratio {row['ratio']}{CLI_METHOD[row['method']]} --refine{flags} --device cuda "
+               f"--data-dir DATA -o OUT")
+    keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
+            "tokens_per_s", "trainable", "loss_weights")
+    return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
+            "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
+            "train_tokens": row["train_tokens"], "command": command, "default": row["default"],
+            **{k: row[k] for k in keep}, "date": run["date"], "device": run["device"],
+            "measured_by": " ".join(run["argv"])}
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    """``results/quality/summary.json``: issue 15's records (one per row, and the original) from run JSONs."""
+    records = []
+    for path in a.runs:
+        run = json.loads(Path(path).read_text())
+        if "original" in run and not any(r["method"] == "original" for r in records):
+            orig = run["original"]
+            records.append({"method": "original", "ratio": 1.0, "wikitext2_ppl": orig["wikitext2_ppl"],
+                            "c4_ppl": orig["c4_ppl"], "avg_acc": orig.get("avg_acc", a.original_avg_acc),
+                            "avg_acc_source": None if "avg_acc" in orig else a.original_avg_acc_source,
+                            "adapters_in_budget": True, "train_tokens": 0, "command": "sharvet eval --ppl wikitext2,c4",
+                            "default": False, "date": run["date"], "device": run["device"],
+                            "measured_by": " ".join(run["argv"])})
+        records += [_record(row, run) for row in run["rows"]]
+    Path(a.out).write_text(json.dumps(records, indent=1) + "\n")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -194,8 +229,14 @@ def main() -> None:
     t.add_argument("--steps", type=int, default=8)
     t.add_argument("--gen-sequences", type=int, default=256)
     t.add_argument("--gen-batch", type=int, default=256)
+    m = sub.add_parser("summary")
+    m.add_argument("runs", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--original-avg-acc", type=float, default=None,
+                   help="the original's five-task average when the runs did not score it")
+    m.add_argument("--original-avg-acc-source", default=None, help="where that average was measured")
     a = p.parse_args()
-    {"run": cmd_run, "throughput": cmd_throughput}[a.cmd](a)
+    {"run": cmd_run, "throughput": cmd_throughput, "summary": cmd_summary}[a.cmd](a)
 
 
 if __name__ == "__main__":
