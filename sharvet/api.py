@@ -132,10 +132,10 @@ def refine_checkpoint(
     The teacher is ``teacher`` or the model the checkpoint records as its source. Vectors are absorbed
     (sigma into V) before saving; LoRA runs keep their adapters beside the checkpoint.
     """
-    from .data import calibration_batch
     from .loading import load_tokenizer
     from .refinement import finalize, refine, save_lora
     from .summary import render
+    from .training_data import training_ids
 
     if checkpoint.has_adapters(checkpoint_dir):
         raise ValueError(f"{checkpoint_dir} is already refined with LoRA adapters; refine the checkpoint it was "
@@ -147,8 +147,8 @@ def refine_checkpoint(
         raise ValueError("the checkpoint does not record its source model: pass --teacher MODEL")
     original = load_original(None if source == BUNDLED_ID else source, device=device)
     tokenizer = load_tokenizer(checkpoint_dir)
-    ids = calibration_batch(train.source, tokenizer, train.samples, train.seq_len, cfg.seed,
-                            data_dir=resolve_data_dir(train.data_dir), split="train")
+    ids = training_ids(train.source, tokenizer, train.samples, train.seq_len, cfg.seed, data_dir=train.data_dir,
+                       teacher=original.model, teacher_id=str(source), cache_dir=DEFAULT_CACHE)
     result = refine(student, original.model, ids, cfg, resume=resume)
     if not result.main_process:
         return Path(output)

@@ -20,7 +20,7 @@ from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 
-from .errors import CheckpointError, NonFiniteError
+from .errors import CheckpointError, NonFiniteError, non_finite_names
 from .install import install_plan
 from .integrity import MANIFEST, write_manifest
 from .integrity import verify as verify_files
@@ -82,7 +82,7 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
 
 def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
     """Refuse NaN / Inf weights: a diverged model must never replace a good checkpoint."""
-    bad = [name for name, t in tensors.items() if t.is_floating_point() and not torch.isfinite(t).all()]
+    bad = non_finite_names(tensors.items())
     if bad:
         raise NonFiniteError(f"{what} has non-finite values in {len(bad)} of {len(tensors)} tensors "
                              f"(first: {bad[0]}); nothing was written")

@@ -249,7 +249,7 @@ def cmd_report(a: argparse.Namespace) -> int:
 def training_spec(a: argparse.Namespace):
     from .api import TrainingSpec
 
-    if a.train_samples < 1 or a.train_seq_len < 2:
+    if a.train_samples is not None and a.train_samples < 1 or a.train_seq_len < 2:
         raise ValueError("--train-samples must be >= 1 and --train-seq-len >= 2")
     if a.max_steps is not None and a.max_steps < 1:
         raise ValueError(f"--max-steps must be >= 1, got {a.max_steps}")

@@ -23,6 +23,7 @@ from sharvet.datafiles import (
     SPLIT_ALIASES, DataError, DataNotFoundError, file_format, files_for_split, parquet_columns, read_records,
     supported_files,
 )
+from sharvet.data_splits import fixed_split
 
 if TYPE_CHECKING:
     from transformers import PreTrainedTokenizerBase
@@ -211,6 +212,9 @@ def _load_named(
     """A known dataset: the local folder first, then the hub unless offline."""
     folder = data_dir / spec.local_dir if data_dir else None
     if folder is not None and folder.is_dir():
+        fixed = fixed_split(spec.name, folder)  # C4: documents for training vs held out (sharvet.training_data)
+        if fixed is not None:
+            return fixed.select(_read_files([fixed.path], field), split)
         chosen = files_for_split(supported_files(folder), split)
         if chosen:
             return _read_files(chosen, field)

@@ -9,6 +9,10 @@
 """
 from __future__ import annotations
 
+from collections.abc import Iterable
+
+import torch
+
 EXIT_OK = 0
 EXIT_INTERNAL = 1
 EXIT_USER = 2
@@ -23,3 +27,8 @@ class NonFiniteError(ArithmeticError):
 
 class CheckpointError(ValueError):
     """A folder that is not a complete, unchanged sharvet checkpoint."""
+
+
+def non_finite_names(named: Iterable[tuple[str, torch.Tensor]]) -> list[str]:
+    """Names of the floating-point tensors that hold a NaN or an infinity."""
+    return [name for name, t in named if t.is_floating_point() and not bool(torch.isfinite(t).all())]

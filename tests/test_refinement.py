@@ -5,6 +5,7 @@ import argparse
 import copy
 import json
 import math
+import re
 import signal
 
 import pytest
@@ -73,7 +74,8 @@ def _ids(n: int = 8, length: int = 12, seed: int = 2) -> torch.Tensor:
 
 
 def _cfg(tmp_path, **kw) -> RefineConfig:
-    return RefineConfig(**{"output_dir": str(tmp_path / "run"), "progress": False, "lr": 1e-2, "cpu": True, **kw})
+    return RefineConfig(**{"output_dir": str(tmp_path / "run"), "progress": False, "lr": 1e-2, "cpu": True,
+                           "batch_size": 2, **kw})
 
 
 def _vectors(model) -> dict[str, torch.Tensor]:
@@ -93,6 +95,11 @@ def _grads_after_backward(teacher, student, mode):
     return trainable, {id(p): p.grad for p in student.parameters()}
 
 
+def _trained_tensor(module: SharedBasisLinear, attr: str) -> torch.nn.Parameter:
+    """lambda itself; for sigma its relative change delta (``sigma = sigma0 (1 + delta)``)."""
+    return module.parametrizations.sigma.original if attr == "sigma" else getattr(module, attr)
+
+
 # --- trainable vectors ------------------------------------------------------------------------------
 
 
@@ -101,7 +108,7 @@ def test_only_selected_vectors_receive_gradients(pair, mode, attrs):
     teacher, student = pair
     trainable, grads = _grads_after_backward(teacher, student, mode)
     modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
-    expected = {id(getattr(m, a)) for m in modules for a in attrs}
+    expected = {id(_trained_tensor(m, a)) for m in modules for a in attrs}
     assert trainable == expected
     assert all((grads[i] is not None) == (i in expected) for i in grads)
     assert all(grads[i].abs().sum() > 0 for i in expected)
@@ -296,7 +303,7 @@ def test_resume_after_ctrl_c_equals_uninterrupted_run(pair, tmp_path, monkeypatc
 
     def step_then_interrupt(run, ids):
         calls["n"] += 1
-        if calls["n"] == 7:  # the first of the two micro-batches of optimizer step 4
+        if calls["n"] == 8:  # call 1 measures the loss scales; call 8 is the first micro-batch of step 4
             signal.raise_signal(signal.SIGINT)
         return original(run, ids)
 
@@ -421,4 +428,126 @@ def test_command_line_round_trip(tmp_path):
     assert json.loads(json.dumps(cfg.to_dict()))["feature_layers"] == [1, 3]
     with pytest.raises(ValueError):
         refine_config_from_args(parser.parse_args(["--lr", "-1"]))
-    assert math.isclose(RefineConfig().kd_weight, 1e-3) and RefineConfig().weight_decay == 0.0
+    assert RefineConfig().weight_decay == 0.0
+
+
+def test_presets_default_and_reference():
+    """The default: matched weights, relative sigma, the probe's learning rates; 'reference': the authors' code."""
+    default, ref = RefineConfig(), RefineConfig(preset="reference")
+    assert default.matches_loss_scales() and default.sigma_is_relative()
+    assert (default.learning_rate(), RefineConfig(mode="lora").learning_rate()) == (1e-2, 3e-3)
+    assert not ref.matches_loss_scales() and not ref.sigma_is_relative() and ref.learning_rate() == 1e-3
+    w = ref.loss_weights()
+    assert (w.kd, w.feature, w.l2, w.kd_per_sequence) == (1e-3, 5.0, 1e-8, True)
+    explicit = RefineConfig(kd_weight=0.5)  # an explicit weight is used as given ...
+    assert not explicit.matches_loss_scales() and explicit.loss_weights().kd == 0.5
+    assert RefineConfig(kd_weight=0.5, match_loss_scales=True).matches_loss_scales()  # ... unless M asks
+    assert not RefineConfig(lm_only=True).matches_loss_scales()
+    with pytest.raises(ValueError, match="preset"):
+        RefineConfig(preset="paper-ish").validate()
+    parser = argparse.ArgumentParser()
+    add_refine_arguments(parser)
+    cfg = refine_config_from_args(parser.parse_args(["--refine-preset", "reference"]))
+    assert cfg.preset == "reference" and cfg.learning_rate() == 1e-3
+
+
+# --- sigma trained relative to its start --------------------------------------------------------------------
+
+
+def _sigma_moves(student, teacher, tmp_path, *, scale: float, relative: bool) -> float:
+    """Median relative change of sigma after a short sigma-only run, with sigma scaled up by ``scale``
+    (and V down by as much, so the model computes the same function)."""
+    with torch.no_grad():
+        for m in student.modules():
+            if isinstance(m, SharedBasisLinear):
+                m.sigma.mul_(scale)
+                m.v.div_(scale)
+    before = {n: p.detach().clone() for n, p in student.named_parameters() if n.endswith("sigma")}
+    result = refine(student, teacher, _ids(4), _cfg(tmp_path, mode="sigma", epochs=2, batch_size=2,
+                                                    relative_sigma=relative, lr=1e-2))
+    after = {n: p.detach() for n, p in result.model.named_parameters()}
+    return float(torch.cat([(after[n] / p - 1).abs() for n, p in before.items()]).median())
+
+
+def test_relative_sigma_trains_whatever_its_scale(pair, tmp_path):
+    teacher, student = pair
+    small = _sigma_moves(copy.deepcopy(student), teacher, tmp_path / "a", scale=1.0, relative=True)
+    large = _sigma_moves(copy.deepcopy(student), teacher, tmp_path / "b", scale=1e4, relative=True)
+    absolute = _sigma_moves(copy.deepcopy(student), teacher, tmp_path / "c", scale=1e4, relative=False)
+    assert small > 1e-3 and large == pytest.approx(small, rel=0.05)  # the same steps, relative to sigma
+    assert absolute < small / 100  # the reference's absolute sigma barely moves at ~1e4 (Adam: ~lr per step)
+
+
+def test_relative_sigma_leaves_a_plain_sigma_that_resumes_and_saves(pair, tmp_path):
+    teacher, student = pair
+    result = refine(student, teacher, _ids(4), _cfg(tmp_path, mode="both", epochs=1, batch_size=2, max_steps=1))
+    names = {n for n, _ in result.model.named_parameters()}
+    assert not any("parametrizations" in n for n in names) and any(n.endswith(".sigma") for n in names)
+    saved = ckpt_state.read_vectors(ckpt_state.latest_checkpoint(result.output_dir), "vectors")
+    delta = [v for k, v in saved.items() if k.endswith("parametrizations.sigma.original")]
+    assert delta and all(d.abs().max() > 0 for d in delta)  # the checkpoint holds delta, moved from 0
+    assert type(next(m for m in result.model.modules() if isinstance(m, SharedBasisLinear))) is SharedBasisLinear
+    modules = [m for m in result.model.modules() if isinstance(m, SharedBasisLinear)]
+    assert result.parameters.trainable == sum(m.rank + m.in_features for m in modules)  # counted while training
+
+
+# --- distillation weight as the reference sums it -----------------------------------------------------------
+
+
+def test_logit_losses_in_blocks_equal_the_plain_terms():
+    from sharvet.refinement.losses import logit_losses
+
+    torch.manual_seed(0)
+    s = torch.randn(2, 7, VOCAB, requires_grad=True)
+    t, ids = torch.randn(2, 7, VOCAB), torch.randint(0, VOCAB, (2, 7))
+    for temp in (1.0, 2.0):
+        lm, kd = logit_losses(s, ids, t, temp, block=3)
+        assert lm.item() == pytest.approx(lm_loss(s, ids).item(), rel=1e-5)
+        assert kd.item() == pytest.approx(kd_loss(s, t, temp).item(), rel=1e-5)
+        g_blocks = torch.autograd.grad(lm + kd, s)[0]
+        g_plain = torch.autograd.grad(lm_loss(s, ids) + kd_loss(s, t, temp), s)[0]
+        assert torch.allclose(g_blocks, g_plain, atol=1e-6)
+
+
+def test_kd_per_sequence_multiplies_the_weight_by_the_length():
+    torch.manual_seed(0)
+    s, t, ids = torch.randn(2, 6, VOCAB), torch.randn(2, 6, VOCAB), torch.randint(0, VOCAB, (2, 6))
+    per_token = refinement_loss(s, ids, LossWeights(kd=1e-3, feature=0, l2=0), teacher_logits=t)
+    summed = refinement_loss(s, ids, LossWeights(kd=1e-3, feature=0, l2=0, kd_per_sequence=True), teacher_logits=t)
+    assert per_token.terms["kd"] == summed.terms["kd"]  # logged per token either way
+    lm, kd = float(per_token.terms["lm"]), float(per_token.terms["kd"])
+    assert float(summed.total) == pytest.approx(lm + 1e-3 * 6 * kd, rel=1e-5)
+    # the reference: kl_div(log_s, log_t, reduction="batchmean") on (batch, seq, vocab) = per-token mean x seq
+    ref = F.kl_div(F.log_softmax(s, -1), F.log_softmax(t, -1), log_target=True, reduction="batchmean")
+    assert float(ref) == pytest.approx(6 * kd, rel=1e-5)
+
+
+# --- numerical guard --------------------------------------------------------------------------------------------
+
+
+def test_divergence_stops_with_one_clear_error_and_keeps_the_last_good_checkpoint(pair, tmp_path):
+    from sharvet.cli import USER_ERRORS
+    from sharvet.refinement import NonFiniteLossError
+
+    teacher, student = pair
+    cfg = _cfg(tmp_path, epochs=4, batch_size=2, lr=1e6, checkpoint_every=1)
+    with pytest.raises(NonFiniteLossError, match=r"step \d+: non-finite .*lm .*Lower --lr") as err:
+        refine(student, teacher, _ids(8), cfg)
+    assert isinstance(err.value, USER_ERRORS)  # the CLI reports it as a user error, exit 2
+    assert "\n" not in str(err.value)
+    step = int(re.search(r"step (\d+)", str(err.value)).group(1))
+    assert step > 1  # so there is a good checkpoint to keep
+    last = ckpt_state.latest_checkpoint(tmp_path / "run")
+    assert last.name == ckpt_state.checkpoint_name(step - 1)
+    assert all(torch.isfinite(v).all() for v in ckpt_state.read_vectors(last, "vectors").values())
+    assert len(read_history(tmp_path / "run" / "history.jsonl")) == step - 1
+
+
+def test_finalize_and_save_refuse_non_finite_tensors(pair):
+    from sharvet.refinement import NonFiniteLossError
+
+    _, student = pair
+    with torch.no_grad():
+        next(m for m in student.modules() if isinstance(m, SharedBasisLinear)).scale[0] = float("nan")
+    with pytest.raises(NonFiniteLossError, match="refusing to save"):
+        finalize(student)

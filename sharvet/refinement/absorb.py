@@ -15,6 +15,7 @@ from ..accounting import linear_parameter_count, stored_parameter_count
 from ..models import adapter_for
 from ..pipeline import attach_plan, plan_of
 from ..plan import PlanSettings
+from .guard import require_finite
 from .vectors import shared_basis_modules
 
 
@@ -23,7 +24,10 @@ def finalize(model: nn.Module, record: dict[str, Any] | None = None) -> nn.Modul
 
     ``record`` (typically ``RefineResult.record()``: the refine config and the final losses) is stored
     as ``config.sharvet["settings"]["refinement"]`` so a saved checkpoint says how it was tuned.
+    Raises :class:`~sharvet.refinement.guard.NonFiniteLossError` if any tensor is NaN or inf: a
+    diverged model must not reach ``checkpoint.save``.
     """
+    require_finite(model.named_parameters(), "refined model")
     modules = shared_basis_modules(model)
     for _, m in modules:
         m.absorb_sigma()

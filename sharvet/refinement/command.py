@@ -8,18 +8,23 @@ from __future__ import annotations
 
 import argparse
 
+from .presets import PRESETS
 from .trainer import MODES, RefineConfig
 
 _DEFAULTS = RefineConfig()
+#: WikiText-2 validation and the training half of the C4 subset, every token once (training_data.py)
+TRAIN_DATA = "wikitext2+c4"
 
 
 def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
-    """Add every refinement flag to ``parser`` (as one argument group; defaults = the reference's)."""
+    """Add every refinement flag to ``parser`` (as one argument group; unset values come from the preset)."""
     g = parser.add_argument_group("refinement (section 3.4)")
+    g.add_argument("--refine-preset", choices=PRESETS, default=_DEFAULTS.preset,
+                   help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     g.add_argument("--refine-mode", choices=MODES, default=None,
                    help="vectors to train (both = lambda and sigma, the paper) or LoRA adapters; default: the "
                         "method's (both for sharvet, lora for the baselines)")
-    g.add_argument("--lr", type=float, default=_DEFAULTS.lr)
+    g.add_argument("--lr", type=float, default=None, help="default: the preset's for the mode")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
     g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
@@ -27,17 +32,24 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="AdamW decay towards 0 (the L2 term already pulls towards the initial values)")
     g.add_argument("--lr-end-factor", type=float, default=_DEFAULTS.lr_end_factor)
     g.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip, help="0 disables clipping")
-    g.add_argument("--kd-weight", type=float, default=_DEFAULTS.kd_weight)
-    g.add_argument("--feature-weight", type=float, default=_DEFAULTS.feature_weight)
-    g.add_argument("--l2-weight", type=float, default=_DEFAULTS.l2_weight)
+    g.add_argument("--kd-weight", type=float, default=None,
+                   help="eq. 13's KD weight, used as given (default: the preset's; matched to the LM loss in 'default')")
+    g.add_argument("--feature-weight", type=float, default=None, help="as --kd-weight, for the feature MSE")
+    g.add_argument("--l2-weight", type=float, default=None, help="default: the preset's (1e-8)")
     g.add_argument("--temperature", type=float, default=_DEFAULTS.temperature)
     g.add_argument("--feature-layers", default=None,
                    help="comma list of hidden-state indices for the feature loss (default: every decoder layer)")
     g.add_argument("--lm-only", action="store_true", help="LM loss only, no teacher (ablation SharVeT_L)")
     g.add_argument("--match-loss-scales", action="store_true",
-                   help="set the KD and feature weights so each term starts at the LM loss's scale (paper, App. D)")
-    g.add_argument("--train-data", default="wikitext2", help="dataset name, file or folder of training text")
-    g.add_argument("--train-samples", type=int, default=5000, help="packed training sequences")
+                   help="set the KD and feature weights so each term starts at the LM loss's scale (paper, App. D), "
+                        "also with explicit weights or the reference preset")
+    g.add_argument("--train-data", default=TRAIN_DATA,
+                   help="dataset name, file or folder of training text, or 'teacher' (sequences sampled from the "
+                        "original model); several joined by '+' share --train-samples, and with 'teacher' among "
+                        "them each text source gives at most what it holds (no repeats) and teacher text the rest")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="training sequences of --train-seq-len tokens (default: every whole window of the text "
+                        "sources once; needed with 'teacher')")
     g.add_argument("--train-seq-len", type=int, default=1024)
     g.add_argument("--checkpoint-every", type=int, default=_DEFAULTS.checkpoint_every,
                    help="optimizer steps between resumable checkpoints (0: only at the end and on Ctrl-C)")
@@ -70,7 +82,8 @@ def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None 
     variants = dict(variants or {})
     variants.pop("refine", None)
     cfg = RefineConfig(
-        mode=variants.pop("mode", args.refine_mode or default_mode), lr=args.lr, epochs=args.epochs, batch_size=args.batch_size,
+        mode=variants.pop("mode", args.refine_mode or default_mode), preset=args.refine_preset, lr=args.lr,
+        epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
         grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),
         lm_only=variants.pop("lm_only", args.lm_only),

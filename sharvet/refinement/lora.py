@@ -29,6 +29,7 @@ from .. import checkpoint
 from ..models import adapter_for
 from ..modules import SharedBasisLinear, SparseProjectionLinear
 from ..pipeline import plan_of
+from .guard import require_finite
 
 ADAPTER_DIR = checkpoint.ADAPTER_DIR
 
@@ -100,6 +101,7 @@ def save_lora(model: PeftModel, out_dir: str | Path, *, tokenizer=None, summary:
               overwrite: bool = False) -> Path:
     """A sharvet checkpoint of the compressed base plus the adapters in ``<out_dir>/lora`` (both under its
     integrity record, so a loader can never silently drop or mix them)."""
+    require_finite(model.named_parameters(), "LoRA-refined model")
     with tempfile.TemporaryDirectory() as adapters:
         model.save_pretrained(adapters)  # before the swap: peft reads the adapters from the module tree
         with _BaseModules(model) as base:

@@ -2,10 +2,10 @@
 
 Choices where the reference code differs from the paper or is plainly off (documented in the README):
 
-* ``L_KD`` is ``T^2 KL(p_teacher || p_student)`` **averaged per token**. The reference calls
+* ``L_KD`` is ``T^2 KL(p_teacher || p_student)`` **averaged per token** (and logged so). The reference calls
   ``kl_div(reduction="batchmean")`` on (batch, seq, vocab) tensors, which sums over positions, so its
-  weight silently grows with the sequence length; the per-token mean keeps ``kd_weight`` meaningful
-  across sequence lengths (multiply by L to compare with the reference's numbers).
+  weight silently grows with the sequence length: ``LossWeights(kd_per_sequence=True)`` reproduces that
+  (the weight is multiplied by the sequence length), the ``reference`` preset uses it.
 * ``L_f`` is the mean squared error between teacher and student hidden states, mean over elements. By
   default the outputs of every decoder layer, ``hidden_states[1:]`` (in Hugging Face models the last of
   them is taken after the final norm). The reference also stacks ``hidden_states[0]``, the embeddings,
@@ -15,7 +15,9 @@ Choices where the reference code differs from the paper or is plainly off (docum
   start", not close to zero. The reference sums the norms of the attention vectors only, towards zero.
 
 A term whose weight is 0 is not computed at all (no teacher forward is needed when both the KD and
-the feature weight are 0).
+the feature weight are 0). The LM and KD terms are computed together, a block of positions at a time
+under activation checkpointing (:func:`logit_losses`): one float32 log-softmax of the student serves
+both, and no float32 copy of the whole ``(batch, seq, vocab)`` logits is ever held, so larger batches fit.
 """
 from __future__ import annotations
 
@@ -24,6 +26,10 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+#: positions per block of :func:`logit_losses` (x batch x vocabulary float32 values held at once)
+LOGIT_BLOCK = 128
 
 
 @dataclass
@@ -34,6 +40,8 @@ class LossWeights:
     feature: float = 5.0
     l2: float = 1e-8
     temperature: float = 1.0
+    #: multiply the KD weight by the sequence length, as the reference's ``batchmean`` over positions does
+    kd_per_sequence: bool = False
     #: indices into ``hidden_states`` (0 = embeddings); None = every decoder layer output, 1..n
     feature_layers: tuple[int, ...] | None = None
 
@@ -68,6 +76,38 @@ def kd_loss(student_logits: torch.Tensor, teacher_logits: torch.Tensor, temperat
     return per_token.mean() * t * t
 
 
+def _block_sums(student: torch.Tensor, teacher: torch.Tensor | None, targets: torch.Tensor,
+                temperature: float) -> torch.Tensor:
+    """Summed next-token NLL and (if ``teacher``) summed KL of one block of positions, in float32."""
+    log_s = F.log_softmax(student.float(), dim=-1)
+    nll = F.nll_loss(log_s.flatten(0, 1), targets.flatten(), ignore_index=-100, reduction="sum")
+    if teacher is None:
+        return torch.stack([nll, nll.new_zeros(())])
+    log_s_t = log_s if temperature == 1.0 else F.log_softmax(student.float() / temperature, dim=-1)
+    log_t = F.log_softmax(teacher.float() / temperature, dim=-1)
+    return torch.stack([nll, F.kl_div(log_s_t, log_t, log_target=True, reduction="sum")])
+
+
+def logit_losses(student_logits: torch.Tensor, ids: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                 temperature: float = 1.0, block: int = LOGIT_BLOCK) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """:func:`lm_loss` and (with ``teacher_logits``) :func:`kd_loss`, equal to them, in blocks of positions.
+
+    Each block runs under non-reentrant activation checkpointing, so its float32 log-softmax is freed
+    after the forward and recomputed in the backward; ``split`` (not slicing) keeps the backward one
+    concatenation of the blocks' gradients.
+    """
+    b, length = ids.shape
+    targets = torch.cat([ids[:, 1:], ids.new_full((b, 1), -100)], dim=1)
+    s_blocks = student_logits.split(block, dim=1)
+    t_blocks = teacher_logits.split(block, dim=1) if teacher_logits is not None else [None] * len(s_blocks)
+    sums = sum(checkpoint(_block_sums, s, t, y, temperature, use_reentrant=False) if s.requires_grad
+               else _block_sums(s, t, y, temperature)
+               for s, t, y in zip(s_blocks, t_blocks, targets.split(block, dim=1)))
+    lm = sums[0] / (b * (length - 1))
+    kd = sums[1] / (b * length) * temperature ** 2 if teacher_logits is not None else None
+    return lm, kd
+
+
 def feature_loss(
     student_hidden: tuple[torch.Tensor, ...], teacher_hidden: tuple[torch.Tensor, ...],
     layers: tuple[int, ...] | None = None,
@@ -97,11 +137,12 @@ def refinement_loss(
     initial: list[torch.Tensor] | None = None,
 ) -> LossOutput:
     """Eq. 13; teacher tensors must already be on the student's device."""
-    total = lm_loss(student_logits, ids)
-    terms = {"lm": total.detach()}
+    lm, kd = logit_losses(student_logits, ids, teacher_logits if weights.kd > 0 else None, weights.temperature)
+    total = lm
+    terms = {"lm": lm.detach()}
     if weights.kd > 0:
-        kd = kd_loss(student_logits, teacher_logits, weights.temperature)
-        total = total + weights.kd * kd
+        kd_weight = weights.kd * (ids.shape[1] if weights.kd_per_sequence else 1)
+        total = total + kd_weight * kd
         terms["kd"] = kd.detach()
     if weights.feature > 0:
         feat = feature_loss(student_hidden, teacher_hidden, weights.feature_layers)

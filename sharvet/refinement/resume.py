@@ -6,7 +6,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .state import latest_checkpoint, read_state
-from .trainer import _FREE_FIELDS, RefineConfig
+from .trainer import RefineConfig, trajectory_settings
 
 
 def check_resume(cfg: RefineConfig, resume: bool) -> None:
@@ -18,7 +18,7 @@ def check_resume(cfg: RefineConfig, resume: bool) -> None:
         raise FileExistsError(f"{cfg.output_dir} holds checkpoints of an earlier run: add --resume to continue it, "
                               "or pick another --refine-output")
     saved = read_state(folder).get("fingerprint", {}).get("config", {})
-    now = {k: v for k, v in cfg.to_dict().items() if k not in _FREE_FIELDS}
+    now = trajectory_settings(cfg)
     diff = sorted(k for k in now if saved.get(k) != now[k])
     if diff:
         shown = ", ".join(f"{k} {saved.get(k)!r} -> {now[k]!r}" for k in diff)

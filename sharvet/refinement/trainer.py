@@ -14,7 +14,12 @@ Departures from the reference code (see ``losses.py`` for the loss itself):
   started is the job of the L2 term, which measures the distance to the initial values.
 * bf16 autocast on GPU (the reference: fp16), nothing on CPU; if the model's trainable vectors are
   half precision they are kept in float32 while training (Adam on bf16 vectors loses the small steps)
-  and in checkpoints, and cast back to the model's dtype when training ends.
+  and in checkpoints, and cast back to the model's dtype when training ends. The teacher runs under
+  the same autocast and ``no_grad``.
+* sigma trains relative to its start and eq. 13's weights are matched to the LM loss's scale by
+  default (``presets.py``); the ``reference`` preset restores the authors' settings.
+* A non-finite loss or gradient stops the run before the optimizer step with
+  :class:`NonFiniteLossError`: nothing non-finite is applied, checkpointed or returned.
 """
 from __future__ import annotations
 
@@ -35,9 +40,11 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from . import state as ckpt
+from .guard import NonFiniteLossError, require_finite
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
 from .losses import LossOutput, LossWeights, refinement_loss
-from .vectors import ParameterSummary, VECTOR_MODES, mark_trainable, parameter_summary
+from .presets import preset
+from .vectors import ParameterSummary, VECTOR_MODES, mark_trainable, parameter_summary, release_sigma
 
 log = logging.getLogger(__name__)
 
@@ -47,14 +54,18 @@ _FREE_FIELDS = {"gradient_checkpointing", "teacher_device", "checkpoint_every", 
                 "cpu"}
 
 
+
 @dataclass
 class RefineConfig:
-    """Hyper-parameters of the refinement; defaults are the reference's (``run/test.yaml``)."""
+    """Hyper-parameters of the refinement. ``None`` fields take the value of ``preset`` (``presets.py``)."""
 
     mode: str = "both"
-    lr: float = 1e-3
+    #: ``default`` (matched loss weights, relative sigma) or ``reference`` (the authors' code)
+    preset: str = "default"
+    lr: float | None = None
+    #: two passes over the training windows in steps of 16 sequences (41k tokens/s on an H200 at 1,024 tokens)
     epochs: int = 2
-    batch_size: int = 2
+    batch_size: int = 16
     grad_accum: int = 1
     #: AdamW decoupled decay (towards 0). 0 by default: the L2 term regularises towards the initial values
     weight_decay: float = 0.0
@@ -64,12 +75,15 @@ class RefineConfig:
     seed: int = 0
     #: LM loss only (ablation SharVeT_L): no teacher needed
     lm_only: bool = False
-    kd_weight: float = 0.001
-    feature_weight: float = 5.0
-    #: replace the KD and feature weights by ``LM / term`` measured once before training, so every term
-    #: starts at the LM loss's scale (the paper's rule for eq. 13's weights, App. D); a weight of 0 stays off
+    #: explicit eq. 13 weights; set, they are used as given (no matching unless ``match_loss_scales``)
+    kd_weight: float | None = None
+    feature_weight: float | None = None
+    #: match the KD and feature weights to ``LM / term`` measured once before training, so every term
+    #: starts at the LM loss's scale (the paper's rule, App. D), whatever the preset; a weight of 0 stays off
     match_loss_scales: bool = False
-    l2_weight: float = 1e-8
+    l2_weight: float | None = None
+    #: train sigma relative to its start (None: the preset's)
+    relative_sigma: bool | None = None
     temperature: float = 1.0
     feature_layers: tuple[int, ...] | None = None
     lora_rank: int = 8
@@ -90,22 +104,38 @@ class RefineConfig:
     def validate(self) -> None:
         if self.mode not in MODES:
             raise ValueError(f"unknown refinement mode {self.mode!r}; choose from {', '.join(MODES)}")
-        positive = {"lr": self.lr, "epochs": self.epochs, "batch_size": self.batch_size,
+        preset(self.preset)
+        positive = {"lr": self.learning_rate(), "epochs": self.epochs, "batch_size": self.batch_size,
                     "grad_accum": self.grad_accum, "temperature": self.temperature, "lora_rank": self.lora_rank}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
                                        "l2_weight": self.l2_weight, "weight_decay": self.weight_decay,
-                                       "checkpoint_every": self.checkpoint_every}.items() if v < 0]
+                                       "checkpoint_every": self.checkpoint_every}.items() if v is not None and v < 0]
         if bad:
             raise ValueError(f"invalid refinement settings: {', '.join(bad)}")
         if not 0 < self.lr_end_factor <= 1:
             raise ValueError(f"lr_end_factor must be in (0, 1], got {self.lr_end_factor}")
 
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else preset(self.preset).lr(self.mode)
+
+    def sigma_is_relative(self) -> bool:
+        return self.relative_sigma if self.relative_sigma is not None else preset(self.preset).relative_sigma
+
+    def matches_loss_scales(self) -> bool:
+        """Variant M, or the preset's rule when no KD/feature weight was given explicitly."""
+        explicit = self.kd_weight is not None or self.feature_weight is not None
+        return not self.lm_only and (self.match_loss_scales or (preset(self.preset).match_loss_scales and not explicit))
+
     def loss_weights(self) -> LossWeights:
+        """Eq. 13's weights before matching (``_matched_weights`` replaces KD and feature when matching)."""
         if self.lm_only:
             return LossWeights(kd=0.0, feature=0.0, l2=0.0, temperature=self.temperature)
-        return LossWeights(self.kd_weight, self.feature_weight, self.l2_weight, self.temperature,
-                           self.feature_layers)
+        base = preset(self.preset).weights
+        pick = lambda value, fallback: fallback if value is None else value  # noqa: E731
+        return dataclasses.replace(base, kd=pick(self.kd_weight, base.kd),
+                                   feature=pick(self.feature_weight, base.feature), l2=pick(self.l2_weight, base.l2),
+                                   temperature=self.temperature, feature_layers=self.feature_layers)
 
     def to_dict(self) -> dict[str, Any]:
         return json.loads(json.dumps(dataclasses.asdict(self)))
@@ -126,12 +156,17 @@ class RefineResult:
     main_process: bool = True
     #: the eq. 13 weights used (after ``match_loss_scales``)
     loss_weights: dict[str, Any] = field(default_factory=dict)
+    #: training tokens per second over the run's steps (teacher forward included, all processes)
+    tokens_per_s: float | None = None
+    #: tokens trained on in this call (resumed steps excluded)
+    tokens: int = 0
 
     def record(self) -> dict[str, Any]:
         """What ``finalize`` stores in ``config.sharvet["settings"]["refinement"]``."""
-        return {"config": self.config.to_dict(), "steps": self.steps, "finished": self.finished,
+        return {"config": self.config.to_dict(), "lr": self.config.learning_rate(),
+                "relative_sigma": self.config.sigma_is_relative(), "steps": self.steps, "finished": self.finished,
                 "final_losses": self.final, "trainable_parameters": self.parameters.trainable,
-                "loss_weights": self.loss_weights}
+                "loss_weights": self.loss_weights, "tokens_per_s": self.tokens_per_s}
 
 
 @dataclass
@@ -223,14 +258,39 @@ def refine(student: nn.Module, teacher: nn.Module | None, train_ids: torch.Tenso
     writer = HistoryWriter(run.out / HISTORY, keep_until=position.step if position.step else None) if main else None
     bar = tqdm(total=run.schedule.total, initial=position.step, desc=f"refine ({cfg.mode})", unit="step",
                disable=not (cfg.progress and main))
+    meter = _Throughput()
     try:
         with _StopRequest() as stop:
-            position, finished = _train(run, cfg, position, train_ids, writer, bar, stop)
+            position, finished = _train(run, cfg, position, train_ids, writer, bar, stop, meter)
     finally:
         bar.close()
         if writer is not None and writer.records:
             plot_history(writer.records, run.out / PLOT, title=f"refinement ({cfg.mode})")
-    return _result(run, cfg, position, finished, writer)
+    if main and meter.tokens:
+        log.info(meter.line())
+        if cfg.progress:
+            tqdm.write(meter.line())
+    return _result(run, cfg, position, finished, writer, meter)
+
+
+class _Throughput:
+    """Tokens and seconds of the optimizer steps of this call (the first step, which warms up, excluded)."""
+
+    def __init__(self) -> None:
+        self.tokens, self.seconds, self.steps = 0, 0.0, 0
+
+    def add(self, tokens: int, seconds: float) -> None:
+        self.steps += 1
+        if self.steps > 1:
+            self.tokens += tokens
+            self.seconds += seconds
+
+    @property
+    def rate(self) -> float | None:
+        return self.tokens / self.seconds if self.seconds > 0 else None
+
+    def line(self) -> str:
+        return f"refinement throughput {self.rate:,.0f} tokens/s ({self.tokens:,} tokens in {self.seconds:.1f} s)"
 
 
 def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg: RefineConfig,
@@ -250,7 +310,7 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     model, downcast = _trainable_student(student, cfg, half_to_float=accelerator.mixed_precision == "bf16")
     model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    optimizer = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
     schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=schedule.total)
     prepared, optimizer = accelerator.prepare(model, optimizer)
@@ -263,7 +323,7 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     run = _Run(accelerator, prepared, teacher if weights.needs_teacher else None, tdev, list(names),
                list(params), [p.detach().clone() for p in params], optimizer, scheduler, schedule, weights,
                fingerprint, out, downcast)
-    if cfg.match_loss_scales and weights.needs_teacher:
+    if cfg.matches_loss_scales() and weights.needs_teacher:
         run.weights = _matched_weights(run, cfg, ids)
     return run
 
@@ -304,7 +364,7 @@ def _trainable_student(student: nn.Module, cfg: RefineConfig, *,
                                                              cfg.lora_dropout)
     else:
         model = student
-        mark_trainable(model, cfg.mode)
+        mark_trainable(model, cfg.mode, relative_sigma=cfg.sigma_is_relative())
     downcast = [(p, p.dtype) for p in model.parameters()
                 if half_to_float and p.requires_grad and p.dtype in (torch.float16, torch.bfloat16)]
     for p, _ in downcast:
@@ -343,9 +403,14 @@ def _schedule(n: int, cfg: RefineConfig, world: int) -> _Schedule:
     return _Schedule(n // per_step, cfg.epochs, cfg.grad_accum)
 
 
+def trajectory_settings(cfg: RefineConfig) -> dict[str, Any]:
+    """The settings that shape the training trajectory (a resumed run must not change them)."""
+    return {k: v for k, v in cfg.to_dict().items() if k not in _FREE_FIELDS}
+
+
 def _fingerprint(cfg: RefineConfig, ids: torch.Tensor, world: int) -> dict[str, Any]:
     """What must not change between a run and its resumption."""
-    settings = {k: v for k, v in cfg.to_dict().items() if k not in _FREE_FIELDS}
+    settings = trajectory_settings(cfg)
     digest = hashlib.sha256(ids.contiguous().cpu().numpy().tobytes()).hexdigest()
     return {"config": settings, "data": {"shape": list(ids.shape), "sha256": digest}, "processes": world}
 
@@ -380,7 +445,8 @@ def _restore(run: _Run, folder: Path) -> ckpt.DataPosition:
 
 
 def _train(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, ids: torch.Tensor,
-           writer: HistoryWriter | None, bar: tqdm, stop: _StopRequest) -> tuple[ckpt.DataPosition, bool]:
+           writer: HistoryWriter | None, bar: tqdm, stop: _StopRequest,
+           meter: _Throughput) -> tuple[ckpt.DataPosition, bool]:
     """The loop; returns the final position and whether all epochs ran."""
     acc, sched = run.accelerator, run.schedule
     if cfg.max_steps is not None and position.step >= cfg.max_steps:
@@ -392,16 +458,16 @@ def _train(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, ids: torch
         tick = time.perf_counter()
         for micro in range(start_micro if epoch == start_epoch else 0, sched.micro_per_epoch):
             batch = _micro_batch(ids, order, micro, cfg.batch_size, acc.process_index, acc.num_processes)
-            loss, grad_norm = _learn(run, cfg, batch.to(acc.device))
-            for k, v in loss.terms.items():
-                sums[k] = sums.get(k, 0.0) + v
+            loss, grad_norm = _learn(run, cfg, batch.to(acc.device), sums, position.step + 1)
             if not acc.sync_gradients:
                 continue
             lr = run.optimizer.param_groups[0]["lr"]
             run.scheduler.step()
             position = _advance(position, epoch, micro + 1, sched, cfg.seed)
             elapsed, tick = time.perf_counter() - tick, time.perf_counter()
-            record = _record(run, position, epoch, lr, sums, grad_norm, batch.numel() * sched.grad_accum, elapsed)
+            tokens = batch.numel() * sched.grad_accum
+            meter.add(tokens * acc.num_processes, elapsed)
+            record = _record(run, position, epoch, lr, sums, grad_norm, tokens, elapsed)
             sums = {}
             _report(record, writer, bar)
             if _should_stop(run, stop):
@@ -416,17 +482,41 @@ def _train(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, ids: torch
     return position, True
 
 
-def _learn(run: _Run, cfg: RefineConfig, batch: torch.Tensor) -> tuple[LossOutput, torch.Tensor | None]:
-    """Forward and backward; on the last micro-batch of an optimizer step also clip and update."""
+def _learn(run: _Run, cfg: RefineConfig, batch: torch.Tensor, sums: dict[str, torch.Tensor],
+           step: int) -> tuple[LossOutput, torch.Tensor | None]:
+    """Forward and backward; on the last micro-batch of an optimizer step also check, clip and update.
+
+    ``sums`` accumulates the step's loss terms; ``step`` is the number of the optimizer step being made.
+    """
     acc = run.accelerator
     with acc.accumulate(run.model):  # no DDP all-reduce, and no-op optimizer calls, until the last one
         loss = _micro_step(run, batch)
         acc.backward(loss.total)
-        grad_norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if acc.sync_gradients and cfg.grad_clip > 0 \
-            else None
+        for k, v in loss.terms.items():
+            sums[k] = sums.get(k, 0.0) + v
+        grad_norm = None
+        if acc.sync_gradients:
+            grad_norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else \
+                torch.nn.utils.get_total_norm([p.grad for p in run.params if p.grad is not None])
+            _check_finite(run, sums, grad_norm, step)
         run.optimizer.step()
         run.optimizer.zero_grad()
-    return loss, grad_norm
+    return loss, grad_norm if cfg.grad_clip > 0 else None
+
+
+def _check_finite(run: _Run, sums: dict[str, torch.Tensor], grad_norm: torch.Tensor, step: int) -> None:
+    """Raise before the optimizer step if a loss term or the gradient norm is NaN/inf (on any process)."""
+    values = torch.stack([*(v.float().reshape(()) for v in sums.values()), grad_norm.float().reshape(())])
+    bad = (~torch.isfinite(values)).any().float().reshape(1)
+    if run.accelerator.num_processes > 1:
+        bad = run.accelerator.reduce(bad, "sum")
+    if bad.item() == 0:
+        return
+    terms = ", ".join(f"{k} {float(v) / run.schedule.grad_accum:.4g}" for k, v in sorted(sums.items()))
+    raise NonFiniteLossError(
+        f"refinement diverged at step {step}: non-finite loss or gradient ({terms}, gradient norm "
+        f"{float(grad_norm):.4g}); nothing of this step was applied or saved, the last checkpoint in "
+        f"{run.out} is intact. Lower --lr (now {run.optimizer.param_groups[0]['lr']:.3g}) and start again")
 
 
 def _epoch_order(n: int, seed: int, epoch: int) -> torch.Tensor:
@@ -496,6 +586,7 @@ def _should_stop(run: _Run, stop: _StopRequest) -> bool:
 
 def _save(run: _Run, position: ckpt.DataPosition) -> None:
     """Every process writes its RNG state; the main process the shared rest, then publishes the folder."""
+    require_finite(zip(run.names, run.params), "refinement checkpoint")
     acc = run.accelerator
     partial = ckpt.partial_folder(run.out, position.step)
     if acc.is_main_process:
@@ -514,9 +605,11 @@ def _save(run: _Run, position: ckpt.DataPosition) -> None:
 
 
 def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished: bool,
-            writer: HistoryWriter | None) -> RefineResult:
+            writer: HistoryWriter | None, meter: _Throughput) -> RefineResult:
     # drop DDP and accelerate's autocast wrapper of forward: later evaluation must run in the model's dtype
     model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    summary = parameter_summary(model)  # counted while the vectors still train
+    release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype
     for p, dtype in run.downcast:  # outside autocast a bf16 model needs bf16 vectors
         p.data = p.data.to(dtype)
     if cfg.gradient_checkpointing:
@@ -524,5 +617,5 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     model.eval()
     history = writer.records if writer is not None else []
     final = {k: v for k, v in history[-1].items() if k not in ("step", "epoch")} if history else {}
-    return RefineResult(model, position.step, finished, history, parameter_summary(model), run.out, cfg, final,
-                        run.accelerator.is_main_process, dataclasses.asdict(run.weights))
+    return RefineResult(model, position.step, finished, history, summary, run.out, cfg, final,
+                        run.accelerator.is_main_process, dataclasses.asdict(run.weights), meter.rate, meter.tokens)

@@ -2,12 +2,22 @@
 
 Everything else (the shared bases U, the per-layer V, embeddings, norms, LM head) stays frozen, so a
 module trains ``r + d_in`` numbers instead of LoRA's ``r_A (d_in + d_out)`` (paper Table 1).
+
+Sigma is trained **relative to its start**: ``sigma = sigma0 * (1 + delta)`` with ``delta`` the trained
+tensor (initially 0). Whitening builds sigma from token-summed ``X^T X``, so its entries run from ~10^2
+to ~10^5 on SmolLM2; Adam moves a parameter by about ``lr`` per step whatever its size, so an absolute
+sigma would change by well under 1 % in a whole run (the reference's behaviour, kept as
+``relative_sigma=False``). ``delta`` is scale-free like lambda (which starts at 1). The
+parametrisation (``torch.nn.utils.parametrize``) lives only while training: :func:`release_sigma`
+writes ``sigma0 * (1 + delta)`` back as a plain ``sigma`` so the saved format does not change.
 """
 from __future__ import annotations
 
 from typing import NamedTuple
 
+import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from ..accounting import unique_parameters
 from ..modules import SharedBasisLinear
@@ -25,12 +35,31 @@ def shared_basis_modules(model: nn.Module) -> list[tuple[str, SharedBasisLinear]
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SharedBasisLinear)]
 
 
-def mark_trainable(model: nn.Module, mode: str = "both") -> list[nn.Parameter]:
+class RelativeSigma(nn.Module):
+    """``sigma = sigma0 * (1 + delta)``: the trained ``delta`` moves sigma by a fraction, not an absolute step."""
+
+    def __init__(self, sigma0: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("sigma0", sigma0.detach().float().clone())
+        self.dtype = sigma0.dtype
+
+    def forward(self, delta: torch.Tensor) -> torch.Tensor:
+        return self.sigma0 * (1 + delta)
+
+    def right_inverse(self, sigma: torch.Tensor) -> torch.Tensor:
+        """The ``delta`` of a given sigma (0 at registration); a zero sigma0 keeps delta at 0."""
+        safe = torch.where(self.sigma0 == 0, torch.ones_like(self.sigma0), self.sigma0)
+        return torch.where(self.sigma0 == 0, torch.zeros_like(self.sigma0), sigma.float() / safe - 1).to(sigma.dtype)
+
+
+def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool = True) -> list[nn.Parameter]:
     """Freeze the whole model, then unfreeze lambda and/or sigma of every SharedBasisLinear.
 
-    Returns the trainable parameters in module order (a stable order, which resuming an optimizer needs).
-    Raises if the model has no such vector: a model compressed without sigma/scale (or already finalised)
-    would otherwise "train" nothing and silently return the untuned model.
+    With ``relative_sigma`` (the default) the trained tensor for sigma is its relative change ``delta``
+    (see the module docstring); call :func:`release_sigma` when training ends. Returns the trainable
+    parameters in module order (a stable order, which resuming an optimizer needs). Raises if the model
+    has no such vector: a model compressed without sigma/scale (or already finalised) would otherwise
+    "train" nothing and silently return the untuned model.
     """
     if mode not in VECTOR_MODES:
         raise ValueError(f"unknown refinement mode {mode!r}; choose from {', '.join(VECTOR_MODES)}")
@@ -48,10 +77,29 @@ def mark_trainable(model: nn.Module, mode: str = "both") -> list[nn.Parameter]:
                 f"refinement mode {mode!r} trains {what}, but the model has no {what} vectors "
                 f"(it was compressed without them or already finalised); recompress with that layout"
             )
+        if attr == "sigma" and relative_sigma:
+            vectors = [_relative(m) for _, m in modules]
         trainable += vectors
     for p in trainable:
         p.requires_grad_(True)
     return trainable
+
+
+def _relative(module: SharedBasisLinear) -> nn.Parameter:
+    if not parametrize.is_parametrized(module, "sigma"):
+        parametrize.register_parametrization(module, "sigma", RelativeSigma(module.sigma))
+    return module.parametrizations.sigma.original
+
+
+@torch.no_grad()
+def release_sigma(model: nn.Module) -> None:
+    """Write every relative sigma back as a plain, frozen ``sigma = sigma0 (1 + delta)`` in its first dtype."""
+    for _, m in shared_basis_modules(model):
+        if parametrize.is_parametrized(m, "sigma"):
+            dtype = m.parametrizations.sigma[0].dtype
+            value = m.sigma.detach().to(dtype)
+            parametrize.remove_parametrizations(m, "sigma", leave_parametrized=False)
+            m.sigma = nn.Parameter(value, requires_grad=False)
 
 
 class ParameterSummary(NamedTuple):

@@ -1,0 +1,243 @@
+"""Benchmark (issue 15): is the compressed model good? SharVeT's default refinement against the LoRA baselines.
+
+Every row compresses the bundled SmolLM2-135M with one method, refines it with the refinement flags of
+``sharvet compress --refine`` (parsed by the CLI's own parser, so a row without extra flags runs exactly the
+command-line defaults), and is scored on held-out text: WikiText-2 *test* and the held-out half of the C4
+subset (``sharvet.training_data``; fine-tuning reads WikiText-2 *validation* and the other C4 half).
+
+    python benchmarks/quality_smollm2.py run --model smol.gguf --data-dir DATA --device cuda \
+        --rows sharvet@0.7,basis-sharing@0.7,svd@0.7 --json results/quality/run.json
+    python benchmarks/quality_smollm2.py throughput --model smol.gguf --data-dir DATA --device cuda --batch-sizes 8,16,32
+    python benchmarks/quality_smollm2.py summary results/quality/run-*.json --out results/quality/summary.json
+
+Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-reference`` (``--refine-preset
+reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd`` (per-layer whitened SVD,
+``--method basis-sharing --k 30``, + LoRA). ``--refine-flags`` are added to every row (same data, steps and
+search for all); a ``sharvet`` row is marked ``default`` only when none are given.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+from sharvet.api import DEFAULT_CACHE, CalibrationSpec, calibration_ids
+from sharvet.calibration import collect_stats
+from sharvet.evaluation.perplexity import perplexity
+from sharvet.evaluation.results import ppl_tokens
+from sharvet.loading import load_original
+from sharvet.methods import method
+from sharvet.models import adapter_for
+from sharvet.pipeline import CompressionConfig, compress
+from sharvet.refinement import add_refine_arguments, finalize, refine, refine_config_from_args
+from sharvet.training_data import training_ids
+
+#: row name -> (compression method, explicit compression fields, extra refinement flags)
+ROWS = {
+    "sharvet": ("sharvet", {}, []),
+    "sharvet-reference": ("sharvet", {}, ["--refine-preset", "reference"]),
+    "sharvet-lr3e-3": ("sharvet", {}, ["--lr", "3e-3"]),
+    "basis-sharing": ("basis-sharing", {}, []),
+    "svd": ("basis-sharing", {"k": 30}, []),
+}
+TASKS = ("copa", "piqa", "arc_easy", "winogrande", "lambada")
+
+
+def _refine_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--seed", type=int, default=0)
+    add_refine_arguments(p)
+    return p
+
+
+def _setup(a: argparse.Namespace):
+    teacher = load_original(a.model, device=a.device)
+    spec = CalibrationSpec(data_dir=a.data_dir, samples=a.calib_samples)  # the CLI's calibration defaults
+    calib = calibration_ids(teacher, spec, seed=0)
+    stats = collect_stats(adapter_for(teacher.model), calib, device=a.device, progress=False)
+    return teacher, calib, stats
+
+
+def _compressed(teacher, stats, calib, name: str, ratio: float, device: str):
+    meth, fields, _ = ROWS[name]
+    student = copy.deepcopy(teacher.model)
+    cfg = CompressionConfig.preset(meth, (), ratio=ratio, **fields)
+    result = compress(student, stats, cfg, calibration_ids=calib, device=device, progress=False)
+    return student, result.report
+
+
+def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
+    args = _refine_parser().parse_args(flags + ["--refine-output", out_dir])
+    args.device = a.device
+    cfg = refine_config_from_args(args, default_mode=method(meth).refine_mode)
+    t0 = time.perf_counter()
+    ids = training_ids(args.train_data, teacher.tokenizer, args.train_samples, args.train_seq_len, cfg.seed,
+                       data_dir=a.data_dir, teacher=teacher.model, teacher_id="SmolLM2-135M-Instruct",
+                       cache_dir=DEFAULT_CACHE)
+    data_s = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    out = refine(student, teacher.model, ids, cfg)
+    refine_s = time.perf_counter() - t0
+    model = out.model.get_base_model() if cfg.mode == "lora" else finalize(out.model, out.record())
+    info = {"refine_mode": cfg.mode, "preset": cfg.preset, "lr": cfg.learning_rate(), "steps": out.steps,
+            "train_data": args.train_data, "train_tokens": int(ids.numel()) * cfg.epochs,
+            "distinct_train_sequences": int(ids.shape[0]), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "tokens_per_s": out.tokens_per_s, "data_s": round(data_s, 1), "refine_s": round(refine_s, 1),
+            "trainable": out.parameters.trainable, "loss_weights": out.loss_weights, "final_losses": out.final}
+    return model, info
+
+
+def _scores(a, model, tokenizer, sets: dict[str, torch.Tensor], with_tasks: bool) -> dict:
+    res = {f"{k}_ppl": round(perplexity(model, ids, context=1024, batch_size=16, device=a.device, progress=False).ppl, 3)
+           for k, ids in sets.items()}
+    if with_tasks:
+        from sharvet.evaluation.tasks import run_tasks
+
+        results = run_tasks(model, tokenizer, list(TASKS), data_dir=a.data_dir, batch_size=128)
+        res["tasks"] = {n: r.to_dict() for n, r in results.items()}
+        heads = [r.to_dict().get("headline") for r in results.values()]
+        res["avg_acc"] = round(100 * sum(heads) / len(heads), 2) if all(h is not None for h in heads) else None
+    return res
+
+
+def cmd_run(a: argparse.Namespace) -> None:
+    teacher, calib, stats = _setup(a)
+    names = [n for n in a.ppl.split(",") if n]
+    sets, not_run = ppl_tokens(names, teacher.tokenizer, Path(a.data_dir), True, a.max_eval_tokens)
+    if not_run:
+        raise SystemExit(f"perplexity data missing: {not_run}")
+    extra = shlex.split(a.refine_flags)
+    task_rows = set(a.task_rows.split(",")) if a.task_rows else set()
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name()
+           if a.device == "cuda" else a.device, "argv": sys.argv, "eval_tokens": {k: len(v) for k, v in sets.items()},
+           "rows": []}
+    if a.original:
+        res["original"] = _scores(a, teacher.model, teacher.tokenizer, sets, "original" in task_rows)
+        print("original", json.dumps(res["original"]), flush=True)
+    for row in a.rows.split(","):
+        name, _, ratio = row.partition("@")
+        meth, fields, flags = ROWS[name]
+        t0 = time.perf_counter()
+        student, report = _compressed(teacher, stats, calib, name, float(ratio), a.device)
+        compress_s = time.perf_counter() - t0
+        model, info = _refined(a, teacher, student, meth, flags + extra, f"{a.out_dir}/{name}-{ratio}")
+        record = {"row": row, "method": name, "ratio": float(ratio), "realised_ratio": round(report.linear_ratio, 5),
+                  "adapters_in_budget": info["refine_mode"] != "lora", "default": name == "sharvet" and not extra,
+                  "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
+                  **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
+        res["rows"].append(record)
+        print(json.dumps({k: v for k, v in record.items() if k not in ("tasks", "final_losses")}), flush=True)
+        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+        del model, student
+        torch.cuda.empty_cache() if a.device == "cuda" else None
+    Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+
+
+def cmd_throughput(a: argparse.Namespace) -> None:
+    """Tokens/s of the default refinement (teacher forward included) per batch size, and of teacher sampling."""
+    teacher, calib, stats = _setup(a)
+    res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name()
+           if a.device == "cuda" else a.device, "argv": sys.argv, "refine": {}}
+    ids = training_ids("wikitext2", teacher.tokenizer, 512, 1024, 0, data_dir=a.data_dir)
+    for bs in map(int, a.batch_sizes.split(",")):
+        student, _ = _compressed(teacher, stats, calib, "sharvet", 0.7, a.device)
+        args = _refine_parser().parse_args(["--batch-size", str(bs), "--max-steps", str(a.steps),
+                                            "--refine-output", f"{a.out_dir}/tp-{bs}"])
+        args.device = a.device
+        torch.cuda.reset_peak_memory_stats()
+        out = refine(student, teacher.model, ids, refine_config_from_args(args, default_mode="both"))
+        res["refine"][bs] = {"tokens_per_s": out.tokens_per_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
+        print(bs, res["refine"][bs], flush=True)
+        del student, out
+        torch.cuda.empty_cache()
+    from sharvet.training_data import teacher_sequences
+
+    t0 = time.perf_counter()
+    gen = teacher_sequences(teacher.model, teacher.tokenizer, a.gen_sequences, 1024, 0, model_id="x",
+                            batch_size=a.gen_batch)
+    res["teacher_text"] = {"tokens": gen.numel(), "seconds": time.perf_counter() - t0, "batch": a.gen_batch}
+    res["teacher_text"]["tokens_per_s"] = res["teacher_text"]["tokens"] / res["teacher_text"]["seconds"]
+    sample = teacher.tokenizer.decode(gen[0, :80])
+    res["teacher_text"]["sample"] = sample
+    print(json.dumps(res["teacher_text"]), flush=True)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+
+
+#: the ``sharvet compress`` flags each row stands for (its refinement flags are appended)
+CLI_METHOD = {"sharvet": "", "sharvet-reference": "", "sharvet-lr3e-3": "", "basis-sharing": " --method basis-sharing",
+              "svd": " --method basis-sharing --k 30"}
+
+
+def _record(row: dict, run: dict) -> dict:
+    flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
+    command = (f"sharvet compress --ratio {row['ratio']}{CLI_METHOD[row['method']]} --refine{flags} --device cuda "
+               f"--data-dir DATA -o OUT")
+    keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
+            "tokens_per_s", "trainable", "loss_weights")
+    return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
+            "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
+            "train_tokens": row["train_tokens"], "command": command, "default": row["default"],
+            **{k: row[k] for k in keep}, "date": run["date"], "device": run["device"],
+            "measured_by": " ".join(run["argv"])}
+
+
+def cmd_summary(a: argparse.Namespace) -> None:
+    """``results/quality/summary.json``: issue 15's records (one per row, and the original) from run JSONs."""
+    records = []
+    for path in a.runs:
+        run = json.loads(Path(path).read_text())
+        if "original" in run and not any(r["method"] == "original" for r in records):
+            orig = run["original"]
+            records.append({"method": "original", "ratio": 1.0, "wikitext2_ppl": orig["wikitext2_ppl"],
+                            "c4_ppl": orig["c4_ppl"], "avg_acc": orig.get("avg_acc", a.original_avg_acc),
+                            "avg_acc_source": None if "avg_acc" in orig else a.original_avg_acc_source,
+                            "adapters_in_budget": True, "train_tokens": 0, "command": "sharvet eval --ppl wikitext2,c4",
+                            "default": False, "date": run["date"], "device": run["device"],
+                            "measured_by": " ".join(run["argv"])})
+        records += [_record(row, run) for row in run["rows"]]
+    Path(a.out).write_text(json.dumps(records, indent=1) + "\n")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="cmd", required=True)
+    for name in ("run", "throughput"):
+        s = sub.add_parser(name)
+        s.add_argument("--model", default=None)
+        s.add_argument("--data-dir", required=True)
+        s.add_argument("--device", default="cuda")
+        s.add_argument("--out-dir", default="outputs/quality")
+        s.add_argument("--json", required=True)
+        s.add_argument("--calib-samples", type=int, default=CalibrationSpec.samples, help="as sharvet compress's")
+    r = sub.choices["run"]
+    r.add_argument("--rows", default="sharvet@0.7,basis-sharing@0.7,svd@0.7,sharvet@0.5,basis-sharing@0.5,svd@0.5")
+    r.add_argument("--refine-flags", default="", help="refinement flags added to every row (then no row is default)")
+    r.add_argument("--ppl", default="wikitext2,c4")
+    r.add_argument("--max-eval-tokens", type=int, default=None, help="score only the first N tokens (smoke runs)")
+    r.add_argument("--original", action="store_true", help="score the original model too")
+    r.add_argument("--task-rows", default="", help="rows (and 'original') scored on the five tasks too")
+    t = sub.choices["throughput"]
+    t.add_argument("--batch-sizes", default="8,16,32")
+    t.add_argument("--steps", type=int, default=8)
+    t.add_argument("--gen-sequences", type=int, default=256)
+    t.add_argument("--gen-batch", type=int, default=256)
+    m = sub.add_parser("summary")
+    m.add_argument("runs", nargs="+")
+    m.add_argument("--out", required=True)
+    m.add_argument("--original-avg-acc", type=float, default=None,
+                   help="the original's five-task average when the runs did not score it")
+    m.add_argument("--original-avg-acc-source", default=None, help="where that average was measured")
+    a = p.parse_args()
+    {"run": cmd_run, "throughput": cmd_throughput, "summary": cmd_summary}[a.cmd](a)
+
+
+if __name__ == "__main__":
+    main()
