@@ -12,7 +12,8 @@ import torch
 
 from sharvet import training_data
 from sharvet.data import load_texts
-from sharvet.training_data import (FIXED_SPLITS, teacher_sequences, training_ids, warn_if_repeated)
+from sharvet.data_splits import FIXED_SPLITS
+from sharvet.training_data import teacher_sequences, training_ids, warn_if_repeated
 from tiny import tiny_llama
 
 C4_FILE = FIXED_SPLITS["c4"][0]
