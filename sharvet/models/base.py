@@ -7,10 +7,14 @@ maps those to real ``nn.Module`` objects, exposes weights in the ``torch.nn.Line
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+class _ReachedFirstLayer(Exception):
+    """Stops a forward pass at the first decoder layer once its inputs are captured."""
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,32 @@ class ModelAdapter:
 
     def first_module_for_input(self, input_key: str) -> str:
         return next(t.name for t in self.module_types if t.input_key == input_key)
+
+    # ------------------------------------------------------------------ layer by layer
+    def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
+        """The hidden states and keyword arguments the model passes its first decoder layer.
+
+        The model runs up to layer 0 and stops there (GPTQ's "catcher"), so embeddings, position ids,
+        rotary ``(cos, sin)`` and the attention mask come from the family's own forward for whatever
+        transformers version is installed; every later layer takes the same keywords.
+        """
+        captured: dict[str, Any] = {}
+
+        def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+            captured["kwargs"] = kwargs
+            raise _ReachedFirstLayer
+
+        handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            self.base_model(input_ids=input_ids, use_cache=False)
+        except _ReachedFirstLayer:
+            pass
+        finally:
+            handle.remove()
+        return captured["hidden"], captured["kwargs"]
+
+    def run_layer(self, layer: int, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+        """One decoder layer's output hidden states (older transformers return a tuple, newer a tensor)."""
+        out = self.layers[layer](hidden, **kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out
