@@ -135,12 +135,13 @@ def cache_key(model_id: str, input_ids: torch.Tensor, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
-def empty_layer_stats(adapter: ModelAdapter, device: torch.device | str) -> dict[str, InputStats]:
-    """Zeroed float64 statistics of one layer's distinct module inputs."""
+def empty_layer_stats(adapter: ModelAdapter, device: torch.device | str,
+                      accumulate: torch.dtype = torch.float64) -> dict[str, InputStats]:
+    """Zeroed statistics of one layer's distinct module inputs (``X^T X`` summed in ``accumulate``)."""
     per_key = {}
     for key in adapter.input_keys():
         d_in, _ = adapter.shape(adapter.first_module_for_input(key))
-        per_key[key] = InputStats(xtx=torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
+        per_key[key] = InputStats(xtx=torch.zeros(d_in, d_in, dtype=accumulate, device=device),
                                   total=torch.zeros(d_in, dtype=torch.float64, device=device))
     return per_key
 
@@ -161,14 +162,16 @@ def collect_stats(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
     progress: bool = True,
+    accumulate: torch.dtype = torch.float64,
 ) -> CalibrationStats:
     """Run the decoder stack over ``input_ids`` (N, L) with hooks on one module per distinct input.
 
     The statistics are allocated before entering ``inference_mode`` so they stay ordinary tensors.
+    ``accumulate`` is the dtype ``X^T X`` is summed in (float32 halves it; ``benchmarks/scale_precision.py``).
     """
     model = adapter.model
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    stats = [empty_layer_stats(adapter, device) for _ in range(adapter.num_layers)]
+    stats = [empty_layer_stats(adapter, device, accumulate) for _ in range(adapter.num_layers)]
     handles = [h for layer, per_key in enumerate(stats) for h in hook_layer(adapter, layer, per_key)]
     was_training = model.training
     model.eval()

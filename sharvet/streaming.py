@@ -67,9 +67,10 @@ def read_input(folder: Path, layer: int, key: str) -> InputStats:
     with safe_open(str(layer_file(folder, layer)), framework="pt") as f:
         total = f.get_tensor(f"{key}.total")
         d = len(total)
-        xtx = torch.empty(d, d, dtype=total.dtype)
+        xtx = None
         for start, stop in panels(d):
             slab = f.get_tensor(f"{key}.xtx.{start}")  # rows start:stop, columns start:
+            xtx = torch.empty(d, d, dtype=slab.dtype) if xtx is None else xtx
             xtx[start:, start:stop] = slab.T
             xtx[start:stop, start:] = slab
         return InputStats(xtx=xtx, total=total, count=int(f.get_tensor(f"{key}.count").item()))
@@ -142,7 +143,8 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
         was_training = model.training
         model.eval()
         try:
-            first = [adapter.first_layer_inputs(batch) for batch in input_ids.split(batch_size)]
+            home = next(model.parameters()).device  # where the embeddings run: the model's own device
+            first = [adapter.first_layer_inputs(batch.to(home)) for batch in input_ids.split(batch_size)]
             hidden = [send_to_device(h, device) for h, _ in first]
             kwargs = [send_to_device(kw, device) for _, kw in first]
             del first

@@ -1,0 +1,37 @@
+"""benchmarks/scale.py: published shapes build real configs; full-model figures are extrapolated per layer."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import scale  # noqa: E402
+
+
+def record(layers: int, wall: float, gpu: float, shape: str = "llama3-70b") -> dict:
+    return {"shape": shape, "layers": layers, "ratio": 0.7, "phase": "compress", "gpus": 1, "wall_s": wall,
+            "peak_gpu_gib": gpu, "peak_host_gib": 10.0, "tokens_per_s": None}
+
+
+def test_full_model_is_extrapolated_from_the_per_layer_cost():
+    rows = [record(4, 100.0, 12.0), record(8, 180.0, 14.0), record(32, 50.0, 9.0, shape="llama3-8b")]
+    (est,) = scale.extrapolate(rows)  # the 8B shape was run once: nothing to fit
+    assert est["layers"] == 80 and est["extrapolated_from"] == [4, 8]
+    assert est["wall_s"] == pytest.approx(180 + 20 * 72) and est["peak_gpu_gib"] == pytest.approx(14 + 0.5 * 72)
+    assert est["peak_host_gib"] == pytest.approx(10.0)
+    text = scale.table(rows)
+    assert "llama3-70b (extrapolated)" in text and "1620.0" in text
+
+
+@pytest.mark.parametrize("shape", ["llama3-8b", "qwen2.5-7b", "llama3-70b"])
+def test_published_shapes_have_the_published_parameter_counts(shape):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**dict(scale.SHAPES[shape], tie_word_embeddings=False))
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    published = {"llama3-8b": 8.03e9, "qwen2.5-7b": 7.62e9, "llama3-70b": 70.6e9}[shape]
+    assert n == pytest.approx(published, rel=0.01)
