@@ -139,7 +139,7 @@ def run_phase(argv: list[str], gpus: int, work: Path) -> dict:
 
 
 def folder_gib(path: Path) -> float:
-    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / GIB, 2)
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / GIB, 4)
 
 
 def refine_tokens_per_s(run_dir: Path) -> float | None:
@@ -201,7 +201,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--gpus", type=int, default=1, help="processes for refinement (accelerate launch)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16")
-    p.add_argument("--stream", default="auto", choices=("auto", "on", "off"))
+    p.add_argument("--stream", default="on", choices=("auto", "on", "off"),
+                   help="on (default): the path meant for 24 GB cards; auto picks in memory where it fits")
     p.add_argument("--calib-samples", type=int, default=None, help="default 256 (tiny: 8)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="default 1024 (tiny: 128)")
     p.add_argument("--refine-steps", type=int, default=4)

@@ -3,7 +3,7 @@
 SmolLM2-135M (float32 weights, dequantised from the bundled GGUF). The calibration statistics are collected
 four ways: forwards in float32 or bfloat16, ``X^T X`` summed in float64 or float32 (each batch's product is
 taken in float32 either way). Every variant's statistics compress the same float32 weights (ratio 0.8,
-SharVeT defaults), so only the statistics differ. Columns: the largest relative Frobenius error of any
+SharVeT defaults; CKA only with ``--cka``, it takes most of a CPU run), so only the statistics differ. Columns: the largest relative Frobenius error of any
 layer's ``X^T X`` against float32 forwards + float64 sums, and the compressed model's WikiText-2 perplexity
 (first ``--eval-tokens`` test tokens, context 1024).
 
@@ -28,6 +28,7 @@ from sharvet.evaluation.perplexity import evaluation_tokens, perplexity
 from sharvet.loading import load_original
 from sharvet.models import adapter_for
 from sharvet.pipeline import CompressionConfig, compress
+from sharvet.similarity import SimilarityConfig
 
 VARIANTS = {  # name: (forward dtype, accumulation dtype)
     "fp32 forward, fp64 sums": (torch.float32, torch.float64),
@@ -50,6 +51,7 @@ def main() -> None:
     p.add_argument("--seq-len", type=int, default=512)
     p.add_argument("--ratio", type=float, default=0.8)
     p.add_argument("--eval-tokens", type=int, default=8192)
+    p.add_argument("--cka", action="store_true", help="functional similarity too (slow on CPU)")
     p.add_argument("--json", default=None)
     a = p.parse_args()
     data_dir = resolve_data_dir(a.data_dir)
@@ -66,7 +68,8 @@ def main() -> None:
         del teacher
         reference = reference or stats
         model = copy.deepcopy(loaded.model)
-        compress(model, stats, CompressionConfig(ratio=a.ratio), progress=False)
+        cfg = CompressionConfig(ratio=a.ratio, similarity=SimilarityConfig(use_cka=a.cka))
+        compress(model, stats, cfg, progress=False)
         ppl = perplexity(model, held_out, context=1024, progress=False).ppl
         rows.append({"variant": name, "xtx_rel_error": relative_error(stats, reference, adapter_for(model)),
                      "ppl": ppl, "calibration_s": round(seconds, 1)})
@@ -75,7 +78,7 @@ def main() -> None:
     if a.json:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({
-            "model": "SmolLM2-135M-Instruct (bundled GGUF, float32)", "ratio": a.ratio,
+            "model": "SmolLM2-135M-Instruct (bundled GGUF, float32)", "ratio": a.ratio, "cka": a.cka,
             "calibration": f"{a.samples} x {a.seq_len} WikiText-2 tokens", "eval_tokens": len(held_out),
             "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "date": datetime.date.today().isoformat(), "rows": rows}, indent=1) + "\n")

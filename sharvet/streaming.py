@@ -87,8 +87,8 @@ def finished_layers(folder: Path, num_layers: int) -> int:
 class StreamedStats(CalibrationStats):
     """Statistics read from a folder of per-layer files on first use, the most recent kept in host memory.
 
-    ``cache_bytes`` bounds what is kept (by default an eighth of the host's memory: all of one module
-    type's inputs of an 8B model, which similarity reads pair by pair).
+    ``cache_bytes`` bounds what is kept (by default a sixteenth of the host's memory: on a 128 GiB host, all
+    layers' attention or MLP inputs of an 8B model, which similarity reads pair by pair).
     """
 
     def __init__(self, folder: str | Path, num_layers: int, cache_bytes: int | None = None,
@@ -96,7 +96,7 @@ class StreamedStats(CalibrationStats):
         super().__init__([])
         self.folder = Path(folder)
         self._num_layers = num_layers
-        self.cache_bytes = psutil.virtual_memory().total // 8 if cache_bytes is None else cache_bytes
+        self.cache_bytes = psutil.virtual_memory().total // 16 if cache_bytes is None else cache_bytes
         self._cache: OrderedDict[tuple[int, str], InputStats] = OrderedDict()
         self._keep = keep  # a temporary folder lives as long as the statistics read from it
 
@@ -154,7 +154,8 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
                 handles = hook_layer(adapter, layer, per_key)
                 try:
                     with on_device(adapter.layers[layer], device):
-                        hidden = [adapter.run_layer(layer, h, kw) for h, kw in zip(hidden, kwargs)]
+                        for i, kw in enumerate(kwargs):  # in place: one batch's outputs beside the inputs
+                            hidden[i] = adapter.run_layer(layer, hidden[i], kw)
                 finally:
                     for h in handles:
                         h.remove()
@@ -195,7 +196,7 @@ def memory_needs(adapter: ModelAdapter, samples: int, seq_len: int, batch_size: 
 
     In memory: the model (unless it already lives there), every layer's statistics and one batch's
     activations. Streamed: the largest layer, one layer's statistics, the hidden states of the whole
-    calibration set twice (inputs and outputs of a layer) and one batch's activations.
+    calibration set and one batch's activations.
     """
     model = adapter.model
     param = next(model.parameters())
@@ -205,7 +206,7 @@ def memory_needs(adapter: ModelAdapter, samples: int, seq_len: int, batch_size: 
     resident = param.device == device or (param.device.type == device.type == "cpu")
     model_bytes = 0 if resident else _nbytes(model.parameters())
     layer_bytes = max(_nbytes(layer.parameters()) for layer in adapter.layers)
-    hidden_bytes = 2 * samples * seq_len * hidden_width * param.element_size()
+    hidden_bytes = samples * seq_len * hidden_width * param.element_size()
     return {
         "in_memory": model_bytes + adapter.num_layers * stats_bytes(adapter) + activations,
         "streamed": (0 if resident else layer_bytes) + stats_bytes(adapter) + hidden_bytes + activations,
