@@ -228,12 +228,16 @@ def choose_stream(mode: str, adapter: ModelAdapter, samples: int, seq_len: int, 
     if mode not in STREAM_MODES:
         raise ValueError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
     device = torch.device(device)
+    blocker = adapter.stream_blocker()
+    if mode == "on" and blocker:
+        raise ValueError(f"layer-streamed calibration cannot run this model: {blocker}; use --stream off")
     needs, free = memory_needs(adapter, samples, seq_len, batch_size, device), free_bytes(device)
-    stream = mode == "on" or (mode == "auto" and needs["in_memory"] > AUTO_SHARE * free)
+    stream = mode == "on" or (mode == "auto" and not blocker and needs["in_memory"] > AUTO_SHARE * free)
     need = needs["streamed" if stream else "in_memory"]
     where = f"~{need / GIB:.1f} GiB of {free / GIB:.1f} GiB free on {device}"
     if need > free:
-        helps = "fewer --calib-samples or a smaller --calib-batch-size" if stream else "--stream on"
+        helps = "fewer --calib-samples or a smaller --calib-batch-size" if stream else \
+            f"a device with more memory ({blocker}, so it cannot stream)" if blocker else "--stream on"
         raise WontFitError(f"{'streamed' if stream else 'in-memory'} calibration needs {where}: try {helps}")
     how = "layer-streamed (statistics on disk)" if stream else "in memory"
     print(f"sharvet: calibration {how}: {where} (--stream {mode})", file=sys.stderr)

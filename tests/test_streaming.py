@@ -152,3 +152,30 @@ def test_smollm2_streamed_and_in_memory_agree(shared_data_dir, tmp_path):
         del model
     print(f"SmolLM2-135M ratio 0.8, perplexity on 2048 WikiText-2 test tokens: {ppl}")
     assert ppl["streamed"] == pytest.approx(ppl["memory"], rel=1e-3)
+
+
+def tiny_config_model(family: str, **extra):
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    torch.manual_seed(0)
+    cfg = AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
+                               num_attention_heads=4, num_key_value_heads=2, vocab_size=128, **extra)
+    return AutoModelForCausalLM.from_config(cfg).eval()
+
+
+@pytest.mark.parametrize("family,extra", [("qwen2", {}), ("mistral", {"sliding_window": 8})])
+def test_streamed_stats_equal_in_memory_for_qwen2_biases_and_mistral_windows(family, extra, tmp_path):
+    adapter = adapter_for(tiny_config_model(family, **extra))
+    assert adapter.stream_blocker() is None
+    ids = tokens(4, 24)  # longer than Mistral's window: the captured mask carries it to every layer
+    streamed = collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)
+    assert_same_stats(streamed, collect_stats(adapter, ids, batch_size=2, progress=False), adapter)
+
+
+def test_models_mixing_attention_types_are_not_streamed(capsys):
+    adapter = adapter_for(tiny_config_model("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=2))
+    assert "full_attention, sliding_attention" in adapter.stream_blocker()
+    with pytest.raises(ValueError, match="--stream off"):
+        choose_stream("on", adapter, 4, 24, 2, "cpu")
+    assert not choose_stream("auto", adapter, 4, 24, 2, "cpu")
+    assert "calibration in memory" in capsys.readouterr().err

@@ -112,6 +112,14 @@ class ModelAdapter:
         return next(t.name for t in self.module_types if t.input_key == input_key)
 
     # ------------------------------------------------------------------ layer by layer
+    def stream_blocker(self) -> str | None:
+        """Why layers cannot be run one by one with the first layer's keywords, or None if they can.
+
+        Models that mix attention types (e.g. Qwen2 with sliding-window layers) give each type its own mask.
+        """
+        types = sorted(set(getattr(self.model.config, "layer_types", None) or ()))
+        return f"its layers mix attention types ({', '.join(types)})" if len(types) > 1 else None
+
     def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
         """The hidden states and keyword arguments the model passes its first decoder layer.
 
