@@ -11,6 +11,7 @@ from sharvet.calibration import InputStats, collect_stats
 from sharvet.models import adapter_for
 from sharvet.streaming import StreamedStats, WontFitError, choose_stream, collect_streamed
 
+from test_cli import data_dir, model_dir  # noqa: F401 (fixtures: a tiny saved model and its data)
 from tiny import tiny_gpt2, tiny_llama, tokens
 
 
@@ -179,3 +180,23 @@ def test_models_mixing_attention_types_are_not_streamed(capsys):
         choose_stream("on", adapter, 4, 24, 2, "cpu")
     assert not choose_stream("auto", adapter, 4, 24, 2, "cpu")
     assert "calibration in memory" in capsys.readouterr().err
+
+
+def test_cli_compress_streamed_equals_in_memory(model_dir, data_dir, tmp_path, capsys):
+    from safetensors.torch import load_file
+
+    from sharvet.cli import main
+
+    common = [str(model_dir), "--ratio", "0.6", "--k", "2", "--data-dir", str(data_dir), "--calib-samples", "4",
+              "--calib-seq-len", "32", "--no-progress", "--seed", "0"]
+    cache = tmp_path / "cache"
+    assert main(["compress", *common, "-o", str(tmp_path / "on"), "--stream", "on", "--cache-dir", str(cache)]) == 0
+    assert "calibration layer-streamed" in capsys.readouterr().err
+    (folder,) = cache.iterdir()
+    assert streaming.finished_layers(folder, 4) == 4  # kept for a rerun to reuse or resume
+    assert main(["compress", *common, "-o", str(tmp_path / "off"), "--stream", "off", "--cache-dir", "none"]) == 0
+    assert "calibration in memory" in capsys.readouterr().err
+    on, off = (load_file(str(tmp_path / name / "model.safetensors")) for name in ("on", "off"))
+    assert on.keys() == off.keys()
+    for name in on:
+        torch.testing.assert_close(on[name], off[name], rtol=1e-5, atol=1e-6)
