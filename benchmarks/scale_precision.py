@@ -3,9 +3,9 @@
 SmolLM2-135M (float32 weights, dequantised from the bundled GGUF). The calibration statistics are collected
 four ways: forwards in float32 or bfloat16, ``X^T X`` summed in float64 or float32 (each batch's product is
 taken in float32 either way). Every variant's statistics compress the same float32 weights (ratio 0.8,
-SharVeT defaults; CKA only with ``--cka``, it takes most of a CPU run), so only the statistics differ. Columns: the largest relative Frobenius error of any
-layer's ``X^T X`` against float32 forwards + float64 sums, and the compressed model's WikiText-2 perplexity
-(first ``--eval-tokens`` test tokens, context 1024).
+SharVeT defaults; CKA only with ``--cka``, it takes most of a CPU run), so only the statistics differ.
+Columns: the largest relative Frobenius error of any layer's ``X^T X`` against float32 forwards + float64
+sums, and the compressed model's WikiText-2 perplexity (first ``--eval-tokens`` test tokens, context 1024).
 
     python benchmarks/scale_precision.py --data-dir ../shared/data --json results/scale/precision_cpu.json
 """
@@ -79,7 +79,8 @@ def main() -> None:
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
         Path(a.json).write_text(json.dumps({
             "model": "SmolLM2-135M-Instruct (bundled GGUF, float32)", "ratio": a.ratio, "cka": a.cka,
-            "calibration": f"{a.samples} x {a.seq_len} WikiText-2 tokens", "eval_tokens": len(held_out),
+            "calibration": f"{a.samples} x {a.seq_len} tokens of wikitext2 (its calibration split)",
+            "eval_tokens": len(held_out),
             "machine": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
             "date": datetime.date.today().isoformat(), "rows": rows}, indent=1) + "\n")
 
