@@ -146,7 +146,7 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
             home = next(model.parameters()).device  # where the embeddings run: the model's own device
             first = [adapter.first_layer_inputs(batch.to(home)) for batch in input_ids.split(batch_size)]
             hidden = [send_to_device(h, device) for h, _ in first]
-            kwargs = [send_to_device(kw, device) for _, kw in first]
+            rest = [send_to_device(r, device) for _, r in first]  # mask, positions, rotary cos/sin
             del first
             bar = tqdm(range(n), desc="calibration (streamed)", unit="layer", disable=not progress)
             for layer in bar:
@@ -154,8 +154,8 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
                 handles = hook_layer(adapter, layer, per_key)
                 try:
                     with on_device(adapter.layers[layer], device):
-                        for i, kw in enumerate(kwargs):  # in place: one batch's outputs beside the inputs
-                            hidden[i] = adapter.run_layer(layer, hidden[i], kw)
+                        for i, r in enumerate(rest):  # in place: one batch's outputs beside the inputs
+                            hidden[i] = adapter.run_layer(layer, hidden[i], r)
                 finally:
                     for h in handles:
                         h.remove()

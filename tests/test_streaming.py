@@ -26,10 +26,12 @@ def assert_same_stats(streamed, reference, adapter) -> None:
             torch.testing.assert_close(s.total, r.total, rtol=1e-6, atol=0)
 
 
+@pytest.mark.parametrize("attention", ["sdpa", "eager"])  # eager: a real mask, positional for GPT-2
 @pytest.mark.parametrize("make", [tiny_llama, tiny_gpt2])
-def test_streamed_stats_equal_in_memory_stats(make, tmp_path, monkeypatch):
+def test_streamed_stats_equal_in_memory_stats(make, attention, tmp_path, monkeypatch):
     monkeypatch.setattr(calibration, "PANEL_WIDTH", 24)  # several stored panels per matrix
     model = make(3).train()
+    model.set_attn_implementation(attention)
     adapter = adapter_for(model)
     ids = tokens(5, 16)
     streamed = collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)

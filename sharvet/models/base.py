@@ -120,18 +120,18 @@ class ModelAdapter:
         types = sorted(set(getattr(self.model.config, "layer_types", None) or ()))
         return f"its layers mix attention types ({', '.join(types)})" if len(types) > 1 else None
 
-    def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, Any]]:
-        """The hidden states and keyword arguments the model passes its first decoder layer.
+    def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, tuple[tuple, dict[str, Any]]]:
+        """The hidden states the model passes its first decoder layer, and the other arguments of that call.
 
         The model runs up to layer 0 and stops there (GPTQ's "catcher"), so embeddings, position ids,
-        rotary ``(cos, sin)`` and the attention mask come from the family's own forward for whatever
-        transformers version is installed; every later layer takes the same keywords.
+        rotary ``(cos, sin)`` and the attention mask (GPT-2 passes it positionally) come from the family's
+        own forward for whatever transformers version is installed; every later layer takes the same ones.
         """
         captured: dict[str, Any] = {}
 
         def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
             captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            captured["kwargs"] = kwargs
+            captured["rest"] = (args[1:], kwargs)
             raise _ReachedFirstLayer
 
         handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
@@ -141,9 +141,10 @@ class ModelAdapter:
             pass
         finally:
             handle.remove()
-        return captured["hidden"], captured["kwargs"]
+        return captured["hidden"], captured["rest"]
 
-    def run_layer(self, layer: int, hidden: torch.Tensor, kwargs: dict[str, Any]) -> torch.Tensor:
+    def run_layer(self, layer: int, hidden: torch.Tensor, rest: tuple[tuple, dict[str, Any]]) -> torch.Tensor:
         """One decoder layer's output hidden states (older transformers return a tuple, newer a tensor)."""
-        out = self.layers[layer](hidden, **kwargs)
+        args, kwargs = rest
+        out = self.layers[layer](hidden, *args, **kwargs)
         return out[0] if isinstance(out, (tuple, list)) else out
