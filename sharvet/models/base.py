@@ -113,7 +113,7 @@ class ModelAdapter:
 
     # ------------------------------------------------------------------ layer by layer
     def stream_blocker(self) -> str | None:
-        """Why layers cannot be run one by one with the first layer's keywords, or None if they can.
+        """Why layers cannot be run one by one with the first layer's arguments, or None if they can.
 
         Models that mix attention types (e.g. Qwen2 with sliding-window layers) give each type its own mask.
         """
