@@ -203,7 +203,7 @@ def memory_needs(adapter: ModelAdapter, samples: int, seq_len: int, batch_size: 
     widths = [adapter.shape(t) for t in adapter.type_names]
     hidden_width = adapter.shape(adapter.first_module_for_input(adapter.input_keys()[0]))[0]
     activations = 4 * batch_size * seq_len * max(max(w) for w in widths) * 4  # a few float32 (batch, seq, width)
-    resident = param.device == device or (param.device.type == device.type == "cpu")
+    resident = param.device.type == device.type and device.index in (None, param.device.index)
     model_bytes = 0 if resident else _nbytes(model.parameters())
     layer_bytes = max(_nbytes(layer.parameters()) for layer in adapter.layers)
     hidden_bytes = samples * seq_len * hidden_width * param.element_size()
