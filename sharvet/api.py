@@ -15,6 +15,7 @@ from .loading import BUNDLED_ID, LoadedModel, default_device, load_original
 from .models import adapter_for
 from .config import CompressionConfig
 from .pipeline import CompressionResult, attach_plan, compress, plan_of
+from .streaming import choose_stream, collect_or_load_streamed
 from .summary import render
 
 DEFAULT_CACHE = Path.home() / ".cache" / "sharvet"
@@ -28,6 +29,8 @@ class CalibrationSpec:
     batch_size: int = DEFAULT_BATCH_SIZE
     data_dir: str | None = None
     cache_dir: str | None = str(DEFAULT_CACHE)
+    #: auto | on | off: layer-streamed calibration (sharvet.streaming); auto streams what would not fit
+    stream: str = "auto"
 
 
 def calibration_ids(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int) -> torch.Tensor:
@@ -38,10 +41,20 @@ def calibration_ids(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int) ->
 
 def calibrate(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int, device: str | None = None,
               progress: bool = True, ids: torch.Tensor | None = None) -> CalibrationStats:
-    """One teacher pass over the calibration set accumulating input statistics (cached in safetensors)."""
+    """One teacher pass over the calibration set accumulating input statistics (cached in safetensors).
+
+    In memory the model moves to ``device`` first; streamed, it stays where it is and only one layer at a
+    time goes to ``device``.
+    """
     ids = calibration_ids(loaded, spec, seed=seed) if ids is None else ids
-    return collect_or_load(adapter_for(loaded.model), ids, model_id=loaded.model_id, cache_dir=spec.cache_dir,
-                           batch_size=spec.batch_size, device=device, progress=progress)
+    adapter = adapter_for(loaded.model)
+    target = torch.device(device) if device is not None else next(loaded.model.parameters()).device
+    stream = choose_stream(spec.stream, adapter, ids.shape[0], ids.shape[1], spec.batch_size, target)
+    if not stream:
+        loaded.model.to(target)
+    collect = collect_or_load_streamed if stream else collect_or_load
+    return collect(adapter, ids, model_id=loaded.model_id, cache_dir=spec.cache_dir, batch_size=spec.batch_size,
+                   device=target, progress=progress)
 
 
 def compress_pretrained(
@@ -61,13 +74,16 @@ def compress_pretrained(
         checkpoint.check_output(output, overwrite)
     device = default_device(device)
     start = time.perf_counter()
-    loaded = load_original(model, dtype=dtype, device=device)
+    # calibration moves the model to the device unless it streams it layer by layer
+    loaded = load_original(model, dtype=dtype, device=None if cfg.needs_stats else device)
     adapter = adapter_for(loaded.model)
     cfg.validate(adapter.num_layers, adapter.type_names)  # k vs layers, before the calibration pass
     spec = calibration or CalibrationSpec()
     ids = calibration_ids(loaded, spec, seed=cfg.seed) if cfg.needs_stats or cfg.needs_ids else None
     stats = calibrate(loaded, spec, seed=cfg.seed, device=device, progress=progress, ids=ids) \
         if cfg.needs_stats else None
+    if cfg.needs_ids and device is not None:  # FiPS captures its blocks' inputs with the whole model
+        loaded.model.to(device)
     result = compress(loaded.model, stats, cfg, calibration_ids=ids if cfg.needs_ids else None, device=device,
                       progress=progress)
     result.plan.settings.model_id = loaded.model_id

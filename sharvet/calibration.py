@@ -32,6 +32,13 @@ SUM_CHUNK = 512
 DEFAULT_BATCH_SIZE = 2
 
 
+def panels(d: int) -> list[tuple[int, int]]:
+    """Column ranges of ``X^T X``'s panels: outside the diagonal blocks, entries are exact mirrors."""
+    count = -(-d // PANEL_WIDTH)
+    width = -(-d // count)
+    return [(start, min(start + width, d)) for start in range(0, d, width)]
+
+
 def _accumulate_gram(acc: torch.Tensor, x: torch.Tensor) -> None:
     """``acc += x^T x`` computing only the panels on and right of the diagonal (about half the flops).
 
@@ -39,10 +46,7 @@ def _accumulate_gram(acc: torch.Tensor, x: torch.Tensor) -> None:
     result is as symmetric as one full ``x^T x`` matmul (only the diagonal blocks carry matmul rounding).
     """
     d = x.shape[1]
-    panels = -(-d // PANEL_WIDTH)
-    width = -(-d // panels)
-    for start in range(0, d, width):
-        stop = min(start + width, d)
+    for start, stop in panels(d):
         block = x[:, start:stop].T @ x[:, start:]  # (panel, d - start) in x's precision
         acc[start:stop, start:] += block
         if stop < d:
@@ -131,6 +135,26 @@ def cache_key(model_id: str, input_ids: torch.Tensor, extra: str = "") -> str:
     return h.hexdigest()[:20]
 
 
+def empty_layer_stats(adapter: ModelAdapter, device: torch.device | str,
+                      accumulate: torch.dtype = torch.float64) -> dict[str, InputStats]:
+    """Zeroed statistics of one layer's distinct module inputs (``X^T X`` summed in ``accumulate``)."""
+    per_key = {}
+    for key in adapter.input_keys():
+        d_in, _ = adapter.shape(adapter.first_module_for_input(key))
+        per_key[key] = InputStats(xtx=torch.zeros(d_in, d_in, dtype=accumulate, device=device),
+                                  total=torch.zeros(d_in, dtype=torch.float64, device=device))
+    return per_key
+
+
+def hook_layer(adapter: ModelAdapter, layer: int, per_key: dict[str, InputStats]) -> list:
+    """Forward pre-hooks adding each module input of ``layer`` to its statistics; returns the handles."""
+    handles = []
+    for key, s in per_key.items():
+        module = adapter.get_module(layer, adapter.first_module_for_input(key))
+        handles.append(module.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+    return handles
+
+
 def collect_stats(
     adapter: ModelAdapter,
     input_ids: torch.Tensor,
@@ -138,26 +162,17 @@ def collect_stats(
     batch_size: int = DEFAULT_BATCH_SIZE,
     device: torch.device | str | None = None,
     progress: bool = True,
+    accumulate: torch.dtype = torch.float64,
 ) -> CalibrationStats:
     """Run the decoder stack over ``input_ids`` (N, L) with hooks on one module per distinct input.
 
     The statistics are allocated before entering ``inference_mode`` so they stay ordinary tensors.
+    ``accumulate`` is the dtype ``X^T X`` is summed in (float32 halves it; ``benchmarks/scale_precision.py``).
     """
     model = adapter.model
     device = torch.device(device) if device is not None else next(model.parameters()).device
-    stats: list[dict[str, InputStats]] = [{} for _ in range(adapter.num_layers)]
-    handles = []
-    for layer in range(adapter.num_layers):
-        for key in adapter.input_keys():
-            type_name = adapter.first_module_for_input(key)
-            d_in, _ = adapter.shape(type_name)
-            s = InputStats(
-                xtx=torch.zeros(d_in, d_in, dtype=torch.float64, device=device),
-                total=torch.zeros(d_in, dtype=torch.float64, device=device),
-            )
-            stats[layer][key] = s
-            module = adapter.get_module(layer, type_name)
-            handles.append(module.register_forward_pre_hook(lambda _m, args, s=s: s.update(args[0])))
+    stats = [empty_layer_stats(adapter, device, accumulate) for _ in range(adapter.num_layers)]
+    handles = [h for layer, per_key in enumerate(stats) for h in hook_layer(adapter, layer, per_key)]
     was_training = model.training
     model.eval()
     try:

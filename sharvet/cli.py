@@ -48,6 +48,9 @@ def _calibration_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--calib-samples", type=at_least(1), default=64)
     g.add_argument("--calib-seq-len", type=at_least(2), default=1024)
     g.add_argument("--calib-batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE)
+    g.add_argument("--stream", default="auto", choices=("auto", "on", "off"),
+                   help="layer-streamed calibration, one decoder layer on the device at a time and the "
+                        "statistics on disk (auto: when the in-memory path would not fit; the choice is printed)")
     g.add_argument("--cache-dir", default=None, help="where calibration statistics are cached "
                    "(default ~/.cache/sharvet; 'none' disables)")
 
@@ -166,7 +169,8 @@ def calibration_spec(a: argparse.Namespace):
     if a.calib_samples < 1 or a.calib_seq_len < 2:
         raise ValueError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     cache = None if a.cache_dir == "none" else (a.cache_dir or str(DEFAULT_CACHE))
-    return CalibrationSpec(a.calib_data, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache)
+    return CalibrationSpec(a.calib_data, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache,
+                           stream=a.stream)
 
 
 def check_model_arg(model: str | None, k: int | None = None) -> None:

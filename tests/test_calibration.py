@@ -35,9 +35,7 @@ def test_update_matches_float64_reference_and_mirrors_panels(width):
 def assert_mirrored(xtx: torch.Tensor) -> None:
     """Entries outside the diagonal panels are copies of one product; inside, one matmul's rounding."""
     d = len(xtx)
-    panels = -(-d // calibration.PANEL_WIDTH)
-    width = -(-d // panels)
-    block = torch.arange(d) // width
+    block = torch.arange(d) // calibration.panels(d)[0][1]
     outside = block[:, None] != block[None, :]
     assert torch.equal(xtx[outside], xtx.T[outside])
     torch.testing.assert_close(xtx, xtx.T, rtol=1e-6, atol=0)

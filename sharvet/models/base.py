@@ -7,10 +7,14 @@ maps those to real ``nn.Module`` objects, exposes weights in the ``torch.nn.Line
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
+
+
+class _ReachedFirstLayer(Exception):
+    """Stops a forward pass at the first decoder layer once its inputs are captured."""
 
 
 @dataclass(frozen=True)
@@ -106,3 +110,41 @@ class ModelAdapter:
 
     def first_module_for_input(self, input_key: str) -> str:
         return next(t.name for t in self.module_types if t.input_key == input_key)
+
+    # ------------------------------------------------------------------ layer by layer
+    def stream_blocker(self) -> str | None:
+        """Why layers cannot be run one by one with the first layer's arguments, or None if they can.
+
+        Models that mix attention types (e.g. Qwen2 with sliding-window layers) give each type its own mask.
+        """
+        types = sorted(set(getattr(self.model.config, "layer_types", None) or ()))
+        return f"its layers mix attention types ({', '.join(types)})" if len(types) > 1 else None
+
+    def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, tuple[tuple, dict[str, Any]]]:
+        """The hidden states the model passes its first decoder layer, and the other arguments of that call.
+
+        The model runs up to layer 0 and stops there (GPTQ's "catcher"), so embeddings, position ids,
+        rotary ``(cos, sin)`` and the attention mask (GPT-2 passes it positionally) come from the family's
+        own forward for whatever transformers version is installed; every later layer takes the same ones.
+        """
+        captured: dict[str, Any] = {}
+
+        def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
+            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
+            captured["rest"] = (args[1:], kwargs)
+            raise _ReachedFirstLayer
+
+        handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        try:
+            self.base_model(input_ids=input_ids, use_cache=False)
+        except _ReachedFirstLayer:
+            pass
+        finally:
+            handle.remove()
+        return captured["hidden"], captured["rest"]
+
+    def run_layer(self, layer: int, hidden: torch.Tensor, rest: tuple[tuple, dict[str, Any]]) -> torch.Tensor:
+        """One decoder layer's output hidden states (older transformers return a tuple, newer a tensor)."""
+        args, kwargs = rest
+        out = self.layers[layer](hidden, *args, **kwargs)
+        return out[0] if isinstance(out, (tuple, list)) else out

@@ -1,0 +1,262 @@
+"""Benchmark: the real ``sharvet compress`` and a short ``sharvet refine`` at the shapes of 7-70B models.
+
+Nothing is downloaded. A model with the published shape of LLaMA-3-8B, Qwen2.5-7B or LLaMA-3-70B (configs
+below; ``--layers`` keeps the first N decoder layers) gets random bfloat16 weights, saved first as sharded
+safetensors with SmolLM2's tokenizer (from the bundled GGUF), so the real loading path runs. Each phase runs
+the real command line in a child process (``sharvet.cli.main``), which records its wall time, peak GPU memory
+(``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, the largest over the GPUs) and peak host RSS;
+refinement adds tokens/s (the median of its steps after the first, from its history). Records are appended to
+``results/scale/summary.json`` and a table is printed. For shapes run at two or more layer counts, the table
+adds the full model's time and peaks extrapolated linearly from the per-layer cost (labelled as such).
+
+    python benchmarks/scale.py --shape llama3-8b --device cuda                    # 256 x 1024 tokens, ratio 0.7
+    python benchmarks/scale.py --shape llama3-70b --layers 4 --device cuda
+    python benchmarks/scale.py --shape llama3-70b --layers 8 --device cuda        # the table extrapolates to 80
+    python benchmarks/scale.py --shape llama3-8b --device cuda --phases refine --gpus 2
+    python benchmarks/scale.py --shape tiny --out /tmp/scale.json                  # a CPU check in a minute
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import resource
+import shlex
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+#: published shapes (the models' config.json); vocabularies as published, the tokenizer is SmolLM2's
+SHAPES = {
+    "llama3-8b": dict(model_type="llama", hidden_size=4096, intermediate_size=14336, num_hidden_layers=32,
+                      num_attention_heads=32, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
+                      max_position_embeddings=8192, rms_norm_eps=1e-5),
+    "qwen2.5-7b": dict(model_type="qwen2", hidden_size=3584, intermediate_size=18944, num_hidden_layers=28,
+                       num_attention_heads=28, num_key_value_heads=4, vocab_size=152064, rope_theta=1000000.0,
+                       max_position_embeddings=32768, rms_norm_eps=1e-6),
+    "llama3-70b": dict(model_type="llama", hidden_size=8192, intermediate_size=28672, num_hidden_layers=80,
+                       num_attention_heads=64, num_key_value_heads=8, vocab_size=128256, rope_theta=500000.0,
+                       max_position_embeddings=8192, rms_norm_eps=1e-5),
+    # CPU check of this script: SmolLM2's vocabulary, so every token id is in range
+    "tiny": dict(model_type="llama", hidden_size=128, intermediate_size=256, num_hidden_layers=4,
+                 num_attention_heads=4, num_key_value_heads=2, vocab_size=49152, rope_theta=10000.0,
+                 max_position_embeddings=2048, rms_norm_eps=1e-5),
+}
+SHARD_BYTES = 4 * 2**30
+GIB = 2**30
+
+
+# ---------------------------------------------------------------------- the model folder
+def build_model(shape: str, layers: int, folder: Path, seed: int = 0) -> Path:
+    """Random bf16 weights with the shape's config, written shard by shard (reused if already there)."""
+    from safetensors.torch import save_file
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    from sharvet.loading import bundled_model_file
+
+    if (folder / "model.safetensors.index.json").exists():
+        return folder
+    spec = dict(SHAPES[shape], num_hidden_layers=layers, tie_word_embeddings=False, torch_dtype="bfloat16")
+    config = AutoConfig.for_model(**spec)
+    with torch.device("meta"):
+        skeleton = AutoModelForCausalLM.from_config(config)
+    tmp = folder.with_name(folder.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    gen = torch.Generator(device).manual_seed(seed)
+    shards: list[dict[str, torch.Tensor]] = [{}]
+    size = 0
+    for name, p in skeleton.state_dict().items():
+        if p.dim() == 1 and "norm" in name:
+            t = torch.ones(p.shape, dtype=torch.bfloat16)
+        else:
+            t = (torch.randn(p.shape, generator=gen, device=device) * 0.02).to(torch.bfloat16).cpu()
+        if size + t.nbytes > SHARD_BYTES and shards[-1]:
+            shards.append({})
+            size = 0
+        shards[-1][name] = t
+        size += t.nbytes
+    weight_map, total = {}, 0
+    for i, shard in enumerate(shards):
+        file = f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors"
+        save_file(shard, str(tmp / file), metadata={"format": "pt"})
+        weight_map.update(dict.fromkeys(shard, file))
+        total += sum(t.nbytes for t in shard.values())
+    (tmp / "model.safetensors.index.json").write_text(
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
+    config.save_pretrained(tmp)
+    gguf = bundled_model_file()
+    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+    tmp.replace(folder)
+    return folder
+
+
+# ---------------------------------------------------------------------- one phase in a child process
+def child(record_path: str, argv: list[str]) -> int:
+    """Run ``sharvet ARGV`` in this process and write its wall time and peaks (one file per process)."""
+    from sharvet.cli import main
+
+    start = time.perf_counter()
+    rc = main(argv)
+    wall = time.perf_counter() - start
+    gpus = range(torch.cuda.device_count()) if torch.cuda.is_available() else []
+    rank = os.environ.get("LOCAL_RANK", "0")
+    Path(f"{record_path}.{rank}").write_text(json.dumps({
+        "rc": rc, "wall_s": wall,
+        "peak_gpu_gib": max((torch.cuda.max_memory_allocated(i) / GIB for i in gpus), default=None),
+        "peak_gpu_reserved_gib": max((torch.cuda.max_memory_reserved(i) / GIB for i in gpus), default=None),
+        "peak_host_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024 / GIB,
+    }))
+    return rc
+
+
+def run_phase(argv: list[str], gpus: int, work: Path) -> dict:
+    """``sharvet ARGV`` in one process, or ``gpus`` processes under ``accelerate launch``; peaks combined."""
+    record = work / "phase.json"
+    for old in work.glob("phase.json.*"):
+        old.unlink()
+    me = [str(Path(__file__).resolve()), "_child", str(record), "--"]
+    launcher = [sys.executable] if gpus <= 1 else \
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
+    start = time.perf_counter()
+    subprocess.run(launcher + me + argv, check=True, cwd=ROOT)
+    wall = time.perf_counter() - start
+    parts = [json.loads(p.read_text()) for p in sorted(work.glob("phase.json.*"))]
+    gpu = [p["peak_gpu_gib"] for p in parts if p["peak_gpu_gib"] is not None]
+    reserved = [p["peak_gpu_reserved_gib"] for p in parts if p["peak_gpu_reserved_gib"] is not None]
+    return {"wall_s": round(wall, 1),
+            "peak_gpu_gib": round(max(gpu), 2) if gpu else None,
+            "peak_gpu_reserved_gib": round(max(reserved), 2) if reserved else None,
+            "peak_host_gib": round(sum(p["peak_host_gib"] for p in parts), 2)}
+
+
+def folder_gib(path: Path) -> float:
+    return round(sum(f.stat().st_size for f in path.rglob("*") if f.is_file()) / GIB, 4)
+
+
+def refine_tokens_per_s(run_dir: Path) -> float | None:
+    from sharvet.refinement import read_history
+
+    rates = [r["tokens_per_s"] for r in read_history(run_dir / "history.jsonl")[1:]]
+    return round(statistics.median(rates), 1) if rates else None
+
+
+# ---------------------------------------------------------------------- records and the table
+def extrapolate(records: list[dict]) -> list[dict]:
+    """Full-model estimates for (shape, phase, ratio, gpus) measured at two or more layer counts (linear fit)."""
+    out = []
+    keys = {(r["shape"], r["phase"], r["ratio"], r["gpus"]) for r in records if r["shape"] in SHAPES}
+    for shape, phase, ratio, gpus in sorted(keys):
+        rows = {r["layers"]: r for r in records
+                if (r["shape"], r["phase"], r["ratio"], r["gpus"]) == (shape, phase, ratio, gpus)}
+        full = SHAPES[shape]["num_hidden_layers"]
+        if len(rows) < 2 or full in rows:
+            continue
+        lo, hi = rows[min(rows)], rows[max(rows)]
+        est = {"shape": shape, "layers": full, "ratio": ratio, "phase": phase, "gpus": gpus,
+               "extrapolated_from": [lo["layers"], hi["layers"]]}
+        for f in ("wall_s", "peak_gpu_gib", "peak_host_gib"):
+            if lo.get(f) is None or hi.get(f) is None:
+                est[f] = None
+                continue
+            per_layer = (hi[f] - lo[f]) / (hi["layers"] - lo["layers"])
+            est[f] = round(hi[f] + per_layer * (full - hi["layers"]), 2)
+        out.append(est)
+    return out
+
+
+def table(records: list[dict]) -> str:
+    cols = ("shape", "layers", "ratio", "phase", "gpus", "wall_s", "peak_gpu_gib", "peak_host_gib", "tokens_per_s")
+    rows = [[str(r.get(c, "")) for c in cols] for r in records]
+    rows += [[str(r.get(c, "")) if c != "shape" else f"{r['shape']} (extrapolated)" for c in cols]
+             for r in extrapolate(records)]
+    widths = [max(len(c), *(len(row[i]) for row in rows)) if rows else len(c) for i, c in enumerate(cols)]
+    line = lambda cells: "  ".join(x.ljust(w) for x, w in zip(cells, widths))  # noqa: E731
+    return "\n".join([line(cols), line(["-" * w for w in widths])] + [line(r) for r in rows])
+
+
+def append_records(path: Path, new: list[dict]) -> list[dict]:
+    records = json.loads(path.read_text()) if path.exists() else []
+    records += new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(records, indent=1) + "\n")
+    return records
+
+
+# ---------------------------------------------------------------------- main
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
+    p.add_argument("--layers", type=int, default=None, help="decoder layers kept (default: the published count)")
+    p.add_argument("--ratio", type=float, default=0.7)
+    p.add_argument("--phases", default="compress,refine", help="comma list of compress, refine")
+    p.add_argument("--gpus", type=int, default=1, help="processes for refinement (accelerate launch)")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--dtype", default="bfloat16")
+    p.add_argument("--stream", default="on", choices=("auto", "on", "off"),
+                   help="on (default): the path meant for 24 GB cards; auto picks in memory where it fits")
+    p.add_argument("--calib-samples", type=int, default=None, help="default 256 (tiny: 8)")
+    p.add_argument("--calib-seq-len", type=int, default=None, help="default 1024 (tiny: 128)")
+    p.add_argument("--refine-steps", type=int, default=4)
+    p.add_argument("--data-dir", default=os.environ.get("SHARVET_DATA_DIR", str(ROOT.parent / "shared" / "data")))
+    p.add_argument("--work", default=str(ROOT / "outputs" / "scale"), help="models, checkpoints, statistics")
+    p.add_argument("--keep", action="store_true", help="keep the checkpoints and statistics (the model is kept)")
+    p.add_argument("--out", default=str(ROOT / "results" / "scale" / "summary.json"))
+    return p.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = parse_args(argv)
+    tiny = a.shape == "tiny"
+    layers = a.layers or SHAPES[a.shape]["num_hidden_layers"]
+    samples = a.calib_samples or (8 if tiny else 256)
+    seq_len = a.calib_seq_len or (128 if tiny else 1024)
+    work = Path(a.work) / f"{a.shape}-L{layers}"
+    work.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    model = build_model(a.shape, layers, work / "model")
+    print(f"model {model} ready ({folder_gib(model)} GiB, {time.perf_counter() - start:.0f} s)")
+    compressed, refined, cache = work / f"r{a.ratio}", work / f"r{a.ratio}-refined", work / "calib"
+    common = ["--device", a.device, "--dtype", a.dtype, "--data-dir", a.data_dir, "--no-progress"]
+    date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
+    base = {"shape": a.shape, "layers": layers, "ratio": a.ratio, "device": a.device, "dtype": a.dtype}
+    records = []
+    for phase in a.phases.split(","):
+        if phase == "compress":
+            shutil.rmtree(cache, ignore_errors=True)  # measure the calibration pass, not a cache hit
+            argv = ["compress", str(model), "-o", str(compressed), "--overwrite", "--ratio", str(a.ratio),
+                    "--calib-samples", str(samples), "--calib-seq-len", str(seq_len), "--stream", a.stream,
+                    "--cache-dir", str(cache)] + common
+            gpus, extra = 1, {"calib_tokens": samples * seq_len, "stream": a.stream}
+        elif phase == "refine":
+            argv = ["refine", str(compressed), "-o", str(refined), "--overwrite", "--max-steps", str(a.refine_steps),
+                    "--train-samples", str(a.refine_steps * a.gpus), "--train-seq-len", str(seq_len),
+                    "--batch-size", "1", "--gradient-checkpointing"] + common
+            gpus, extra = a.gpus, {}
+        else:
+            raise SystemExit(f"unknown phase {phase!r}")
+        measured = run_phase(argv, gpus, work)
+        if phase == "compress":
+            extra["stats_disk_gib"] = folder_gib(cache) if cache.exists() else 0.0
+        tokens = refine_tokens_per_s(Path(f"{refined}-refine-run")) if phase == "refine" else None
+        records.append({**base, "phase": phase, "gpus": gpus, **measured, "tokens_per_s": tokens, **extra,
+                        "date": date, "command": "sharvet " + shlex.join(argv)})
+    if not a.keep:
+        for path in (cache, compressed, refined, Path(f"{refined}-refine-run")):
+            shutil.rmtree(path, ignore_errors=True)
+    print(table(append_records(Path(a.out), records)))
+    return 0
+
+
+if __name__ == "__main__":
+    if sys.argv[1:2] == ["_child"]:
+        sys.exit(child(sys.argv[2], sys.argv[4:]))
+    sys.exit(main())

@@ -1,0 +1,57 @@
+"""benchmarks/scale.py: published shapes build real configs; full-model figures are extrapolated per layer."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import scale  # noqa: E402
+
+
+def record(layers: int, wall: float, gpu: float, shape: str = "llama3-70b") -> dict:
+    return {"shape": shape, "layers": layers, "ratio": 0.7, "phase": "compress", "gpus": 1, "wall_s": wall,
+            "peak_gpu_gib": gpu, "peak_host_gib": 10.0, "tokens_per_s": None}
+
+
+def test_full_model_is_extrapolated_from_the_per_layer_cost():
+    rows = [record(4, 100.0, 12.0), record(8, 180.0, 14.0), record(32, 50.0, 9.0, shape="llama3-8b")]
+    (est,) = scale.extrapolate(rows)  # the 8B shape was run once: nothing to fit
+    assert est["layers"] == 80 and est["extrapolated_from"] == [4, 8]
+    assert est["wall_s"] == pytest.approx(180 + 20 * 72) and est["peak_gpu_gib"] == pytest.approx(14 + 0.5 * 72)
+    assert est["peak_host_gib"] == pytest.approx(10.0)
+    text = scale.table(rows)
+    assert "llama3-70b (extrapolated)" in text and "1620.0" in text
+
+
+@pytest.mark.parametrize("shape", ["llama3-8b", "qwen2.5-7b", "llama3-70b"])
+def test_published_shapes_have_the_published_parameter_counts(shape):
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.for_model(**dict(scale.SHAPES[shape], tie_word_embeddings=False))
+    with torch.device("meta"):
+        n = sum(p.numel() for p in AutoModelForCausalLM.from_config(config).parameters())
+    published = {"llama3-8b": 8.03e9, "qwen2.5-7b": 7.62e9, "llama3-70b": 70.6e9}[shape]
+    assert n == pytest.approx(published, rel=0.01)
+
+
+@pytest.mark.slow
+def test_tiny_shape_runs_the_real_commands_and_records_them(tmp_path, shared_data_dir, capsys):
+    """SmolLM2's tokenizer comes from the bundled GGUF, hence slow; about a minute on 2 cores."""
+    out = tmp_path / "summary.json"
+    scale.main(["--shape", "tiny", "--layers", "2", "--calib-samples", "4", "--calib-seq-len", "64",
+                "--refine-steps", "2", "--device", "cpu", "--data-dir", str(shared_data_dir),
+                "--work", str(tmp_path / "work"), "--out", str(out)])
+    compress, refine = json.loads(out.read_text())
+    fields = {"shape", "layers", "ratio", "phase", "gpus", "wall_s", "peak_gpu_gib", "peak_host_gib", "tokens_per_s",
+              "date", "command"}
+    assert fields <= set(compress) and fields <= set(refine)
+    assert (compress["phase"], refine["phase"], compress["layers"]) == ("compress", "refine", 2)
+    assert compress["command"].startswith("sharvet compress ") and "--stream on" in compress["command"]
+    assert compress["stats_disk_gib"] > 0 and compress["peak_host_gib"] > 0.1 and refine["tokens_per_s"] > 0
+    assert (tmp_path / "work" / "tiny-L2" / "model" / "model.safetensors.index.json").exists()
+    assert not (tmp_path / "work" / "tiny-L2" / "calib").exists()  # statistics and checkpoints removed
+    assert "tiny   2" in capsys.readouterr().out
