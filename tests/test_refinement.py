@@ -551,3 +551,21 @@ def test_finalize_and_save_refuse_non_finite_tensors(pair):
         next(m for m in student.modules() if isinstance(m, SharedBasisLinear)).scale[0] = float("nan")
     with pytest.raises(NonFiniteLossError, match="refusing to save"):
         finalize(student)
+
+
+def test_relative_sigma_in_bfloat16_model():
+    """A bf16 checkpoint refines: sigma keeps its dtype under the relative parametrisation, moves, and is released."""
+    from sharvet.modules import SharedBasisLinear
+    from sharvet.refinement.vectors import mark_trainable, release_sigma
+
+    model = _compressed(_teacher()).to(torch.bfloat16)
+    module = next(m for m in model.modules() if isinstance(m, SharedBasisLinear))
+    sigma0 = module.sigma.detach().clone()
+    params = mark_trainable(model, "sigma")
+    assert module.sigma.dtype == torch.bfloat16
+    with torch.no_grad():
+        for p in params:
+            p.add_(0.5)
+    release_sigma(model)
+    assert module.sigma.dtype == torch.bfloat16 and not module.sigma.requires_grad
+    assert torch.allclose(module.sigma.float(), sigma0.float() * 1.5, rtol=1e-2)

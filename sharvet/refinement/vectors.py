@@ -44,7 +44,8 @@ class RelativeSigma(nn.Module):
         self.dtype = sigma0.dtype
 
     def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        return self.sigma0 * (1 + delta)
+        # computed in float32, returned in sigma's own dtype (a bf16 model keeps bf16 sigma; parametrize requires it)
+        return (self.sigma0 * (1 + delta.float())).to(self.dtype)
 
     def right_inverse(self, sigma: torch.Tensor) -> torch.Tensor:
         """The ``delta`` of a given sigma (0 at registration); a zero sigma0 keeps delta at 0."""
