@@ -1,7 +1,7 @@
 """Benchmark: ways to accumulate ``X^T X`` of one calibration batch (2,048 tokens) on the CPU.
 
 The calibration pass's statistics cost as much as half the teacher forward on a 2-core CPU; this prints the
-milliseconds per batch of the shipped panel scheme (``calibration._accumulate_gram``) beside a full matmul,
+milliseconds per batch of the shipped panel scheme (``calibration.accumulate_gram``) beside a full matmul,
 other panel widths, pre-transposed inputs and 4,096-token chunks, for the 576- and 1536-wide inputs of
 SmolLM2-135M. (BLAS ``ssyrk`` through scipy is left out: its OpenBLAS thread pool, once started, slows torch's
 own operations in the same process, so it cannot be timed fairly beside them, nor used in the pass.)
@@ -14,7 +14,7 @@ import time
 
 import torch
 
-from sharvet.calibration import _accumulate_gram
+from sharvet.calibration import accumulate_gram
 
 
 def ms(fn, repeat: int = 20) -> float:
@@ -46,7 +46,7 @@ def main() -> None:
         for n in (2048, 4096):
             x = torch.randn(n, d)
             acc = torch.zeros(d, d, dtype=torch.float64)
-            cells = [ms(lambda: _accumulate_gram(acc, x)), ms(lambda: acc.add_(x.T @ x)),
+            cells = [ms(lambda: accumulate_gram(acc, x)), ms(lambda: acc.add_(x.T @ x)),
                      ms(lambda: panels(acc, x, 128, False)), ms(lambda: panels(acc, x, 512, False)),
                      ms(lambda: panels(acc, x, 256, True))]
             print(f"| {d} | {n} | " + " | ".join(f"{c:.1f}" for c in cells) + " |")

@@ -40,8 +40,8 @@ def main() -> None:
         mat = chol.T @ wcat
         rank = int(0.8 * min(mat.shape))
         values = torch.linalg.svdvals(mat)
-        (u1, s1, v1), t1 = timed(svd._truncate_by_svd, mat, rank)
-        gram, t2 = timed(svd._truncate_by_gram, mat, rank)
+        (u1, s1, v1), t1 = timed(svd.truncate_by_svd, mat, rank)
+        gram, t2 = timed(svd.truncate_by_gram, mat, rank)
         if gram is None:
             print(f"| {name} | {layers} | {tuple(mat.shape)} | {rank} | {float(values[0] / values[rank - 1]):.0f} | "
                   f"{t1:.0f} | (too ill-conditioned: LAPACK) | | | |")

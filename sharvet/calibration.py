@@ -7,7 +7,7 @@ never stored. Each batch's product is taken in the model's precision (float32 ma
 than float64 on CPU) and *accumulated* in float64, where rounding across many batches would hurt; the
 input sum is float64 throughout. On a CPU the ``X^T X`` products cost about as much as the teacher
 forward itself; being symmetric, only the column panels on and right of the diagonal are multiplied
-(``_accumulate_gram``), which makes them ~40% cheaper.
+(``accumulate_gram``), which makes them ~40% cheaper.
 """
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ def panels(d: int) -> list[tuple[int, int]]:
     return [(start, min(start + width, d)) for start in range(0, d, width)]
 
 
-def _accumulate_gram(acc: torch.Tensor, x: torch.Tensor) -> None:
+def accumulate_gram(acc: torch.Tensor, x: torch.Tensor) -> None:
     """``acc += x^T x`` computing only the panels on and right of the diagonal (about half the flops).
 
     Each panel's off-diagonal part is added on both sides of the diagonal from the same values, so the
@@ -78,7 +78,7 @@ class InputStats:
         """Add the tokens of ``x`` (..., d); half-precision inputs are multiplied in float32."""
         x = x.detach().reshape(-1, x.shape[-1])
         x = x.float() if x.dtype in (torch.float16, torch.bfloat16) else x
-        _accumulate_gram(self.xtx, x)
+        accumulate_gram(self.xtx, x)
         for chunk in x.split(SUM_CHUNK):
             self.total += chunk.sum(0, dtype=torch.float64)
         self.count += x.shape[0]

@@ -39,7 +39,7 @@ def _svd(mat: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
 GRAM_MAX_CONDITION = 1e4
 
 
-def _truncate_by_gram(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
+def truncate_by_gram(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor] | None:
     """Top-``rank`` SVD through ``eigh`` of ``M M^T`` or ``M^T M`` (whichever is smaller); None where the
     kept spectrum is too ill-conditioned for that (or the precision is below float64)."""
     if mat.dtype != torch.float64:
@@ -59,11 +59,11 @@ def _truncate(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor,
     """Top-``rank`` SVD ``(U, s, V^T)``: through the Gram matrix where that is exact to ~1e-8, else LAPACK's
     SVD, factoring a wide matrix (d_in < Z * d_out) as its transpose, which LAPACK does ~1.9x faster on
     CPU (576 x 3072: 515 -> 267 ms). Factors agree up to the signs of singular-vector pairs."""
-    factors = _truncate_by_gram(mat, rank)
-    return factors if factors is not None else _truncate_by_svd(mat, rank)
+    factors = truncate_by_gram(mat, rank)
+    return factors if factors is not None else truncate_by_svd(mat, rank)
 
 
-def _truncate_by_svd(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+def truncate_by_svd(mat: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Top-``rank`` SVD by LAPACK (cuSOLVER on GPU), a wide matrix factored as its transpose."""
     if mat.shape[1] > mat.shape[0]:
         v, s, uh = _svd(mat.T)
