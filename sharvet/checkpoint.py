@@ -21,6 +21,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import CheckpointError, NonFiniteError
+from .export import write_remote_code
 from .install import install_plan
 from .integrity import MANIFEST, write_manifest
 from .integrity import verify as verify_files
@@ -70,6 +71,7 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
         if extras is not None:
             extras(tmp)
         (tmp / "SUMMARY.md").write_text(summary)
+        write_remote_code(tmp, model)
         write_manifest(tmp)
         if out.exists():
             shutil.rmtree(out)
