@@ -85,7 +85,9 @@ class LoraLinear(nn.Module):
 
     def __init__(self, base: nn.Module, a: torch.Tensor, b: torch.Tensor, scaling: float) -> None:
         super().__init__()
-        kw = _like(base)  # peft keeps the adapter in the dtype of the layer it wraps
+        kw = _like(base)  # peft keeps the adapter in the layer's dtype, float32 for a half-precision layer
+        if kw["dtype"] in (torch.float16, torch.bfloat16):
+            kw["dtype"] = torch.float32
         self.base_layer = base
         self.lora_A = nn.Linear(a.shape[1], a.shape[0], bias=False, **kw)
         self.lora_B = nn.Linear(b.shape[1], b.shape[0], bias=False, **kw)
