@@ -36,6 +36,7 @@ MODELS = {"llama": tiny_llama, "gpt2": tiny_gpt2}
 CASES = [("sharvet", "llama"), ("basis-sharing", "gpt2"), ("seq", "llama"), ("fips", "llama"), ("fips", "gpt2")]
 
 REMOTE = textwrap.dedent("""
+    import os
     import sys
     sys.path[:0] = sys.argv[3:]
     try:
@@ -57,6 +58,11 @@ REMOTE = textwrap.dedent("""
         assert type(model).__name__ == "SharvetForCausalLM", type(model)
         with torch.no_grad():
             out[str(i)] = model(ids).logits
+        if not os.path.isdir(os.path.join(folder, "lora")):  # re-published with transformers' own save_pretrained
+            model.save_pretrained(folder + "-resaved")
+            again = AutoModelForCausalLM.from_pretrained(folder + "-resaved", trust_remote_code=True).eval()
+            with torch.no_grad():
+                out[f"{i}-resaved"] = again(ids).logits
     save_file(out, sys.argv[2] + ".out")
 """)
 
@@ -79,9 +85,9 @@ def _compressed(method: str, family: str) -> torch.nn.Module:
     return model
 
 
-def remote_logits(folders: list[str], ids: torch.Tensor, work: Path) -> list[torch.Tensor]:
+def remote_logits(folders: list[str], ids: torch.Tensor, work: Path) -> dict[str, torch.Tensor]:
     """Logits of each folder (``FOLDER@bfloat16``: in that dtype) loaded by plain transformers in a Python that
-    cannot import sharvet."""
+    cannot import sharvet (``"i"``), and of the model re-saved by transformers and loaded again (``"i-resaved"``)."""
     script, ids_file = work / "remote.py", work / "ids.safetensors"
     script.write_text(REMOTE)
     save_file({"ids": ids}, str(ids_file))
@@ -92,8 +98,7 @@ def remote_logits(folders: list[str], ids: torch.Tensor, work: Path) -> list[tor
     run = subprocess.run([sys.executable, "-I", "-S", str(script), ",".join(folders), str(ids_file), *paths],
                          capture_output=True, text=True, env=env, cwd=work, timeout=600)
     assert run.returncode == 0, run.stderr[-3000:]
-    out = load_file(str(ids_file) + ".out")
-    return [out[str(i)] for i in range(len(folders))]
+    return load_file(str(ids_file) + ".out")
 
 
 @pytest.fixture(scope="module")
@@ -115,7 +120,8 @@ def loaded(tmp_path_factory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         local = [sharvet.load(f)(ids).logits for f in folders] + [
             sharvet.load(folders[-1], dtype=torch.bfloat16)(ids).logits]
         unrefined = checkpoint.load(work / "lora")(ids).logits
-    result = dict(zip(names + ["lora-bfloat16"], zip(local, remote)))
+    result = {name: (local[i], remote[str(i)]) for i, name in enumerate(names + ["lora-bfloat16"])}
+    result.update({f"{name}-resaved": (remote[str(i)], remote[f"{i}-resaved"]) for i, name in enumerate(names[:-1])})
     result["lora-unrefined"] = (unrefined, result["lora"][1])
     return result
 
@@ -124,6 +130,12 @@ def loaded(tmp_path_factory) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
 def test_plain_transformers_gives_sharvets_logits(loaded, case):
     local, remote = loaded[case]
     torch.testing.assert_close(remote, local, rtol=0, atol=1e-6)
+
+
+@pytest.mark.parametrize("case", [f"{m}-{f}" for m, f in CASES])
+def test_a_model_resaved_by_transformers_loads_the_same(loaded, case):
+    loaded_once, resaved = loaded[f"{case}-resaved"]
+    torch.testing.assert_close(resaved, loaded_once, rtol=0, atol=0)
 
 
 @pytest.mark.parametrize("case", ["lora", "lora-bfloat16"])

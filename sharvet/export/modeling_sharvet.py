@@ -175,6 +175,8 @@ class SharvetForCausalLM(_BaseModel):
     def __init__(self, config: SharvetConfig) -> None:
         super().__init__(config)
         install(self, config.sharvet, config.sharvet_modules)
+        # declared where save_pretrained looks too, so a re-saved folder also stores each shared tensor once
+        self._tied_weights_keys = {**(self._tied_weights_keys or {}), **shared_names(self)}
         self.all_tied_weights_keys = self.get_expanded_tied_weights_keys(all_submodels=True)
 
     def get_expanded_tied_weights_keys(self, all_submodels: bool = False) -> dict:
@@ -184,7 +186,7 @@ class SharvetForCausalLM(_BaseModel):
     def from_pretrained(cls, pretrained_model_name_or_path, *args, **kwargs):
         """transformers' loading, then the LoRA adapters of a refined checkpoint (``lora/``) when it has them."""
         model = super().from_pretrained(pretrained_model_name_or_path, *args, **kwargs)
-        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only") if k in kwargs}
+        hub = {k: kwargs[k] for k in ("cache_dir", "revision", "token", "local_files_only", "subfolder") if k in kwargs}
         config_file = cached_file(pretrained_model_name_or_path, f"{ADAPTER_DIR}/adapter_config.json",
                                   _raise_exceptions_for_missing_entries=False, **hub)
         if config_file is not None:
