@@ -6,7 +6,9 @@ share storage (a group's basis, tied embeddings) are written once; the other nam
 aliases in the safetensors metadata. Writing goes to a temporary folder renamed at the end, so an
 interrupted run never leaves a folder that looks complete (the next save of the same folder removes what a
 killed one left). ``sharvet-checkpoint.json`` records every file's sha256 (:mod:`sharvet.integrity`), and
-loading verifies it; a model with non-finite weights is never written.
+loading verifies it; a model with non-finite weights is never written. ``modeling_sharvet.py`` and the
+``auto_map`` in ``config.json`` (:mod:`sharvet.export`) let plain transformers load the folder with
+``trust_remote_code=True``, without sharvet.
 """
 from __future__ import annotations
 
@@ -21,6 +23,7 @@ from safetensors.torch import save_file
 from torch import nn
 
 from .errors import CheckpointError, NonFiniteError, non_finite_names
+from .export import write_remote_code
 from .install import install_plan
 from .integrity import MANIFEST, write_manifest
 from .integrity import verify as verify_files
@@ -70,6 +73,7 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
         if extras is not None:
             extras(tmp)
         (tmp / "SUMMARY.md").write_text(summary)
+        write_remote_code(tmp, model)
         write_manifest(tmp)
         if out.exists():
             shutil.rmtree(out)
