@@ -34,8 +34,10 @@ from sharvet.evaluation.results import ppl_tokens
 from sharvet.loading import load_original
 from sharvet.methods import method
 from sharvet.models import adapter_for
-from sharvet.pipeline import CompressionConfig, compress
-from sharvet.refinement import add_refine_arguments, finalize, refine, refine_config_from_args
+from sharvet.config import CompressionConfig
+from sharvet.experiment import refined_model
+from sharvet.pipeline import compress
+from sharvet.refinement import add_refine_arguments, refine, refine_config_from_args
 from sharvet.training_data import training_ids
 
 #: row name -> (compression method, explicit compression fields, extra refinement flags)
@@ -84,7 +86,7 @@ def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
     t0 = time.perf_counter()
     out = refine(student, teacher.model, ids, cfg)
     refine_s = time.perf_counter() - t0
-    model = out.model.get_base_model() if cfg.mode == "lora" else finalize(out.model, out.record())
+    model = refined_model(out)
     info = {"refine_mode": cfg.mode, "preset": cfg.preset, "lr": cfg.learning_rate(), "steps": out.steps,
             "train_data": args.train_data, "train_tokens": int(ids.numel()) * cfg.epochs,
             "distinct_train_sequences": int(ids.shape[0]), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
