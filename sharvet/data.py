@@ -166,7 +166,7 @@ def _read_folder(folder: Path, split: str, field: str | None) -> list[str]:
     return _read_files(chosen, field)
 
 
-def _existing_path(source: str, data_dir: Path | None) -> Path | None:
+def existing_path(source: str, data_dir: Path | None) -> Path | None:
     """``source`` as a path, relative to the working directory or else to the data directory."""
     for candidate in (Path(source).expanduser(), data_dir / source if data_dir else None):
         if candidate is not None and candidate.exists():
@@ -247,7 +247,7 @@ def load_texts(
     root = resolve_data_dir(data_dir)
     if source in DATASETS:
         return _load_named(DATASETS[source], split, root, field, offline)
-    path = _existing_path(source, root)
+    path = existing_path(source, root)
     if path is None:
         raise DataNotFoundError(
             f"{source!r} is neither a file or folder (looked in the working directory"
@@ -327,7 +327,7 @@ def _local_folder(source: str, data_dir: Path | None) -> Path | None:
     if source in DATASETS:
         folder = data_dir / DATASETS[source].local_dir if data_dir else None
     else:
-        folder = _existing_path(source, data_dir)
+        folder = existing_path(source, data_dir)
     return folder if folder is not None and folder.is_dir() else None
 
 

@@ -25,7 +25,7 @@ from typing import Any
 import torch
 
 from sharvet.argtypes import at_least
-from sharvet.data import DATASETS, DataNotFoundError, resolve_data_dir
+from sharvet.data import DATASETS, DataNotFoundError, existing_path, resolve_data_dir
 from sharvet.errors import EXIT_NOT_RUN, NonFiniteError
 from sharvet.evaluation.perplexity import evaluation_tokens, perplexity
 from sharvet.evaluation.task_plan import plan_tasks
@@ -260,7 +260,7 @@ def _limit(value: float | None) -> int | float | None:
 
 def check_ppl_names(names: Sequence[str], root: Path | None) -> None:
     """A perplexity set must be a known data set or an existing path: a typo is an error, not "not run"."""
-    unknown = [n for n in names if n not in DATASETS and not Path(n).exists() and not (root and (root / n).exists())]
+    unknown = [n for n in names if n not in DATASETS and existing_path(n, root) is None]
     if unknown:
         raise ValueError(f"--ppl {','.join(unknown)}: neither a known data set ({', '.join(sorted(DATASETS))}) "
                          "nor an existing file or folder")
