@@ -91,8 +91,8 @@ def remote_logits(folders: list[str], ids: torch.Tensor, work: Path) -> dict[str
     script, ids_file = work / "remote.py", work / "ids.safetensors"
     script.write_text(REMOTE)
     save_file({"ids": ids}, str(ids_file))
-    source = str(Path(sharvet.__file__).resolve().parents[1])
-    paths = [p for p in site.getsitepackages() if not p.startswith(source)]
+    source = Path(sharvet.__file__).resolve().parents[1]
+    paths = [p for p in site.getsitepackages() if not Path(p).resolve().is_relative_to(source)]
     env = {"HF_MODULES_CACHE": str(work / "modules"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin",
            "OMP_NUM_THREADS": str(torch.get_num_threads())}
     run = subprocess.run([sys.executable, "-I", "-S", str(script), ",".join(folders), str(ids_file), *paths],
