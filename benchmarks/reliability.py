@@ -185,6 +185,13 @@ def weights_only_model(ctx: dict) -> None:
     shutil.copy(Path(ctx["MODEL"]) / "config.json", folder / "config.json")
 
 
+def unsupported_model(ctx: dict) -> None:
+    from transformers import OPTConfig
+
+    OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2).save_pretrained(
+        Path(ctx["TMP"]) / "opt")
+
+
 def earlier_run(ctx: dict) -> None:
     subprocess.run([*CLI, *fill(REFINE_ARGS + ["-o", "{TMP}/first", "--max-steps", "1"], ctx)], capture_output=True,
                    check=True)
@@ -235,6 +242,8 @@ def cases() -> list[Case]:
         Case("model-without-weights", ["compress", "{TMP}/nomodel", "-o", "{TMP}/o", "--data-dir", "{DATA}",
                                        "--cache-dir", "none", "--no-progress"], "error", "nomodel",
              setup=weights_only_model, fault="model folder with config.json only"),
+        Case("model-unsupported", ["compress", "{TMP}/opt", "-o", "{TMP}/o"], "error", "opt",
+             setup=unsupported_model, fault="an architecture without an adapter (OPT)"),
         Case("data-dir-missing", [*COMPRESS, "-o", "{TMP}/o", "--data-dir", "/no/such/dir"], "error",
              "/no/such/dir", fault="--data-dir missing"),
         Case("calib-data-missing", [*COMPRESS, "-o", "{TMP}/o", "--calib-data", "{TMP}/none.txt"], "error",

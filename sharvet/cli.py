@@ -173,15 +173,20 @@ def calibration_spec(a: argparse.Namespace):
                            stream=a.stream)
 
 
-def check_model_arg(model: str | None, k: int | None = None) -> None:
-    """Missing files, and k larger than the layer count, fail before the model is loaded."""
-    from .loading import peek_num_layers, resolve_model_source
+def check_model_arg(model: str | None, k: int | None = None, *, compressible: bool = True) -> None:
+    """Missing files, an architecture sharvet cannot compress (``compressible``) and k larger than the layer count
+    fail before the model loads."""
+    from .loading import peek_config
+    from .models import adapter_class
 
-    resolve_model_source(model)
-    if k is not None:
-        layers = peek_num_layers(model)
-        if layers is not None and k > layers:
-            raise ValueError(f"--k {k} is larger than the number of layers ({layers})")
+    config = peek_config(model)
+    if config is None:
+        return
+    if compressible:
+        adapter_class(getattr(config, "model_type", None))
+    layers = getattr(config, "num_hidden_layers", None) or getattr(config, "n_layer", None)
+    if k is not None and layers is not None and k > layers:
+        raise ValueError(f"--k {k} is larger than the number of layers ({layers})")
 
 
 def check_data_dir(a: argparse.Namespace) -> None:
@@ -240,7 +245,7 @@ def cmd_eval(a: argparse.Namespace) -> int:
     from .evaluation.results import eval_command
 
     if a.model is not None and not Path(a.model).is_dir():
-        check_model_arg(a.model)
+        check_model_arg(a.model, compressible=False)  # any causal LM can be evaluated
     return eval_command(a, on_start=lambda: announce_device(a))
 
 

@@ -165,13 +165,13 @@ def default_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def peek_num_layers(spec: str | None) -> int | None:
-    """Layer count from the config alone (GGUF metadata or config.json), to validate ``k`` before loading."""
+def peek_config(spec: str | None):
+    """The model's config alone (GGUF metadata or config.json), to validate arguments before loading; None when
+    it cannot be read here (an offline hub id: the full load reports that properly)."""
     from transformers import AutoConfig
 
     source, gguf, _ = resolve_model_source(spec)
     try:
-        cfg = AutoConfig.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
-    except Exception:  # offline hub id etc.: the full load will report it properly
+        return AutoConfig.from_pretrained(source, **({"gguf_file": gguf} if gguf else {}))
+    except Exception:
         return None
-    return getattr(cfg, "num_hidden_layers", None) or getattr(cfg, "n_layer", None)

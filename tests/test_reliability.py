@@ -227,3 +227,14 @@ def test_lora_checkpoint_loads_with_its_adapters(model_dir, data_dir, tmp_path):
     (out / "lora" / "adapter_model.safetensors").unlink()
     with pytest.raises(ValueError, match="adapter_model.safetensors"):
         load(out)
+
+
+def test_unsupported_architecture_is_refused_before_loading(tmp_path, capsys):
+    """Issue 16's bad input: one line naming the architecture and what is supported, from config.json alone."""
+    from transformers import OPTConfig
+
+    folder = tmp_path / "opt"
+    folder.mkdir()
+    OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2).save_pretrained(folder)
+    assert main(["compress", str(folder), "-o", str(tmp_path / "out")]) == EXIT_USER  # no weights: not loaded
+    _one_error_line(capsys, "unsupported architecture 'opt'", "llama")

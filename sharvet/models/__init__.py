@@ -18,14 +18,19 @@ def supported_model_types() -> list[str]:
     return sorted(t for a in ADAPTERS for t in a.model_types)
 
 
-def adapter_for(model: nn.Module) -> ModelAdapter:
-    model_type = getattr(getattr(model, "config", None), "model_type", None)
+def adapter_class(model_type: str | None) -> type[ModelAdapter]:
+    """The adapter for a ``config.model_type``; checked from the config alone, before any weights load."""
     for cls in ADAPTERS:
         if model_type in cls.model_types:
-            return cls(model)
+            return cls
     raise UnsupportedModelError(
         f"unsupported architecture {model_type!r}; sharvet supports: {', '.join(supported_model_types())}"
     )
 
 
-__all__ = ["ADAPTERS", "ModelAdapter", "ModuleType", "UnsupportedModelError", "adapter_for", "supported_model_types"]
+def adapter_for(model: nn.Module) -> ModelAdapter:
+    return adapter_class(getattr(getattr(model, "config", None), "model_type", None))(model)
+
+
+__all__ = ["ADAPTERS", "ModelAdapter", "ModuleType", "UnsupportedModelError", "adapter_class", "adapter_for",
+           "supported_model_types"]
