@@ -11,7 +11,7 @@ from torch import nn
 from . import checkpoint
 from .calibration import DEFAULT_BATCH_SIZE, CalibrationStats, collect_or_load
 from .data import calibration_batch, resolve_data_dir
-from .loading import BUNDLED_ID, LoadedModel, default_device, load_original
+from .loading import BUNDLED_ID, LoadedModel, default_device, load_original, parse_dtype
 from .models import adapter_for
 from .config import CompressionConfig
 from .pipeline import CompressionResult, attach_plan, compress, plan_of
@@ -141,9 +141,13 @@ def refine_checkpoint(
     teacher: str | None = None,
     resume: bool = False,
     device: str | None = None,
+    dtype: str | None = None,
     overwrite: bool = False,
 ) -> Path:
     """Refine a saved compressed model against its original (section 3.4) and save the result.
+
+    ``dtype`` (e.g. ``"bfloat16"``) is the precision of the student and the teacher; None keeps the checkpoint's
+    own and loads the teacher in the same one (never a float32 teacher beside a bfloat16 student by accident).
 
     The teacher is ``teacher`` or the model the checkpoint records as its source. Vectors are absorbed
     (sigma into V) before saving; LoRA runs keep their adapters beside the checkpoint.
@@ -157,11 +161,12 @@ def refine_checkpoint(
         raise ValueError(f"{checkpoint_dir} is already refined with LoRA adapters; refine the checkpoint it was "
                          "made from instead")
     device = default_device(device)
-    student = checkpoint.load(checkpoint_dir, device=device)
+    student = checkpoint.load(checkpoint_dir, device=device, dtype=parse_dtype(dtype))
+    dtype = dtype or str(next(student.parameters()).dtype).removeprefix("torch.")
     source = teacher or plan_of(student).settings.model_id
     if source is None:
         raise ValueError("the checkpoint does not record its source model: pass --teacher MODEL")
-    original = load_original(None if source == BUNDLED_ID else source, device=device)
+    original = load_original(None if source == BUNDLED_ID else source, device=device, dtype=dtype)
     tokenizer = load_tokenizer(checkpoint_dir)
     ids = training_ids(train.source, tokenizer, train.samples, train.seq_len, cfg.seed, data_dir=train.data_dir,
                        teacher=original.model, teacher_id=str(source), cache_dir=DEFAULT_CACHE)

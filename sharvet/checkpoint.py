@@ -67,6 +67,7 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
     tmp = partial_folder(out)
     try:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": FORMAT, "aliases": json.dumps(aliases)})
+        model.config.dtype = next(t.dtype for t in tensors.values() if t.is_floating_point())  # what is stored
         model.config.save_pretrained(tmp)
         if tokenizer is not None:
             tokenizer.save_pretrained(tmp)

@@ -33,7 +33,8 @@ USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADir
 
 def _common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
-    p.add_argument("--dtype", default="float32", help="float32 | bfloat16 | float16 | auto")
+    p.add_argument("--dtype", default=None, help="float32 | bfloat16 | float16 | auto (default: float32; for refine: "
+                   "the checkpoint's own, the teacher in the same)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--data-dir", default=None, help="data folder with the layout of shared/data "
                    "(or env SHARVET_DATA_DIR)")
@@ -276,7 +277,7 @@ def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> in
 
     try:
         refine_checkpoint(source, output, cfg, training_spec(a), teacher=getattr(a, "teacher", None),
-                          resume=a.resume, device=a.device, overwrite=True)
+                          resume=a.resume, device=a.device, dtype=a.dtype, overwrite=True)
     except KeyboardInterrupt:
         print(f"sharvet: interrupted; a checkpoint is in {cfg.output_dir}: rerun with --resume", file=sys.stderr)
         return EXIT_INTERRUPTED
@@ -396,9 +397,12 @@ COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "report": cmd_report, "r
 
 
 def _resolve_device(a: argparse.Namespace) -> None:
-    """``--device`` defaults to CUDA when available, else the CPU; :func:`announce_device` says which."""
+    """``--device`` defaults to CUDA when available, else the CPU (:func:`announce_device` says which);
+    ``--dtype`` to float32, except for ``refine``, which keeps the checkpoint's precision."""
     from .loading import default_device
 
+    if getattr(a, "dtype", "set") is None and a.command != "refine":
+        a.dtype = "float32"
     if hasattr(a, "device") and hasattr(a, "dtype"):
         a.device_chosen = a.device is None
         a.device = default_device(a.device)

@@ -238,3 +238,23 @@ def test_unsupported_architecture_is_refused_before_loading(tmp_path, capsys):
     OPTConfig(hidden_size=32, num_hidden_layers=2, ffn_dim=64, num_attention_heads=2).save_pretrained(folder)
     assert main(["compress", str(folder), "-o", str(tmp_path / "out")]) == EXIT_USER  # no weights: not loaded
     _one_error_line(capsys, "unsupported architecture 'opt'", "llama")
+
+
+def test_refine_keeps_the_checkpoint_precision_for_student_and_teacher(ck, data_dir, tmp_path, monkeypatch):
+    """Issue 16: a bfloat16 checkpoint refines in bfloat16 with a bfloat16 teacher (no float32 teacher beside it)."""
+    from sharvet import refinement
+    from sharvet.checkpoint import load as load_base
+    from sharvet.checkpoint import save
+    from sharvet.loading import load_tokenizer
+
+    bf16 = save(load_base(ck).to(torch.bfloat16), tmp_path / "bf16", tokenizer=load_tokenizer(ck))
+    seen, real = {}, refinement.refine
+
+    def spy(student, teacher, ids, cfg, **kw):
+        seen.update(student=next(student.parameters()).dtype, teacher=next(teacher.parameters()).dtype)
+        return real(student, teacher, ids, cfg, **kw)
+    monkeypatch.setattr(refinement, "refine", spy)
+    assert main(["refine", str(bf16), "-o", str(tmp_path / "out"), "--data-dir", str(data_dir), "--train-samples",
+                 "4", "--train-seq-len", "16", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
+                 "--no-progress"]) == 0
+    assert seen == {"student": torch.bfloat16, "teacher": torch.bfloat16}
