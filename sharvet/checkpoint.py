@@ -94,10 +94,8 @@ def check_finite(tensors: dict[str, torch.Tensor], what: str) -> None:
 
 
 def read_config(folder: Path) -> dict:
-    """``config.json`` as a dict, with one clear line when it is missing or damaged."""
+    """``config.json`` (which must exist) as a dict, with one clear line when it is damaged."""
     path = folder / "config.json"
-    if not path.is_file():
-        raise CheckpointError(f"{folder} is not a model folder (no config.json)")
     try:
         config = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
@@ -144,21 +142,29 @@ def verify_checkpoint(folder: str | Path, *, verify: bool = True) -> dict:
     return config
 
 
+def skeleton(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
+    """The checkpoint's architecture with the planned modules swapped in, empty (under ``torch.device("meta")``
+    it costs nothing, whatever the model's size)."""
+    from transformers import AutoConfig, AutoModelForCausalLM
+
+    config = AutoConfig.from_pretrained(folder)
+    model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
+    install_plan(adapter_for(model), plan_of(model), lambda _g: None)
+    return model
+
+
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          verify: bool = True) -> nn.Module:
     """Rebuild a compressed model: the original architecture with the planned modules swapped in."""
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     folder = Path(path)
     verify_checkpoint(folder, verify=verify)
-    config = AutoConfig.from_pretrained(folder)
     state = read_state_dict(folder / WEIGHTS)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
-    install_plan(adapter_for(model), plan_of(model), lambda _g: None)
+    model = skeleton(folder, dtype)
     try:
         model.load_state_dict(state, strict=True)
     except RuntimeError as e:
-        first = str(e).strip().splitlines()[1].strip() if len(str(e).strip().splitlines()) > 1 else str(e)
+        lines = str(e).strip().splitlines()
+        first = lines[1].strip() if len(lines) > 1 else lines[0]
         raise CheckpointError(f"{folder}: weights do not match the plan in config.json ({first})") from None
     if device is not None:
         model.to(device)
@@ -171,13 +177,9 @@ def check_shapes(folder: str | Path) -> None:
     Built on the meta device, so it costs the same for a 135M and a 70B model; catches a plan edited after
     saving (a changed rank) in checkpoints written before integrity records existed.
     """
-    from transformers import AutoConfig, AutoModelForCausalLM
-
     folder = Path(folder)
     with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(AutoConfig.from_pretrained(folder))
-    install_plan(adapter_for(model), plan_of(model), lambda _g: None)
-    want = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+        want = {k: tuple(v.shape) for k, v in skeleton(folder).state_dict().items()}
     try:
         with safe_open(str(folder / WEIGHTS), framework="pt") as f:
             have = {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}

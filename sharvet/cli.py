@@ -27,8 +27,8 @@ from .config import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .refinement.resume import check_resume
 from .similarity import SimilarityConfig
 
-USER_ERRORS = (ValueError, FileNotFoundError, FileExistsError, KeyError, NotADirectoryError, IsADirectoryError,
-               PermissionError)
+#: reported as one line with exit code 2: bad values, unknown names, files missing / damaged / not writable
+USER_ERRORS = (ValueError, KeyError, OSError)
 
 
 def _common(p: argparse.ArgumentParser) -> None:
@@ -434,7 +434,7 @@ def main(argv: list[str] | None = None) -> int:
     except NonFiniteError as e:
         print(f"sharvet: error: {e}", file=sys.stderr)
         return EXIT_NON_FINITE
-    except USER_ERRORS + (OSError,) as e:
+    except USER_ERRORS as e:
         print(f"sharvet: error: {_error_line(e)}", file=sys.stderr)
         return EXIT_USER
     except KeyboardInterrupt:

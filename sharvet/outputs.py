@@ -42,7 +42,7 @@ def check_output(out_dir: str | Path, overwrite: bool, flag: str = "--output") -
         raise OutputError(f"{flag} {out} is an existing file; give a folder path")
     if out.is_dir() and any(out.iterdir()) and not overwrite:
         raise OutputError(f"{flag} {out} exists and is not empty (use --overwrite to replace it)")
-    _probe_folder(out.parent if out.parent != Path("") else Path("."), f"{flag} {out}")
+    _probe_folder(out.parent, f"{flag} {out}")
     return out
 
 
@@ -55,7 +55,7 @@ def check_output_file(path: str | Path | None, flag: str) -> Path | None:
         raise OutputError(f"{flag} {path} is a folder; give a file path")
     if path.exists() and not os.access(path, os.W_OK):
         raise OutputError(f"{flag} {path} exists and is not writable")
-    _probe_folder(path.parent if path.parent != Path("") else Path("."), f"{flag} {path}")
+    _probe_folder(path.parent, f"{flag} {path}")
     return path
 
 
