@@ -47,6 +47,15 @@ ROWS = {
     "sharvet-lr3e-3": ("sharvet", {}, ["--lr", "3e-3"]),
     "basis-sharing": ("basis-sharing", {}, []),
     "svd": ("basis-sharing", {"k": 30}, []),
+    # beyond the paper (issue 15): spectrum allocation, V trained too ("factors", nothing added to the budget)
+    "sharvet-spectrum": ("sharvet", {"allocation": "spectrum", "mu": 0.5}, []),
+    "sharvet-spectrum-mu0": ("sharvet", {"allocation": "spectrum", "mu": 0.0}, []),
+    "sharvet-factors": ("sharvet", {}, ["--refine-mode", "factors"]),
+    "sharvet-factors-lr3e-4": ("sharvet", {}, ["--refine-mode", "factors", "--lr-matrices", "3e-4"]),
+    "sharvet-factors-lr3e-5": ("sharvet", {}, ["--refine-mode", "factors", "--lr-matrices", "3e-5"]),
+    "sharvet-spectrum-factors": ("sharvet", {"allocation": "spectrum", "mu": 0.5}, ["--refine-mode", "factors"]),
+    "basis-sharing-factors": ("basis-sharing", {}, ["--refine-mode", "factors"]),
+    "svd-factors": ("basis-sharing", {"k": 30}, ["--refine-mode", "factors"]),
 }
 TASKS = ("copa", "piqa", "arc_easy", "winogrande", "lambada")
 
@@ -173,15 +182,17 @@ def cmd_throughput(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
-#: the ``sharvet compress`` flags each row stands for (its refinement flags are appended)
-CLI_METHOD = {"sharvet": "", "sharvet-reference": "", "sharvet-lr3e-3": "", "basis-sharing": " --method basis-sharing",
-              "svd": " --method basis-sharing --k 30"}
+def _compress_flags(name: str) -> str:
+    """The ``sharvet compress`` flags a row stands for (its refinement flags are appended)."""
+    meth, fields, _ = ROWS[name]
+    flags = "" if meth == "sharvet" else f" --method {meth}"
+    return flags + "".join(f" --{k.replace('_', '-')} {v}" for k, v in fields.items())
 
 
 def _record(row: dict, run: dict) -> dict:
     flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
-    command = (f"sharvet compress --ratio {row['ratio']}{CLI_METHOD[row['method']]} --refine{flags} --device cuda "
-               f"--data-dir DATA -o OUT")
+    command = (f"sharvet compress --ratio {row['ratio']}{_compress_flags(row['method'])} --refine{flags} "
+               f"--device cuda --data-dir DATA -o OUT")
     keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
             "tokens_per_s", "trainable", "loss_weights")
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],

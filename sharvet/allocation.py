@@ -7,11 +7,16 @@ whole-model ratio is reported beside this one by :mod:`sharvet.accounting`.
 
 Adaptive allocation is eqs. 9-11: every group is guaranteed ``mu`` of its proportional share and the
 remaining ``(1 - mu)`` of the type's budget is split in proportion to the inverse intra-group similarity.
+*Spectrum* allocation (beyond the paper) spends the same budget where it removes the most error: every group
+keeps ``mu`` of its proportional share, then one rank at a time goes to the group whose next singular value
+removes the most whitened truncation error per parameter it costs (:func:`spectrum_ranks`).
+
 Flooring ranks leaves budget unused; it is handed back one rank at a time to the groups furthest below
 their target, so the realised count is at or under the budget and within one rank-step of it.
 """
 from __future__ import annotations
 
+import heapq
 from dataclasses import dataclass
 
 import torch
@@ -115,3 +120,42 @@ def _redistribute(groups, ranks, budgets, limit, layout, d_in, d_out) -> list[in
         i = max(candidates, key=lambda j: (budgets[j] - cost(j)) / max(budgets[j], 1.0))
         used += layout.group_step(len(groups[i]), d_in, d_out)
         ranks[i] += 1
+
+
+def spectrum_ranks(
+    groups: Groups, ratio: float, d_in: int, d_out: int, layout: LayerLayout, energies: list[torch.Tensor], *,
+    mu: float = 0.5,
+) -> list[int]:
+    """Ranks that keep the most (whitened) energy within the type's budget.
+
+    ``energies[g]`` are group g's squared singular values, largest first and comparable across groups
+    (:func:`sharvet.decomposition.group_energies`). Each group starts from ``mu`` of its proportional share
+    (eq. 9's guarantee, so no group collapses); the rest goes greedily to the largest ``s^2 / cost`` of a next
+    rank. Energies fall with the rank, so the greedy choice is the optimum of the relaxed problem.
+    """
+    if not 0 <= mu <= 1:
+        raise ValueError(f"mu must be in [0, 1], got {mu}")
+    if len(energies) != len(groups):
+        raise ValueError(f"{len(energies)} spectra for {len(groups)} groups")
+    floor = [mu * ratio * original_cost(len(g), d_in, d_out, layout.bias) for g in groups]
+    ranks = [max(1, rank_for_budget(b, layout, len(g), d_in, d_out)) for b, g in zip(floor, groups)]
+    limit = int(ratio * original_cost(sum(map(len, groups)), d_in, d_out, layout.bias))
+    used = sum(layout.group_cost(r, len(g), d_in, d_out) for r, g in zip(ranks, groups))
+    if used > limit:
+        raise ValueError(f"ratio {ratio} is too small for a ({d_in} x {d_out}) module type: a group gets rank 0")
+
+    def gain(i: int) -> float:
+        e = energies[i]
+        return float(e[ranks[i]]) / layout.group_step(len(groups[i]), d_in, d_out) if ranks[i] < len(e) else -1.0
+
+    heap = [(-gain(i), i) for i in range(len(groups))]
+    heapq.heapify(heap)
+    while heap:
+        neg, i = heapq.heappop(heap)
+        step = layout.group_step(len(groups[i]), d_in, d_out)
+        if neg > 0 or ranks[i] >= max_rank(len(groups[i]), d_in, d_out) or used + step > limit:
+            continue  # spectrum exhausted, full rank, or this group's step no longer fits (smaller ones may)
+        ranks[i] += 1
+        used += step
+        heapq.heappush(heap, (-gain(i), i))
+    return ranks

@@ -17,7 +17,7 @@ from .kinds import Kind, kind
 from .similarity import SimilarityConfig
 
 DECOMPOSITIONS = ("whitened", "plain")
-ALLOCATIONS = ("adaptive", "uniform")
+ALLOCATIONS = ("adaptive", "uniform", "spectrum")
 
 
 @dataclass

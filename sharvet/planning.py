@@ -36,7 +36,7 @@ def plan_compression(
     shared = shared_types(adapter, cfg)
     sims = model_similarity(adapter, shared, stats, cfg.similarity, device=device, progress=progress) \
         if cfg.needs_similarity and shared else {}
-    groups = cfg.group_kind.plan(adapter, cfg, shared, sims)
+    groups = cfg.group_kind.plan(adapter, cfg, shared, sims, stats)
     k = len({tuple(g.layers) for g in groups if shared and shared[0] in g.type_list})
     realised = dataclasses.replace(cfg, shared_types=tuple(shared), k=k)
     plan = CompressionPlan(cfg.method, cfg.ratio, cfg.layout, groups, PlanSettings(config=realised))

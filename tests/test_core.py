@@ -9,7 +9,8 @@ import torch
 from safetensors import safe_open
 
 from sharvet import checkpoint
-from sharvet.allocation import LayerLayout, allocate_ranks
+from sharvet.allocation import LayerLayout, allocate_ranks, spectrum_ranks
+from sharvet.decomposition import decompose_group, group_energies
 from sharvet.calibration import CalibrationStats, collect_or_load, collect_stats
 from sharvet.grouping import STRATEGIES, GroupingRequest, make_groups
 from sharvet.models import UnsupportedModelError, adapter_for
@@ -56,7 +57,7 @@ def test_full_rank_reproduces_logits(family, decomposition):
 
 @pytest.mark.parametrize("family", MODELS)
 @pytest.mark.parametrize("grouping", sorted(STRATEGIES))
-@pytest.mark.parametrize("allocation", ["adaptive", "uniform"])
+@pytest.mark.parametrize("allocation", ["adaptive", "uniform", "spectrum"])
 def test_budget_holds_for_every_strategy(family, grouping, allocation):
     model, _, _, result = compressed(family, ratio=0.6, k=3, grouping=grouping, allocation=allocation)
     adapter = adapter_for(model)
@@ -86,6 +87,39 @@ def test_budget_within_half_percent_at_real_scale():
             used = sum(layout.group_cost(r, len(g), d_in, d_out) for r, g in zip(ranks, groups))
             budget = ratio * 30 * d_in * d_out
             assert 0.995 * budget <= used <= budget
+
+
+def test_spectrum_allocation_follows_the_energy_within_the_budget():
+    groups, layout = [[0, 1], [2, 3], [4]], LayerLayout()
+    flat = torch.full((64,), 1.0)
+    steep = torch.cat([torch.full((32,), 100.0), torch.full((32,), 1e-3)])
+    energies = [flat, steep, flat.clone()]
+    ranks = spectrum_ranks(groups, 0.5, 64, 64, layout, energies, mu=0.2)
+    used = sum(layout.group_cost(r, len(g), 64, 64) for r, g in zip(ranks, groups))
+    assert used <= 0.5 * 5 * 64 * 64 < used + max(layout.group_step(len(g), 64, 64) for g in groups)
+    assert ranks[1] >= 32  # the steep group keeps its whole head before flat groups get more
+    floors = spectrum_ranks(groups, 0.5, 64, 64, layout, [torch.zeros(64)] * 3, mu=1.0)  # mu = 1: uniform
+    uniform = allocate_ranks(groups, 0.5, 64, 64, layout, adaptive=False)
+    assert all(abs(f - u) <= 1 for f, u in zip(floors, uniform))
+    with pytest.raises(ValueError, match="spectra"):
+        spectrum_ranks(groups, 0.5, 64, 64, layout, energies[:2])
+
+
+@pytest.mark.parametrize("whitened", [False, True])
+def test_group_energies_are_the_truncation_error_per_pooled_input(whitened):
+    g = torch.Generator().manual_seed(0)
+    weights = [torch.randn(12, 8, generator=g, dtype=torch.float64) for _ in range(3)]
+    x = torch.randn(40, 8, generator=g, dtype=torch.float64)
+    xtx = x.T @ x if whitened else None
+    energies = group_energies(weights, None if xtx is None else 3 * xtx)  # three layers with the same inputs
+    f = decompose_group(weights, 5, xtx=None if xtx is None else 3 * xtx)
+    error = 0.0
+    for w, v in zip(weights, f.v):
+        delta = w - (v * f.sigma) @ f.basis
+        error += float(((x @ delta.T) ** 2).sum() if whitened else (delta ** 2).sum())
+    expected = error if whitened else error / 3  # whitened: 3 pooled copies of x, divided by Z = 3
+    assert float(energies[5:].sum()) == pytest.approx(expected, rel=1e-8)
+    assert torch.all(energies[:-1] >= energies[1:])
 
 
 def test_adaptive_gives_dissimilar_groups_more_rank():

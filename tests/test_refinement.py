@@ -569,3 +569,21 @@ def test_relative_sigma_in_bfloat16_model():
     release_sigma(model)
     assert module.sigma.dtype == torch.bfloat16 and not module.sigma.requires_grad
     assert torch.allclose(module.sigma.float(), sigma0.float() * 1.5, rtol=1e-2)
+
+
+def test_factors_mode_trains_every_layers_v_at_its_own_rate(pair, tmp_path):
+    from sharvet.refinement.vectors import optimizer_groups
+
+    teacher, student = pair
+    trainable, _ = _grads_after_backward(teacher, copy.deepcopy(student), "factors")
+    modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
+    assert len(trainable) == 3 * len(modules)  # lambda, sigma's delta and V of every module; no basis
+    params = mark_trainable(copy.deepcopy(student), "factors")
+    groups = optimizer_groups(params, 1e-2, 1e-3)
+    assert [(g["lr"], {p.dim() for p in g["params"]}) for g in groups] == [(1e-2, {1}), (1e-3, {2})]
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    result = refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="factors", epochs=2, lr_matrices=1e-3))
+    after = dict(result.model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before if n.endswith(".v"))
+    assert all(torch.equal(before[n], after[n]) for n in before if n.endswith(".basis"))
+    assert result.parameters.trainable == sum(m.v.numel() + m.sigma.numel() + m.scale.numel() for m in modules)

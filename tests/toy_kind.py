@@ -46,7 +46,7 @@ class OwnRankKind(Kind):
     whitens = False  # plain SVD of each weight: no calibration statistics
 
     def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
-             sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
+             sims: dict[str, TypeSimilarity], stats: CalibrationStats | None = None) -> list[GroupPlan]:
         """Every module alone, at the largest rank whose two factors and bias fit ``ratio`` of it."""
         groups = []
         for t, s in module_shapes(adapter).items():

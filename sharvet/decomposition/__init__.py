@@ -5,6 +5,6 @@
 - :mod:`.sparse`: FiPS, shared basis + sparse projections, refined on block-wise reconstruction.
 """
 from .mean import shared_matrix
-from .svd import GroupFactors, cholesky_with_jitter, decompose_group
+from .svd import GroupFactors, cholesky_with_jitter, decompose_group, group_energies
 
-__all__ = ["GroupFactors", "cholesky_with_jitter", "decompose_group", "shared_matrix"]
+__all__ = ["GroupFactors", "cholesky_with_jitter", "decompose_group", "group_energies", "shared_matrix"]

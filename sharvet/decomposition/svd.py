@@ -92,6 +92,23 @@ def cholesky_with_jitter(xtx: torch.Tensor) -> torch.Tensor:
     raise RuntimeError("X^T X could not be made positive definite")
 
 
+def group_energies(weights: list[torch.Tensor], xtx: torch.Tensor | None = None) -> torch.Tensor:
+    """Squared singular values of the (whitened) concatenated weights, largest first, per pooled input.
+
+    ``s_i^2`` is what truncating the group's factorisation just before rank ``i`` adds to its error
+    ``||S^T (W_cat - W_r)||_F^2``. Whitening pools the ``X^T X`` of the group's Z layers, so that error is
+    every layer's output error measured on Z layers' inputs: it is divided by Z, which makes groups of
+    different sizes comparable (a group of one: the plain whitened error of its layer).
+    Computed from the smaller Gram matrix in float64 (eigenvalues only: cheap, and accurate where it matters,
+    at the top of the spectrum).
+    """
+    wcat = torch.cat([w.to(torch.float64).T for w in weights], dim=1)  # (d_in, Z * d_out)
+    if xtx is not None:
+        wcat = cholesky_with_jitter(xtx.to(wcat.device, torch.float64)).T @ wcat
+    gram = wcat @ wcat.T if wcat.shape[0] <= wcat.shape[1] else wcat.T @ wcat
+    return torch.linalg.eigvalsh(gram).flip(0).clamp_min(0) / len(weights)
+
+
 def decompose_group(
     weights: list[torch.Tensor],
     rank: int,

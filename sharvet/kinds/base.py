@@ -85,7 +85,7 @@ class Kind(ABC):
 
     @abstractmethod
     def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
-             sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
+             sims: dict[str, TypeSimilarity], stats: CalibrationStats | None = None) -> list[GroupPlan]:
         """Groups and sizes for every (layer, type) module, within ``cfg.ratio`` of the budget."""
 
     @abstractmethod

@@ -11,9 +11,9 @@ import torch
 from torch import nn
 
 from ..accounting import ModuleShape
-from ..allocation import LayerLayout, allocate_ranks
+from ..allocation import LayerLayout, allocate_ranks, spectrum_ranks
 from ..calibration import CalibrationStats
-from ..decomposition import GroupFactors, decompose_group
+from ..decomposition import GroupFactors, decompose_group, group_energies
 from ..grouping import GroupingRequest, make_groups
 from ..models import ModelAdapter
 from ..modules import SharedBasisLinear
@@ -28,7 +28,7 @@ class BasisKind(Kind):
         return cfg.allocation == "adaptive"  # eq. 10 ranks groups by their intra-group similarity
 
     def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
-             sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
+             sims: dict[str, TypeSimilarity], stats: CalibrationStats | None = None) -> list[GroupPlan]:
         groups: list[GroupPlan] = []
         k = cfg.groups_per_type(adapter.num_layers)
         for t in adapter.type_names:
@@ -37,14 +37,29 @@ class BasisKind(Kind):
             if t in shared:
                 sim = similarity_of(sims, t)
                 layer_groups = make_groups(cfg.grouping, GroupingRequest(adapter.num_layers, k, sim, cfg.seed))
-                ranks = allocate_ranks(layer_groups, cfg.ratio, d_in, d_out, layout,
-                                       adaptive=cfg.allocation == "adaptive", mu=cfg.mu, similarity=sim,
-                                       reduce=cfg.eta_reduce)
             else:
                 layer_groups = [[layer] for layer in range(adapter.num_layers)]
-                ranks = allocate_ranks(layer_groups, cfg.ratio, d_in, d_out, layout, adaptive=False)
+            if cfg.allocation == "spectrum":
+                energies = [self._energies(adapter, t, g, stats, cfg) for g in layer_groups]
+                ranks = spectrum_ranks(layer_groups, cfg.ratio, d_in, d_out, layout, energies, mu=cfg.mu)
+            else:
+                ranks = allocate_ranks(layer_groups, cfg.ratio, d_in, d_out, layout,
+                                       adaptive=t in shared and cfg.allocation == "adaptive", mu=cfg.mu,
+                                       similarity=similarity_of(sims, t), reduce=cfg.eta_reduce)
             groups += [GroupPlan(t, g, r, self.name) for g, r in zip(layer_groups, ranks)]
         return groups
+
+    @staticmethod
+    def _energies(adapter: ModelAdapter, type_name: str, layers: list[int], stats: CalibrationStats | None,
+                  cfg: PlanConfig) -> torch.Tensor:
+        """The group's truncation energies, whitened by its inputs when the decomposition is."""
+        whitened = cfg.decomposition == "whitened"
+        if whitened and stats is None:
+            raise ValueError("spectrum allocation with whitened decomposition needs calibration statistics")
+        group = GroupPlan(type_name, layers, 0)
+        device = stats.get(layers[0], adapter.module_type(type_name).input_key).xtx.device if whitened else "cpu"
+        weights = [adapter.weight(layer, type_name).to(device) for layer in layers]
+        return group_energies(weights, sum(group_inputs(adapter, stats, group, device)) if whitened else None)
 
     def price(self, group: GroupPlan, shapes: dict[str, ModuleShape], layout: LayerLayout) -> int:
         """The basis once, then per layer V, sigma and lambda when stored, and the bias."""

@@ -45,7 +45,7 @@ class DenseKind(Kind):
             raise ValueError(f"{cfg.method} derives its number of shared sets from the ratio; --k does not apply")
 
     def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
-             sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
+             sims: dict[str, TypeSimilarity], stats: CalibrationStats | None = None) -> list[GroupPlan]:
         """M whole-matrix sets per shared type, the other types kept as they are."""
         shapes = module_shapes(adapter)
         total = sum(s.parameters for s in shapes.values())

@@ -66,7 +66,7 @@ class SparseKind(Kind):
         return cfg.fips.steps > 0  # the block-wise refinement runs on captured MLP-block inputs
 
     def plan(self, adapter: ModelAdapter, cfg: PlanConfig, shared: list[str],
-             sims: dict[str, TypeSimilarity]) -> list[GroupPlan]:
+             sims: dict[str, TypeSimilarity], stats: CalibrationStats | None = None) -> list[GroupPlan]:
         """The shared types of consecutive blocks share one basis; the rest are kept as they are."""
         shapes = module_shapes(adapter)
         num_layers = adapter.num_layers

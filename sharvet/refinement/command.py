@@ -22,9 +22,12 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-preset", choices=PRESETS, default=_DEFAULTS.preset,
                    help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     g.add_argument("--refine-mode", choices=MODES, default=None,
-                   help="vectors to train (both = lambda and sigma, the paper) or LoRA adapters; default: the "
+                   help="what trains: both = lambda and sigma (the paper), lambda, sigma, factors = both plus every "
+                        "layer's V (beyond the paper, nothing added to the budget), or LoRA adapters; default: the "
                         "method's (both for sharvet, lora for the baselines)")
     g.add_argument("--lr", type=float, default=None, help="default: the preset's for the mode")
+    g.add_argument("--lr-matrices", type=float, default=None,
+                   help="learning rate of the per-layer V matrices in --refine-mode factors (default: the preset's)")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
     g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
@@ -83,6 +86,7 @@ def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None 
     variants.pop("refine", None)
     cfg = RefineConfig(
         mode=variants.pop("mode", args.refine_mode or default_mode), preset=args.refine_preset, lr=args.lr,
+        lr_matrices=args.lr_matrices,
         epochs=args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
         grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),

@@ -44,7 +44,8 @@ from .guard import NonFiniteLossError, require_finite
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
 from .losses import LossOutput, LossWeights, refinement_loss
 from .presets import preset
-from .vectors import ParameterSummary, VECTOR_MODES, mark_trainable, parameter_summary, release_sigma
+from .vectors import (ParameterSummary, VECTOR_MODES, mark_trainable, optimizer_groups, parameter_summary,
+                      release_sigma)
 
 log = logging.getLogger(__name__)
 
@@ -63,6 +64,8 @@ class RefineConfig:
     #: ``default`` (matched loss weights, relative sigma) or ``reference`` (the authors' code)
     preset: str = "default"
     lr: float | None = None
+    #: learning rate of the V matrices in mode ``factors`` (None: the preset's)
+    lr_matrices: float | None = None
     #: two passes over the training windows in steps of 16 sequences (41k tokens/s on an H200 at 1,024 tokens)
     epochs: int = 2
     batch_size: int = 16
@@ -105,7 +108,7 @@ class RefineConfig:
         if self.mode not in MODES:
             raise ValueError(f"unknown refinement mode {self.mode!r}; choose from {', '.join(MODES)}")
         preset(self.preset)
-        positive = {"lr": self.learning_rate(), "epochs": self.epochs, "batch_size": self.batch_size,
+        positive = {"lr": self.learning_rate(), "lr_matrices": self.matrix_learning_rate(), "epochs": self.epochs, "batch_size": self.batch_size,
                     "grad_accum": self.grad_accum, "temperature": self.temperature, "lora_rank": self.lora_rank}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
@@ -118,6 +121,9 @@ class RefineConfig:
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else preset(self.preset).lr(self.mode)
+
+    def matrix_learning_rate(self) -> float:
+        return self.lr_matrices if self.lr_matrices is not None else preset(self.preset).lr_matrices
 
     def sigma_is_relative(self) -> bool:
         return self.relative_sigma if self.relative_sigma is not None else preset(self.preset).relative_sigma
@@ -310,7 +316,8 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     model, downcast = _trainable_student(student, cfg, half_to_float=accelerator.mixed_precision == "bf16")
     model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    optimizer = torch.optim.AdamW(params, lr=cfg.learning_rate(), weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), cfg.matrix_learning_rate()),
+                                  weight_decay=cfg.weight_decay)
     schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=schedule.total)
     prepared, optimizer = accelerator.prepare(model, optimizer)

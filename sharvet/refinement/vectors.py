@@ -22,11 +22,14 @@ from torch.nn.utils import parametrize
 from ..accounting import unique_parameters
 from ..modules import SharedBasisLinear
 
-#: mode -> attribute names of SharedBasisLinear that train (paper Appendix G.3: both, Lambda only, Sigma only)
+#: mode -> attribute names of SharedBasisLinear that train (paper Appendix G.3: both, Lambda only, Sigma only;
+#: beyond the paper, ``factors``: the vectors and every layer's own V, which the budget already stores, so the
+#: model trains far more without storing one number more than the vectors' mode)
 VECTOR_MODES: dict[str, tuple[str, ...]] = {
     "both": ("scale", "sigma"),
     "lambda": ("scale",),
     "sigma": ("sigma",),
+    "factors": ("scale", "sigma", "v"),
 }
 
 
@@ -84,6 +87,15 @@ def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool
     for p in trainable:
         p.requires_grad_(True)
     return trainable
+
+
+def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float) -> list[dict]:
+    """AdamW parameter groups: vectors (lambda, sigma's delta: scale-free, near 1 or 0) at ``lr``, matrices
+    (per-layer V, entries ~1/sqrt(d_out)) at ``lr_matrices``: one rate cannot suit both, Adam moving every
+    entry by about its rate per step."""
+    groups = [{"params": [p for p in params if p.dim() < 2], "lr": lr},
+              {"params": [p for p in params if p.dim() >= 2], "lr": lr_matrices}]
+    return [g for g in groups if g["params"]]
 
 
 def _relative(module: SharedBasisLinear) -> nn.Parameter:
