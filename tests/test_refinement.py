@@ -587,3 +587,9 @@ def test_factors_mode_trains_every_layers_v_at_its_own_rate(pair, tmp_path):
     assert all(not torch.equal(before[n], after[n]) for n in before if n.endswith(".v"))
     assert all(torch.equal(before[n], after[n]) for n in before if n.endswith(".basis"))
     assert result.parameters.trainable == sum(m.v.numel() + m.sigma.numel() + m.scale.numel() for m in modules)
+
+
+def test_factors_mode_trains_what_the_layout_stores():
+    student = _compressed(_teacher(), LayerLayout(sigma=True, scale=False))  # Basis Sharing's layout
+    params = mark_trainable(student, "factors")
+    assert len(params) == 2 * 14 and {p.dim() for p in params} == {1, 2}  # sigma's delta and V of 14 modules

@@ -31,6 +31,8 @@ VECTOR_MODES: dict[str, tuple[str, ...]] = {
     "sigma": ("sigma",),
     "factors": ("scale", "sigma", "v"),
 }
+#: vectors a mode trains only where the layout stores them (Basis Sharing's has no lambda)
+OPTIONAL: dict[str, set[str]] = {"factors": {"scale", "sigma"}}
 
 
 def shared_basis_modules(model: nn.Module) -> list[tuple[str, SharedBasisLinear]]:
@@ -75,6 +77,8 @@ def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool
     trainable: list[nn.Parameter] = []
     for attr in VECTOR_MODES[mode]:
         vectors = [getattr(m, attr) for _, m in modules]
+        if attr in OPTIONAL.get(mode, ()) and all(v is None for v in vectors):
+            continue
         if any(v is None for v in vectors):
             what = "lambda (scale)" if attr == "scale" else "sigma"
             raise ValueError(
