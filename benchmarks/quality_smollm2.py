@@ -27,12 +27,13 @@ from pathlib import Path
 
 import torch
 
+from sharvet.accounting import lora_share, module_shapes
 from sharvet.api import DEFAULT_CACHE, CalibrationSpec, calibration_ids
 from sharvet.calibration import collect_stats
 from sharvet.evaluation.perplexity import perplexity
 from sharvet.evaluation.results import ppl_tokens
 from sharvet.loading import load_original
-from sharvet.methods import method
+from sharvet.methods import DEFAULT_METHOD, method
 from sharvet.models import adapter_for
 from sharvet.config import CompressionConfig
 from sharvet.experiment import refined_model
@@ -40,6 +41,7 @@ from sharvet.pipeline import compress
 from sharvet.refinement import add_refine_arguments, refine, refine_config_from_args
 from sharvet.training_data import training_ids
 
+IN_BUDGET = "lora_in_budget"
 #: row name -> (compression method, explicit compression fields, extra refinement flags)
 ROWS = {
     "sharvet": ("sharvet", {}, []),
@@ -48,6 +50,12 @@ ROWS = {
     "basis-sharing": ("basis-sharing", {}, []),
     "svd": ("basis-sharing", {"k": 30}, []),
     # beyond the paper (issue 15): spectrum allocation, V trained too ("factors", nothing added to the budget)
+    "sharvet-plus": ("sharvet-plus", {}, []),
+    "sharvet-plus-rel1e-2": ("sharvet-plus", {}, ["--lr-matrices", "1e-2"]),
+    "sharvet-plus-rel1e-3": ("sharvet-plus", {}, ["--lr-matrices", "1e-3"]),
+    # the LoRA baselines with their adapters counted inside the ratio (compressed to ratio - LoRA's share)
+    "basis-sharing-in-budget": ("basis-sharing", {IN_BUDGET: True}, []),
+    "svd-in-budget": ("basis-sharing", {"k": 30, IN_BUDGET: True}, []),
     "sharvet-spectrum": ("sharvet", {"allocation": "spectrum", "mu": 0.5}, []),
     "sharvet-spectrum-mu0": ("sharvet", {"allocation": "spectrum", "mu": 0.0}, []),
     "sharvet-factors": ("sharvet", {}, ["--refine-mode", "factors"]),
@@ -77,10 +85,13 @@ def _setup(a: argparse.Namespace):
 
 def _compressed(teacher, stats, calib, name: str, ratio: float, device: str):
     meth, fields, _ = ROWS[name]
+    fields = dict(fields)
+    if fields.pop(IN_BUDGET, False):  # LoRA r=8 (the default) on every compressed module, inside the ratio
+        ratio -= lora_share(module_shapes(adapter_for(teacher.model)), 8)
     student = copy.deepcopy(teacher.model)
     cfg = CompressionConfig.preset(meth, (), ratio=ratio, **fields)
     result = compress(student, stats, cfg, calibration_ids=calib, device=device, progress=False)
-    return student, result.report
+    return student, result.report, round(ratio, 5)
 
 
 def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
@@ -135,11 +146,13 @@ def cmd_run(a: argparse.Namespace) -> None:
         name, _, ratio = row.partition("@")
         meth, fields, flags = ROWS[name]
         t0 = time.perf_counter()
-        student, report = _compressed(teacher, stats, calib, name, float(ratio), a.device)
+        student, report, compress_ratio = _compressed(teacher, stats, calib, name, float(ratio), a.device)
         compress_s = time.perf_counter() - t0
         model, info = _refined(a, teacher, student, meth, flags + extra, f"{a.out_dir}/{name}-{ratio}")
-        record = {"row": row, "method": name, "ratio": float(ratio), "realised_ratio": round(report.linear_ratio, 5),
-                  "adapters_in_budget": info["refine_mode"] != "lora", "default": name == "sharvet" and not extra,
+        record = {"row": row, "method": name, "ratio": float(ratio), "compress_ratio": compress_ratio,
+                  "realised_ratio": round(report.linear_ratio, 5),
+                  "adapters_in_budget": info["refine_mode"] != "lora" or bool(ROWS[name][1].get(IN_BUDGET)),
+                  "default": name == DEFAULT_METHOD and not extra,
                   "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
                   **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
         res["rows"].append(record)
@@ -158,7 +171,7 @@ def cmd_throughput(a: argparse.Namespace) -> None:
            if a.device == "cuda" else a.device, "argv": sys.argv, "refine": {}}
     ids = training_ids("wikitext2", teacher.tokenizer, 512, 1024, 0, data_dir=a.data_dir)
     for bs in map(int, a.batch_sizes.split(",")):
-        student, _ = _compressed(teacher, stats, calib, "sharvet", 0.7, a.device)
+        student, _, _ = _compressed(teacher, stats, calib, "sharvet", 0.7, a.device)
         args = _refine_parser().parse_args(["--batch-size", str(bs), "--max-steps", str(a.steps),
                                             "--refine-output", f"{a.out_dir}/tp-{bs}"])
         args.device = a.device
@@ -185,13 +198,13 @@ def cmd_throughput(a: argparse.Namespace) -> None:
 def _compress_flags(name: str) -> str:
     """The ``sharvet compress`` flags a row stands for (its refinement flags are appended)."""
     meth, fields, _ = ROWS[name]
-    flags = "" if meth == "sharvet" else f" --method {meth}"
-    return flags + "".join(f" --{k.replace('_', '-')} {v}" for k, v in fields.items())
+    flags = "" if meth == DEFAULT_METHOD else f" --method {meth}"
+    return flags + "".join(f" --{k.replace('_', '-')} {v}" for k, v in fields.items() if k != IN_BUDGET)
 
 
 def _record(row: dict, run: dict) -> dict:
     flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
-    command = (f"sharvet compress --ratio {row['ratio']}{_compress_flags(row['method'])} --refine{flags} "
+    command = (f"sharvet compress --ratio {row.get('compress_ratio', row['ratio'])}{_compress_flags(row['method'])} --refine{flags} "
                f"--device cuda --data-dir DATA -o OUT")
     keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
             "tokens_per_s", "trainable", "loss_weights")

@@ -62,6 +62,12 @@ def linear_parameter_count(adapter: ModelAdapter, types: list[str]) -> int:
     return stored_parameter_count(holder)
 
 
+def lora_share(shapes: dict[str, ModuleShape], rank: int) -> float:
+    """LoRA's adapters of rank ``rank`` on every compressed module, as a fraction of the original linear
+    parameters: what the compression ratio must give up for the adapters to count inside the budget."""
+    return rank * sum(s.d_in + s.d_out for s in shapes.values()) / sum(s.parameters for s in shapes.values())
+
+
 @dataclass(frozen=True)
 class BudgetReport:
     """Target and planned parameters of the compressed linear modules (priced before building)."""

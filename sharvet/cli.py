@@ -22,7 +22,7 @@ from .evaluation.results import add_eval_arguments
 from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
-from .methods import METHODS, VARIANTS, describe, refine_overrides
+from .methods import DEFAULT_METHOD, METHODS, VARIANTS, describe, refine_overrides
 from .config import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .refinement.resume import check_resume
 from .similarity import SimilarityConfig
@@ -84,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--output", "-o", required=True, help="checkpoint folder to write")
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--ratio", type=in_range(0, 1), default=0.8, help="kept fraction of the compressed linear modules")
-    c.add_argument("--method", default="sharvet", choices=list(METHODS), help=describe())
+    c.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=describe())
     c.add_argument("--variant", default=None,
                    help=f"comma list of sharvet ablations: {', '.join(VARIANTS)} (paper Tables 3, 7, 8, 9)")
     c.add_argument("--grouping", default=None, help=f"one of {', '.join(sorted(STRATEGIES))} (default: the method's)")

@@ -27,6 +27,9 @@ class Method:
 METHODS: dict[str, Method] = {
     "sharvet": Method("basis", "default", {"grouping": "spectral", "allocation": "adaptive"}, "both",
                       "similarity grouping, adaptive ranks, lambda/sigma refinement (the paper)"),
+    "sharvet-plus": Method("basis", "default", {"grouping": "spectral", "allocation": "adaptive"}, "factors",
+                           "SharVeT's model; refinement also trains every layer's V (beyond the paper, "
+                           "nothing added to the budget; the default)"),
     "basis-sharing": Method("basis", "default", {"grouping": "consecutive", "allocation": "uniform",
                                                  "layout": LayerLayout(sigma=False, scale=False)}, "lora",
                             "Wang et al. 2025: consecutive groups, whitened SVD, uniform ranks, LoRA"),
@@ -67,6 +70,12 @@ REFINE_VARIANTS: dict[str, dict[str, Any]] = {
 VARIANTS = {**COMPRESS_VARIANTS, **REFINE_VARIANTS}
 
 
+#: methods the paper's ablation variants apply to (SharVeT's compression)
+SHARVET_FAMILY = ("sharvet", "sharvet-plus")
+#: what ``sharvet compress`` runs unless ``--method`` says otherwise
+DEFAULT_METHOD = "sharvet-plus"
+
+
 def method(name: str) -> Method:
     if name not in METHODS:
         raise ValueError(f"unknown method {name!r}; choose from {', '.join(METHODS)}")
@@ -77,7 +86,7 @@ def check_variants(names: list[str] | tuple[str, ...], method_name: str = "sharv
     unknown = [v for v in names if v not in VARIANTS]
     if unknown:
         raise ValueError(f"unknown variant(s) {', '.join(unknown)}; choose from {', '.join(VARIANTS)}")
-    if names and method_name != "sharvet":
+    if names and method_name not in SHARVET_FAMILY:
         raise ValueError(f"variants are ablations of sharvet, not of {method_name!r}")
 
 

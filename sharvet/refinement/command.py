@@ -27,7 +27,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
                         "method's (both for sharvet, lora for the baselines)")
     g.add_argument("--lr", type=float, default=None, help="default: the preset's for the mode")
     g.add_argument("--lr-matrices", type=float, default=None,
-                   help="learning rate of the per-layer V matrices in --refine-mode factors (default: the preset's)")
+                   help="learning rate of the per-layer V matrices in --refine-mode factors, relative to each matrix's "
+                        "RMS (default: the preset's)")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
     g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)

@@ -17,7 +17,7 @@ class RefinePreset:
     #: learning rate of the vectors (modes both / lambda / sigma) and of LoRA adapters
     lr_vectors: float
     lr_lora: float
-    #: learning rate of the per-layer V matrices (mode ``factors``)
+    #: learning rate of the per-layer V matrices (mode ``factors``), relative: times each matrix's RMS
     lr_matrices: float
     weights: LossWeights
     #: replace the KD and feature weights by ``LM / term`` measured once before training (paper, App. D)
@@ -34,12 +34,12 @@ PRESETS: dict[str, RefinePreset] = {
         "the paper's rule for eq. 13 (KD and feature weights matched to the LM loss's scale before training), "
         "sigma trained relative to its start, and the learning rates where the study's probe peaked on "
         "SmolLM2 (vectors 1e-2, LoRA 3e-3)",
-        lr_vectors=1e-2, lr_lora=3e-3, lr_matrices=1e-4, weights=LossWeights(kd=1.0, feature=1.0, l2=1e-8),
+        lr_vectors=1e-2, lr_lora=3e-3, lr_matrices=3e-3, weights=LossWeights(kd=1.0, feature=1.0, l2=1e-8),
         match_loss_scales=True, relative_sigma=True),
     "reference": RefinePreset(
         "the authors' code (run/test.yaml): lr 1e-3, KD 0.001 on kl_div(batchmean), i.e. summed over the "
         "positions of a sequence, feature MSE x5, L2 1e-8, sigma trained as an absolute value",
-        lr_vectors=1e-3, lr_lora=1e-3, lr_matrices=1e-4, weights=LossWeights(kd=0.001, feature=5.0, l2=1e-8, kd_per_sequence=True),
+        lr_vectors=1e-3, lr_lora=1e-3, lr_matrices=3e-3, weights=LossWeights(kd=0.001, feature=5.0, l2=1e-8, kd_per_sequence=True),
         match_loss_scales=False, relative_sigma=False),
 }
 

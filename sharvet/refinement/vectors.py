@@ -94,12 +94,19 @@ def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool
 
 
 def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float) -> list[dict]:
-    """AdamW parameter groups: vectors (lambda, sigma's delta: scale-free, near 1 or 0) at ``lr``, matrices
-    (per-layer V, entries ~1/sqrt(d_out)) at ``lr_matrices``: one rate cannot suit both, Adam moving every
-    entry by about its rate per step."""
-    groups = [{"params": [p for p in params if p.dim() < 2], "lr": lr},
-              {"params": [p for p in params if p.dim() >= 2], "lr": lr_matrices}]
-    return [g for g in groups if g["params"]]
+    """AdamW parameter groups: the vectors (lambda near 1, sigma's delta near 0: scale-free) at ``lr``; each
+    matrix (a layer's V) at ``lr_matrices`` times its own RMS.
+
+    Adam moves every entry by about its group's rate per step, so one absolute rate cannot suit both, nor
+    V of different scales: SharVeT's V is orthonormal (entries ~1/sqrt(Z d_out)) while Basis Sharing's
+    carries the singular values (entries 10^2-10^4 times larger). Scaled by the RMS, every matrix moves by
+    the same *fraction* per step, as sigma's delta does."""
+    groups = [{"params": [p for p in params if p.dim() < 2], "lr": lr}] if any(p.dim() < 2 for p in params) else []
+    for p in params:
+        if p.dim() >= 2:
+            rms = float(p.detach().float().pow(2).mean().sqrt()) or 1.0
+            groups.append({"params": [p], "lr": lr_matrices * rms})
+    return groups
 
 
 def _relative(module: SharedBasisLinear) -> nn.Parameter:
