@@ -119,7 +119,7 @@ def _scores(a, model, tokenizer, sets: dict[str, torch.Tensor], with_tasks: bool
     res = {f"{k}_ppl": round(perplexity(model, ids, context=1024, batch_size=16, device=a.device, progress=False).ppl, 3)
            for k, ids in sets.items()}
     if with_tasks:
-        from sharvet.evaluation.tasks import run_tasks
+        from sharvet.evaluation.task_runner import run_tasks
 
         results = run_tasks(model, tokenizer, list(TASKS), data_dir=a.data_dir, batch_size=128)
         res["tasks"] = {n: r.to_dict() for n, r in results.items()}
