@@ -210,8 +210,10 @@ def _record(row: dict, run: dict) -> dict:
             "tokens_per_s", "trainable", "loss_weights")
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
-            "train_tokens": row["train_tokens"], "command": command, "default": row["default"],
-            **{k: row[k] for k in keep}, "date": run["date"], "device": run["device"],
+            "train_tokens": row["train_tokens"], "command": command,
+            "default": row["method"] == DEFAULT_METHOD and not row["refine_flags"],
+            **{k: row[k] for k in keep}, "compress_ratio": row.get("compress_ratio", row["ratio"]),
+            "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}
 
 
@@ -228,7 +230,9 @@ def cmd_summary(a: argparse.Namespace) -> None:
                             "adapters_in_budget": True, "train_tokens": 0, "command": "sharvet eval --ppl wikitext2,c4",
                             "default": False, "date": run["date"], "device": run["device"],
                             "measured_by": " ".join(run["argv"])})
-        records += [_record(row, run) for row in run["rows"]]
+        skip = set(a.exclude.split(","))
+        records += [_record(row, run) for row in run["rows"]
+                    if row["method"] not in skip and f"{Path(path).name}:{row['row']}" not in skip]
     Path(a.out).write_text(json.dumps(records, indent=1) + "\n")
 
 
@@ -257,6 +261,7 @@ def main() -> None:
     t.add_argument("--gen-batch", type=int, default=256)
     m = sub.add_parser("summary")
     m.add_argument("runs", nargs="+")
+    m.add_argument("--exclude", default="", help="rows left out (e.g. measured by older code): NAME, or RUNFILE:NAME@RATIO")
     m.add_argument("--out", required=True)
     m.add_argument("--original-avg-acc", type=float, default=None,
                    help="the original's five-task average when the runs did not score it")
