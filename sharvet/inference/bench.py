@@ -4,8 +4,8 @@ Two sources of models, one record format:
 
 - **a checkpoint** (``sharvet bench DIR``): the compressed model (:func:`sharvet.load`, then :func:`prepare`)
   against its original, both run end to end by ``generate`` (greedy, a static KV cache: transformers compiles
-  the decode step with CUDA graphs on a GPU). Time to first token is ``generate(max_new_tokens=1)``; decode
-  tokens/s is ``batch (n - 1) / (t_n - t_1)``.
+  the decode step with CUDA graphs on a GPU), timed token by token through a streamer: time to first token, then
+  seconds per later token.
 - **a published shape with random weights** (``--shape llama3-8b``): the dense model, then one compressed model
   per ratio, its groups and ranks chosen by sharvet's own planner (SharVeT preset; on random weights the
   similarity is structural only, cosine and Frobenius, since CKA needs calibration data) and random factors of
@@ -34,6 +34,7 @@ from typing import Any, Callable
 
 import torch
 from torch import nn
+from transformers.generation.streamers import BaseStreamer
 
 from ..models import adapter_for
 from ..modules import SharedBasisLinear
@@ -218,32 +219,54 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
 
 
 # ---------------------------------------------------------------------- generate (checkpoints)
+class TokenClock(BaseStreamer):
+    """A ``generate`` streamer that only notes when each new token reaches the host (the prompt comes first)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, _tokens: torch.Tensor) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
 @torch.no_grad()
 def measure_generate(model: nn.Module, label: str, settings: BenchSettings, device: torch.device) -> ModelRun:
-    """``generate`` end to end: TTFT = ``max_new_tokens=1``; decode from ``t_n - t_1`` (a static cache on a GPU)."""
+    """``generate`` end to end, each call timed token by token: TTFT to the first new token, then decode steps.
+
+    On a GPU the cache is static, so transformers compiles the decode step (CUDA graphs); the first call of each
+    batch size compiles and is not timed.
+    """
     run = ModelRun(label, weight_bytes_per_token(model), stored_bytes(model) / GIB)
     s = settings
-    n = s.decode_steps
     pad = model.generation_config.pad_token_id
     pad = model.generation_config.eos_token_id if pad is None else pad
     pad = pad[0] if isinstance(pad, (list, tuple)) else pad
     static = {"cache_implementation": "static"} if device.type == "cuda" and s.compile else {}
 
-    def generate(ids: torch.Tensor, new: int, **extra) -> torch.Tensor:
-        return model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=new,
-                              min_new_tokens=new, pad_token_id=pad, **extra)
+    def generate(ids: torch.Tensor) -> tuple[float, float]:
+        clock = TokenClock()
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=s.decode_steps,
+                       min_new_tokens=s.decode_steps, pad_token_id=pad, streamer=clock, **static)
+        first, last = clock.times[1], clock.times[-1]
+        return first - start, (last - first) / (len(clock.times) - 2)
 
     for batch in s.batches:
         ids = _ids(model, batch, s.decode_prompt, device, s.seed)
         _reset_peak(device)
         t = time.perf_counter()
-        generate(ids, n, **static)  # compiles the decode step on a GPU
+        generate(ids)  # compiles the decode step on a GPU
         run.compile_s = round((run.compile_s or 0) + time.perf_counter() - t, 1)
-        first = statistics.median(elapsed(lambda: generate(ids, 1), device) for _ in range(s.repeats))
-        full = statistics.median(elapsed(lambda: generate(ids, n, **static), device) for _ in range(s.repeats))
+        timed = [generate(ids) for _ in range(s.repeats)]
+        first = statistics.median(t for t, _ in timed)
+        per_step = statistics.median(t for _, t in timed)
         peak = _peak(device)
         run.rows[("ttft", batch, s.decode_prompt)] = Measurement(first, batch * s.decode_prompt / first, peak)
-        run.rows[("decode", batch, 1)] = Measurement((full - first) / (n - 1), batch * (n - 1) / (full - first), peak)
+        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
     return run
 
 
@@ -267,13 +290,14 @@ def random_model(config, dtype: torch.dtype, device: torch.device, seed: int) ->
     return model.eval()
 
 
-def plan_for(model: nn.Module, ratio: float, device: torch.device):
-    """The plan sharvet's planner makes for this model: SharVeT preset, structural similarity (no calibration)."""
+def plan_for(model: nn.Module, ratio: float, device: torch.device, method: str = "sharvet"):
+    """The plan sharvet's planner makes for this model: the method's preset, and where it groups by similarity,
+    structural similarity only (CKA needs calibration data)."""
     from ..config import CompressionConfig
     from ..planning import plan_compression
     from ..similarity import SimilarityConfig
 
-    cfg = CompressionConfig.preset("sharvet", ratio=ratio, similarity=SimilarityConfig(use_cka=False))
+    cfg = CompressionConfig.preset(method, ratio=ratio, similarity=SimilarityConfig(use_cka=False))
     return plan_compression(adapter_for(model), None, cfg, device=device, progress=False)[0]
 
 
@@ -314,6 +338,10 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
 def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, path: str, command: str,
             env: dict[str, Any], extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per (phase, batch, tokens per step) both runs measured."""
@@ -327,9 +355,9 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
         out.append({
             "shape": shape, "ratio": ratio, "phase": phase, "path": path, "batch": batch,
             "tokens_per_step": 1 if phase == "decode" else tokens,
-            "dense_tokens_per_s": round(d.tokens_per_s, 1), "compressed_tokens_per_s": round(c.tokens_per_s, 1),
-            "speedup": round(c.tokens_per_s / d.tokens_per_s, 3), "bound": round(bound, 3),
-            "dense_ms": round(d.seconds * 1000, 3), "compressed_ms": round(c.seconds * 1000, 3),
+            "dense_tokens_per_s": _sig(d.tokens_per_s), "compressed_tokens_per_s": _sig(c.tokens_per_s),
+            "speedup": _sig(c.tokens_per_s / d.tokens_per_s), "bound": _sig(bound),
+            "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
             "peak_gpu_gib_dense": None if d.peak_gib is None else round(d.peak_gib, 3),
             "peak_gpu_gib_compressed": None if c.peak_gib is None else round(c.peak_gib, 3),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
@@ -355,7 +383,7 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def _key(r: dict[str, Any]) -> tuple:
-    return tuple(r.get(k) for k in ("shape", "ratio", "fuse", "phase", "path", "batch", "tokens_per_step", "device",
+    return tuple(r.get(k) for k in ("shape", "method", "ratio", "fuse", "phase", "path", "batch", "tokens_per_step", "device",
                                     "dtype"))
 
 
@@ -376,52 +404,60 @@ def _variant(text: str, default_fuse: str) -> tuple[float, str]:
     return float(ratio), fuse or default_fuse
 
 
+Emit = Callable[[list[dict[str, Any]]], None]
+
+
 def bench_shape(shape: str, variants: list[str], settings: BenchSettings, *, device: torch.device,
-                dtype: torch.dtype, command: str, log: Callable[[str], None] = print) -> list[dict[str, Any]]:
-    """Dense vs each ``RATIO[:FUSE]`` variant at a published shape, random weights, the planner's groups."""
+                dtype: torch.dtype, command: str, emit: Emit, method: str = "sharvet",
+                log: Callable[[str], None] = print) -> None:
+    """Dense vs each ``RATIO[:FUSE]`` variant at a published shape, random weights, the planner's groups.
+
+    ``emit`` gets each variant's records as soon as they are measured (a run cut short keeps what it measured).
+    """
+    start = time.perf_counter()
     config = shape_config(shape)
     env = environment(device, dtype)
     parsed = [_variant(v, settings.fuse) for v in variants]
     dense = random_model(config, dtype, device, settings.seed)
-    plans = {ratio: plan_for(dense, ratio, device) for ratio in dict.fromkeys(r for r, _ in parsed)}
-    log(f"{shape}: dense model built ({stored_bytes(dense) / GIB:.2f} GiB); plans for ratios {', '.join(map(str, plans))}")
+    plans = {ratio: plan_for(dense, ratio, device, method) for ratio in dict.fromkeys(r for r, _ in parsed)}
+    log(f"{shape}: dense model ({stored_bytes(dense) / GIB:.2f} GiB) and {method} plans for ratios "
+        f"{', '.join(map(str, plans))} ({time.perf_counter() - start:.0f} s)")
     dense_run = measure_steps(dense, "dense", settings, device)
+    log(f"{shape}: dense measured (decode compile {dense_run.compile_s} s; {time.perf_counter() - start:.0f} s)")
     del dense
     release(device)
-    out = []
     for ratio, fuse in parsed:
         model = compressed_random(config, plans[ratio], dtype, device, settings.seed)
         prepare(model, fuse=fuse)
         run = measure_steps(model, f"r{ratio}", settings, device)
         run.note = model.sharvet_inference.line()
-        log(run.note)
-        groups = plans[ratio].groups
+        plan = plans[ratio]
         rows = records(dense_run, run, shape=shape, ratio=ratio, path="step", command=command, env=env,
-                       extra={"fuse": fuse, "plan": "sharvet planner on random weights (structural similarity)",
-                              "groups": len(groups), "realised_ratio": round(plans[ratio].settings.budget.realised_ratio, 4)})
-        log(table(rows))
-        out += rows
+                       extra={"fuse": fuse, "method": method, "groups": len(plan.groups),
+                              "plan": f"{method} planner on random weights (structural similarity)",
+                              "realised_ratio": round(plan.settings.budget.realised_ratio, 4)})
+        log(f"{run.note} ({time.perf_counter() - start:.0f} s)\n{table(rows)}")
+        emit(rows)
         del model
         release(device)
-    return out
 
 
 def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings, *, device: torch.device,
-                     dtype: torch.dtype, command: str, verify: bool = True,
-                     log: Callable[[str], None] = print) -> list[dict[str, Any]]:
+                     dtype: torch.dtype, command: str, emit: Emit, verify: bool = True,
+                     log: Callable[[str], None] = print) -> None:
     """A saved checkpoint against its original, both through ``generate``."""
     from ..api import load
     from ..loading import BUNDLED_ID, load_original
     from ..pipeline import plan_of
 
+    start = time.perf_counter()
     model = load(folder, device=str(device), dtype=dtype, verify=verify)
     plan = plan_of(model)
     source = original or plan.settings.model_id
     prepare(model, fuse=settings.fuse)
-    note = model.sharvet_inference.line()
-    log(note)
     run = measure_generate(model, "compressed", settings, device)
-    run.note = note
+    run.note = model.sharvet_inference.line()
+    log(f"{run.note} ({time.perf_counter() - start:.0f} s)")
     del model
     release(device)
     dense = load_original(None if source in (None, BUNDLED_ID) else source, dtype=str(dtype).removeprefix("torch."),
@@ -432,6 +468,5 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     rows = records(dense_run, run, shape=f"checkpoint {Path(folder).name}", ratio=plan.ratio, path="generate",
                    command=command, env=environment(device, dtype),
                    extra={"fuse": settings.fuse, "method": plan.method, "original": source or BUNDLED_ID})
-    log(table(rows))
-    return rows
-
+    log(f"{table(rows)}\n({time.perf_counter() - start:.0f} s)")
+    emit(rows)

@@ -52,6 +52,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    "llama3-8b, or tiny (a CPU check)")
     p.add_argument("--ratios", type=_variants, default=["0.7", "0.5", "0.3"],
                    help="compressed variants of --shape, RATIO[:FUSE] comma list (e.g. 0.7,0.5,0.3,0.5:always)")
+    p.add_argument("--method", default="sharvet", choices=("sharvet", "basis-sharing"),
+                   help="whose plan --shape uses: sharvet (groups by similarity, per type) or basis-sharing "
+                        "(consecutive groups, alike for every type)")
     p.add_argument("--fuse", default="auto", choices=FUSE_MODES, help="first-stage stacking of the inference form "
                    "(auto: only where it copies no shared basis)")
     p.add_argument("--batches", type=_ints, default=(1, 16, 64))
@@ -92,13 +95,22 @@ def bench_command(a: argparse.Namespace) -> int:
                              throughput=a.throughput, fuse=a.fuse, compile=not a.no_compile, seed=a.seed)
     command = "sharvet " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if Path(sys.argv[0]).name == "sharvet" \
         else " ".join(shlex.quote(x) for x in sys.argv)
-    rows = []
+    rows: list[dict] = []
+
+    def emit(new: list[dict]) -> None:
+        rows.extend(new)
+        write_records(a.out, new)
+
     if a.checkpoint is not None:
-        rows += bench_checkpoint(a.checkpoint, a.original, settings, device=device, dtype=dtype, command=command,
-                                 verify=not a.no_verify)
+        bench_checkpoint(a.checkpoint, a.original, settings, device=device, dtype=dtype, command=command, emit=emit,
+                         verify=not a.no_verify, log=_log)
     if a.shape is not None:
-        rows += bench_shape(a.shape, a.ratios, settings, device=device, dtype=dtype, command=command)
-    path = write_records(a.out, rows)
+        bench_shape(a.shape, a.ratios, settings, device=device, dtype=dtype, command=command, emit=emit,
+                    method=a.method, log=_log)
     print(table(rows))
-    print(f"wrote {len(rows)} records to {path}")
+    print(f"wrote {len(rows)} records to {a.out}")
     return 0
+
+
+def _log(text: str) -> None:
+    print(text, flush=True)
