@@ -69,3 +69,30 @@ def test_bench_checkpoint_against_its_original(model_dir, data_dir, tmp_path):
 def test_bench_bad_arguments_fail_in_one_line(args, message, capsys):
     assert main(args) == 2
     assert message in capsys.readouterr().err
+
+
+def test_compiled_decode_steps_match_eager_across_batch_sizes():
+    """The decode loop traced whole (no graph break) by torch.compile, on the inference form, as on a GPU."""
+    import torch
+
+    from sharvet.inference import prepare
+    from sharvet.inference.bench import BenchSettings, StepRunner, compressed_random, plan_for, random_model, \
+        shape_config
+
+    device = torch.device("cpu")
+    config = shape_config("tiny")
+    plan = plan_for(random_model(config, torch.float32, device, 0), 0.5, device)
+    model = prepare(compressed_random(config, plan, torch.float32, device, 0), fuse="always")
+    settings = BenchSettings(decode_prompt=4, decode_steps=3, warmup=1)
+    torch._dynamo.reset()
+    runners = [StepRunner(model, settings, device),
+               StepRunner(model, settings, device, lambda f: torch.compile(f, backend="eager", fullgraph=True))]
+    with torch.no_grad():
+        for batch in (1, 3):
+            assert min(runners[1].decode(batch)) > 0
+            tokens = []
+            for runner in runners:
+                torch.manual_seed(0)
+                prompt = torch.randint(100, config.vocab_size, (batch, 4))
+                tokens.append(runner.greedy(prompt, 5))
+            assert torch.equal(tokens[0], tokens[1])

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import functools
 import gc
 import inspect
 import json
@@ -147,19 +148,18 @@ def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: 
 class StepRunner:
     """Prefill and one-token decode steps of a model with a static cache (gpt-fast style)."""
 
-    def __init__(self, model: nn.Module, settings: BenchSettings, device: torch.device) -> None:
+    def __init__(self, model: nn.Module, settings: BenchSettings, device: torch.device,
+                 compiler: Callable[[Callable], Callable] | None = None) -> None:
+        """``compiler`` wraps the decode step; default: ``torch.compile(mode="reduce-overhead")`` on a GPU when
+        ``settings.compile``, else eager."""
         self.model, self.settings, self.device = model, settings, device
         self.cache_kw = _cache_kwarg(model)
-        step = self._step
-        if settings.compile and device.type == "cuda":
-            step = torch.compile(step, mode="reduce-overhead")
-        self.step = step
+        if compiler is None and settings.compile and device.type == "cuda":
+            compiler = functools.partial(torch.compile, mode="reduce-overhead")
+        self.step = self._step if compiler is None else compiler(self._step)
 
-    def forward(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        out = self.model(input_ids=ids, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
-        return out.logits[:, -1:].argmax(-1)
-
-    def _step(self, ids: torch.Tensor, pos: torch.Tensor, cache) -> torch.Tensor:
+    def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
+        """The greedy next token of each sequence (``pos`` None: a prefill, positions from the cache)."""
         out = self.model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
         return out.logits[:, -1:].argmax(-1)
 
@@ -170,28 +170,44 @@ class StepRunner:
         times = []
         for i in range(1 + self.settings.repeats):
             cache.reset()
-            t = elapsed(lambda: self.forward(ids, cache), self.device)
+            t = elapsed(lambda: self._step(ids, None, cache), self.device)
             if i:
                 times.append(t)
         return statistics.median(times)
 
-    def decode(self, batch: int) -> float:
-        """Seconds per decode step after ``decode_prompt`` tokens (warm-up steps compile and record the graph)."""
+    def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Prefill ``prompt`` into a static cache with room for ``new`` more tokens: (first token, position, cache)."""
+        cache = _static_cache(self.model, prompt.shape[1] + new)
+        pos = torch.full((1, 1), prompt.shape[1], dtype=torch.long, device=self.device)
+        return self._step(prompt, None, cache), pos, cache
+
+    def _steps(self, token: torch.Tensor, pos: torch.Tensor, cache, n: int, out: list | None = None) -> torch.Tensor:
+        for _ in range(n):
+            token = self.step(token, pos, cache).clone()
+            pos.add_(1)
+            if out is not None:
+                out.append(token)
+        return token
+
+    def greedy(self, prompt: torch.Tensor, new: int) -> torch.Tensor:
+        """``new`` greedy tokens after ``prompt`` through the decode step (the tests compare compiled and eager)."""
+        token, pos, cache = self._start(prompt, new)
+        out = [token]
+        self._steps(token, pos, cache, new - 1, out)
+        return torch.cat(out, dim=1)
+
+    def decode(self, batch: int) -> tuple[float, float]:
+        """Seconds per decode step after ``decode_prompt`` tokens, and the seconds the warm-up steps took (they
+        compile and record the CUDA graph)."""
         s = self.settings
-        ids = _ids(self.model, batch, s.decode_prompt, self.device, s.seed)
-        cache = _static_cache(self.model, s.decode_prompt + s.warmup + s.decode_steps)
-        token = self.forward(ids, cache)
-        pos = torch.full((1, 1), s.decode_prompt, dtype=torch.long, device=self.device)
-
-        def steps(n: int) -> None:
-            nonlocal token
-            for _ in range(n):
-                token = self.step(token, pos, cache).clone()
-                pos.add_(1)
-
-        steps(s.warmup)
+        token, pos, cache = self._start(_ids(self.model, batch, s.decode_prompt, self.device, s.seed),
+                                        s.warmup + s.decode_steps)
         _sync(self.device)
-        return elapsed(lambda: steps(s.decode_steps), self.device) / s.decode_steps
+        start = time.perf_counter()
+        token = self._steps(token, pos, cache, s.warmup)
+        _sync(self.device)
+        warmup = time.perf_counter() - start
+        return elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device) / s.decode_steps, warmup
 
 
 @torch.no_grad()
@@ -202,9 +218,8 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
     for batch in settings.batches:
         _reset_peak(device)
         prefill = runner.prefill(batch, settings.prefill_len)
-        t = time.perf_counter()
-        per_step = runner.decode(batch)
-        compile_s += time.perf_counter() - t
+        per_step, warmup = runner.decode(batch)
+        compile_s += warmup
         peak = _peak(device)
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(prefill, batch * settings.prefill_len / prefill,
                                                                          peak)
@@ -338,6 +353,10 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
+def _minus(peak: float | None, stored: float) -> float | None:
+    return None if peak is None else round(peak - stored, 3)
+
+
 def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
@@ -361,6 +380,9 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "peak_gpu_gib_dense": None if d.peak_gib is None else round(d.peak_gib, 3),
             "peak_gpu_gib_compressed": None if c.peak_gib is None else round(c.peak_gib, 3),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
+            # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
+            "workspace_gib_dense": _minus(d.peak_gib, dense.stored_gib),
+            "workspace_gib_compressed": _minus(c.peak_gib, compressed.stored_gib),
             "weight_bytes_per_token_dense": dense.weight_bytes_per_token,
             "weight_bytes_per_token_compressed": compressed.weight_bytes_per_token,
             "compile_s_dense": dense.compile_s, "compile_s_compressed": compressed.compile_s,

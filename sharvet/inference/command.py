@@ -93,8 +93,9 @@ def bench_command(a: argparse.Namespace) -> int:
     settings = BenchSettings(batches=a.batches, prefill_len=a.prefill_len, decode_prompt=a.decode_prompt,
                              decode_steps=a.decode_steps, warmup=a.warmup, repeats=a.repeats,
                              throughput=a.throughput, fuse=a.fuse, compile=not a.no_compile, seed=a.seed)
-    command = "sharvet " + " ".join(shlex.quote(x) for x in sys.argv[1:]) if Path(sys.argv[0]).name == "sharvet" \
-        else " ".join(shlex.quote(x) for x in sys.argv)
+    argv = [shlex.quote(x) for x in sys.argv]
+    command = " ".join(["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
+                       ["python", *argv] if sys.argv[0].endswith(".py") else argv)
     rows: list[dict] = []
 
     def emit(new: list[dict]) -> None:
