@@ -76,8 +76,8 @@ def test_compiled_decode_steps_match_eager_across_batch_sizes():
     import torch
 
     from sharvet.inference import prepare
-    from sharvet.inference.bench import BenchSettings, StepRunner, compressed_random, plan_for, random_model, \
-        shape_config
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config
 
     device = torch.device("cpu")
     config = shape_config("tiny")

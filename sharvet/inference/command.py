@@ -79,7 +79,10 @@ def bench_command(a: argparse.Namespace) -> int:
     from ..checkpoint import require_checkpoint
     from ..loading import default_device, parse_dtype
     from ..outputs import check_output_file
-    from .bench import SHAPES, BenchSettings, bench_checkpoint, bench_shape, table, write_records
+    from .bench import bench_checkpoint, bench_shape
+    from .measure import BenchSettings
+    from .records import table, write_records
+    from .shapes import SHAPES
 
     if a.checkpoint is None and a.shape is None:
         raise ValueError("give a checkpoint folder, --shape, or both")
