@@ -105,12 +105,12 @@ def bench_command(a: argparse.Namespace) -> int:
         rows.extend(new)
         write_records(a.out, new)
 
+    if a.shape is not None:  # first: its rows are the targets, and each model's rows are kept as it ends
+        bench_shape(a.shape, a.ratios, settings, device=device, dtype=dtype, command=command, emit=emit,
+                    method=a.method, log=_log)
     if a.checkpoint is not None:
         bench_checkpoint(a.checkpoint, a.original, settings, device=device, dtype=dtype, command=command, emit=emit,
                          verify=not a.no_verify, log=_log)
-    if a.shape is not None:
-        bench_shape(a.shape, a.ratios, settings, device=device, dtype=dtype, command=command, emit=emit,
-                    method=a.method, log=_log)
     print(table(rows))
     print(f"wrote {len(rows)} records to {a.out}")
     return 0
