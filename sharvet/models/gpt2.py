@@ -23,6 +23,7 @@ class GPT2Adapter(ModelAdapter):
     )
     default_shared = ("qkv", "up")
     mlp_types = ("up", "down")
+    input_norms = {"attn_in": "ln_1", "mlp_in": "ln_2"}
 
     def weight(self, layer: int, type_name: str) -> torch.Tensor:
         module = self.get_module(layer, type_name)

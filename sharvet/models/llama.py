@@ -20,3 +20,5 @@ class LlamaAdapter(ModelAdapter):
     )
     default_shared = ("q", "k", "v", "gate", "up")
     mlp_types = ("gate", "up", "down")
+    input_norms = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}
+    input_scale_sources = {"down": "up"}

@@ -1,0 +1,196 @@
+"""The inference form of a compressed model: the same function in fewer, larger matmuls.
+
+:func:`prepare` rewrites a loaded sharvet model in place. Each step is exact algebra (only rounding changes):
+
+- **sigma into V**: ``(h * sigma) V^T = h (V diag(sigma))^T``, so every layer is two plain matmuls.
+- **lambda into the norm**: ``(x_hat * g) * lambda = x_hat * (g * lambda)`` when every module reading a norm's output
+  (q, k, v; gate, up) has the same lambda (unrefined models hold ones, Basis Sharing none); a LayerNorm's bias is
+  scaled too. Refined q, k and v have three different lambdas: they stay ``x * lambda`` (under ``torch.compile``
+  that multiply fuses into the norm's kernel; folding it into the basis would need a copy of the shared basis per
+  layer).
+- **lambda of down into up**: a gated MLP's down reads ``act(gate) * up``, so its lambda scales up's output rows:
+  ``V_up <- diag(lambda_down) V_up`` (V is per layer: nothing shared is copied).
+- **one first-stage matmul** for the modules of a layer that read the same input: ``x [U_q; U_k; U_v]^T`` once,
+  then each module's slice times its V. The stacked matrix replaces the bases it stacks, one copy per distinct
+  combination of bases, so it costs no memory where every layer that uses those bases uses them together (Basis
+  Sharing's consecutive groups; types grouped alike). ``fuse="auto"`` stacks only such combinations;
+  ``"always"`` stacks every layer's first stage, lambda folded in, copying bases where layers combine them
+  differently (the same bytes read per token, more stored); ``"never"`` keeps the matmuls apart.
+
+Every module kind other than :class:`~sharvet.modules.SharedBasisLinear` (whole shared matrices, FiPS projections)
+is left as it is. Bytes read per token (what bounds decode) are unchanged by all of this: each layer reads its
+bases whether they are stacked or not.
+"""
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from ..models import ModelAdapter, adapter_for
+from ..modules import SharedBasisLinear
+from .modules import FusedFirstStage, StageSlice
+
+FUSE_MODES = ("auto", "always", "never")
+
+
+@dataclass
+class InferenceReport:
+    """What :func:`prepare` changed (stored on the model as ``sharvet_inference``)."""
+
+    fuse: str
+    sigma_absorbed: int = 0
+    lambda_into_norm: int = 0
+    lambda_into_source: int = 0
+    lambda_kept: int = 0
+    fused_layers: dict[str, int] = field(default_factory=dict)
+    #: stacked first-stage matrices stored (each replaces the bases it stacks or, for "always", copies them)
+    fused_matrices: int = 0
+    #: parameters added by stacking (copies of shared bases made by ``fuse="always"``)
+    extra_parameters: int = 0
+
+    def line(self) -> str:
+        fused = ", ".join(f"{k} in {n} layers" for k, n in self.fused_layers.items()) or "none"
+        return (f"inference form (fuse={self.fuse}): sigma absorbed in {self.sigma_absorbed} modules; lambda folded "
+                f"into {self.lambda_into_norm} norms and {self.lambda_into_source} up projections, kept in "
+                f"{self.lambda_kept} modules; first stages fused: {fused} ({self.fused_matrices} stacked matrices, "
+                f"{self.extra_parameters:+,} parameters)")
+
+
+def _f32(t: torch.Tensor) -> torch.Tensor:
+    return t.detach().float()
+
+
+def _param(t: torch.Tensor, like: torch.Tensor) -> nn.Parameter:
+    return nn.Parameter(t.to(like.dtype), requires_grad=False)
+
+
+def _scaled_rows(p: nn.Parameter | None, scale: torch.Tensor) -> nn.Parameter | None:
+    if p is None:
+        return None
+    s = _f32(scale)
+    return _param(_f32(p) * (s[:, None] if p.dim() == 2 else s), p)
+
+
+def _unique_count(model: nn.Module) -> int:
+    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
+
+
+def _consumers(adapter: ModelAdapter) -> dict[str, list[str]]:
+    """Input key -> the module types reading it."""
+    out: dict[str, list[str]] = defaultdict(list)
+    for t in adapter.module_types:
+        out[t.input_key].append(t.name)
+    return out
+
+
+def _fold_into_sources(adapter: ModelAdapter, report: InferenceReport) -> None:
+    for layer in range(adapter.num_layers):
+        for target, source in adapter.input_scale_sources.items():
+            m, src = adapter.get_module(layer, target), adapter.get_module(layer, source)
+            if isinstance(m, SharedBasisLinear) and isinstance(src, SharedBasisLinear) and m.scale is not None:
+                src.v = _scaled_rows(src.v, m.scale)
+                src.bias = _scaled_rows(src.bias, m.scale)
+                m.scale = None
+                report.lambda_into_source += 1
+
+
+def _fold_into_norms(adapter: ModelAdapter, report: InferenceReport) -> None:
+    for layer in range(adapter.num_layers):
+        for key, types in _consumers(adapter).items():
+            norm = adapter.input_norm(layer, key)
+            modules = [adapter.get_module(layer, t) for t in types]
+            if norm is None or not all(isinstance(m, SharedBasisLinear) for m in modules):
+                continue
+            scales = [m.scale for m in modules if m.scale is not None]
+            if not scales:
+                continue
+            ones = torch.ones_like(scales[0])
+            full = [ones if m.scale is None else m.scale for m in modules]
+            if any(not torch.equal(full[0], s) for s in full[1:]):
+                continue
+            weight = getattr(norm, "weight", None)
+            if not isinstance(weight, torch.Tensor) or weight.shape != full[0].shape:
+                continue
+            with torch.no_grad():
+                norm.weight.copy_(_f32(weight) * _f32(full[0]))
+                bias = getattr(norm, "bias", None)
+                if isinstance(bias, torch.Tensor):
+                    bias.copy_(_f32(bias) * _f32(full[0]))
+            for m in modules:
+                m.scale = None
+            report.lambda_into_norm += 1
+
+
+def _stack(modules: list[SharedBasisLinear]) -> nn.Parameter:
+    rows = [_f32(m.basis) * (1.0 if m.scale is None else _f32(m.scale)) for m in modules]
+    return _param(torch.cat(rows), modules[0].basis)
+
+
+def _fuse(adapter: ModelAdapter, fuse: str, report: InferenceReport) -> None:
+    """Stack the first stages of modules reading one input, where ``fuse`` allows (see the module docstring)."""
+    combos: dict[tuple, list[int]] = defaultdict(list)
+    combos_of_basis: dict[int, set] = defaultdict(set)
+    for layer in range(adapter.num_layers):
+        for key, types in _consumers(adapter).items():
+            modules = [adapter.get_module(layer, t) for t in types]
+            if len(modules) > 1 and all(isinstance(m, SharedBasisLinear) for m in modules):
+                scaled = any(m.scale is not None for m in modules)
+                combo = (key, tuple(types), tuple(id(m.basis) for m in modules), layer if scaled else None)
+                combos[combo].append(layer)
+                for m in modules:
+                    combos_of_basis[id(m.basis)].add(combo)
+            else:
+                for m in modules:
+                    if isinstance(m, SharedBasisLinear):
+                        combos_of_basis[id(m.basis)].add(None)  # used unfused: stacking would copy it
+
+    def free(combo: tuple) -> bool:
+        return combo[3] is None and all(combos_of_basis[b] == {combo} for b in combo[2])
+
+    for combo, layers in combos.items():
+        if fuse == "never" or (fuse == "auto" and not free(combo)):
+            continue
+        key, types = combo[0], combo[1]
+        weight = None
+        for layer in layers:
+            modules = [adapter.get_module(layer, t) for t in types]
+            weight = _stack(modules) if weight is None else weight
+            stage = FusedFirstStage(weight, [m.rank for m in modules])
+            for i, (t, m) in enumerate(zip(types, modules)):
+                adapter.set_module(layer, t, StageSlice(stage, i, m.v, m.bias))
+            if any(m.scale is not None for m in modules):
+                report.lambda_kept -= sum(m.scale is not None for m in modules)  # now inside the stacked matrix
+        name = "+".join(types)
+        report.fused_layers[name] = report.fused_layers.get(name, 0) + len(layers)
+        report.fused_matrices += 1
+
+
+@torch.no_grad()
+def prepare(model: nn.Module, *, fuse: str = "auto") -> nn.Module:
+    """Rewrite a loaded sharvet model into its inference form, in place, and return it.
+
+    ``generate`` and every forward keep working on any device; the logits equal the reference forward's up to
+    rounding. Call it after loading and after any refinement (it absorbs sigma, which training needs apart).
+    What changed: ``model.sharvet_inference`` (an :class:`InferenceReport`).
+    """
+    if fuse not in FUSE_MODES:
+        raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
+    if hasattr(model, "peft_config"):
+        raise ValueError("the inference form does not take LoRA adapters (a peft model); run it as loaded")
+    adapter = adapter_for(model)
+    report = InferenceReport(fuse)
+    for m in model.modules():
+        if isinstance(m, SharedBasisLinear) and m.sigma is not None:
+            m.absorb_sigma()
+            report.sigma_absorbed += 1
+    _fold_into_sources(adapter, report)
+    _fold_into_norms(adapter, report)
+    report.lambda_kept = sum(isinstance(m, SharedBasisLinear) and m.scale is not None for m in model.modules())
+    before = _unique_count(model)
+    _fuse(adapter, fuse, report)
+    report.extra_parameters = _unique_count(model) - before
+    model.sharvet_inference = report
+    return model.eval()

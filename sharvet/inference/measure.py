@@ -1,0 +1,234 @@
+"""Timing a model: prefill, compiled decode steps (gpt-fast style) and ``generate`` token by token.
+
+Times come from CUDA events after warm-up (on the CPU: ``perf_counter``); the peak is
+``torch.cuda.max_memory_allocated`` over one batch's runs.
+"""
+from __future__ import annotations
+
+import functools
+import gc
+import inspect
+import statistics
+import time
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import torch
+from torch import nn
+from transformers.generation.streamers import BaseStreamer
+
+from .records import GIB, Measurement, ModelRun
+from .traffic import stored_bytes, weight_bytes_per_token
+
+
+@dataclass
+class BenchSettings:
+    batches: tuple[int, ...] = (1, 16, 64)
+    prefill_len: int = 2048
+    #: prompt before the timed decode steps: short, so weights (not the KV cache) dominate what a step reads
+    decode_prompt: int = 128
+    decode_steps: int = 32
+    warmup: int = 3
+    #: timed repetitions of a prefill / a generate call (the median is kept)
+    repeats: int = 2
+    #: Basis Sharing's throughput setting (batch, tokens), one forward; None skips it
+    throughput: tuple[int, int] | None = (512, 32)
+    fuse: str = "auto"
+    compile: bool = True
+    seed: int = 0
+
+
+
+# ---------------------------------------------------------------------- timing
+def _sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def elapsed(fn: Callable[[], Any], device: torch.device) -> float:
+    """Seconds ``fn`` takes on ``device`` (CUDA events on a GPU, so only device time between them counts)."""
+    if device.type == "cuda":
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        fn()
+        end.record()
+        end.synchronize()
+        return start.elapsed_time(end) / 1000
+    t = time.perf_counter()
+    fn()
+    return time.perf_counter() - t
+
+
+def _reset_peak(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def _peak(device: torch.device) -> float | None:
+    return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
+
+
+def release(device: torch.device) -> None:
+    """Drop compiled graphs (and their CUDA-graph memory pools) and cached blocks between models."""
+    torch.compiler.reset()
+    gc.collect()
+    if device.type == "cuda":
+        torch.cuda.empty_cache()
+
+
+# ---------------------------------------------------------------------- the step loop (shapes)
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _static_cache(model: nn.Module, length: int):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=length)
+
+
+def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: int) -> torch.Tensor:
+    vocab = model.config.vocab_size
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(min(100, vocab // 2), vocab, (batch, length), generator=g).to(device)
+
+
+class StepRunner:
+    """Prefill and one-token decode steps of a model with a static cache (gpt-fast style)."""
+
+    def __init__(self, model: nn.Module, settings: BenchSettings, device: torch.device,
+                 compiler: Callable[[Callable], Callable] | None = None) -> None:
+        """``compiler`` wraps the decode step; default: ``torch.compile(mode="reduce-overhead")`` on a GPU when
+        ``settings.compile``, else eager."""
+        self.model, self.settings, self.device = model, settings, device
+        self.cache_kw = _cache_kwarg(model)
+        if compiler is None and settings.compile and device.type == "cuda":
+            compiler = functools.partial(torch.compile, mode="reduce-overhead")
+        self.step = self._step if compiler is None else compiler(self._step)
+
+    def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
+        """The greedy next token of each sequence (``pos`` None: a prefill, positions from the cache)."""
+        out = self.model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
+        return out.logits[:, -1:].argmax(-1)
+
+    def prefill(self, batch: int, length: int) -> float:
+        """Median seconds of a ``batch x length`` forward into an empty static cache (after one warm-up)."""
+        ids = _ids(self.model, batch, length, self.device, self.settings.seed)
+        cache = _static_cache(self.model, length)
+        times = []
+        for i in range(1 + self.settings.repeats):
+            cache.reset()
+            t = elapsed(lambda: self._step(ids, None, cache), self.device)
+            if i:
+                times.append(t)
+        return statistics.median(times)
+
+    def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
+        """Prefill ``prompt`` into a static cache with room for ``new`` more tokens: (first token, position, cache)."""
+        cache = _static_cache(self.model, prompt.shape[1] + new)
+        pos = torch.full((1, 1), prompt.shape[1], dtype=torch.long, device=self.device)
+        return self._step(prompt, None, cache), pos, cache
+
+    def _steps(self, token: torch.Tensor, pos: torch.Tensor, cache, n: int, out: list | None = None) -> torch.Tensor:
+        for _ in range(n):
+            token = self.step(token, pos, cache).clone()
+            pos.add_(1)
+            if out is not None:
+                out.append(token)
+        return token
+
+    def greedy(self, prompt: torch.Tensor, new: int) -> torch.Tensor:
+        """``new`` greedy tokens after ``prompt`` through the decode step (the tests compare compiled and eager)."""
+        token, pos, cache = self._start(prompt, new)
+        out = [token]
+        self._steps(token, pos, cache, new - 1, out)
+        return torch.cat(out, dim=1)
+
+    def decode(self, batch: int) -> tuple[float, float]:
+        """Seconds per decode step after ``decode_prompt`` tokens, and the seconds the warm-up steps took (they
+        compile and record the CUDA graph)."""
+        s = self.settings
+        token, pos, cache = self._start(_ids(self.model, batch, s.decode_prompt, self.device, s.seed),
+                                        s.warmup + s.decode_steps)
+        _sync(self.device)
+        start = time.perf_counter()
+        token = self._steps(token, pos, cache, s.warmup)
+        _sync(self.device)
+        warmup = time.perf_counter() - start
+        return elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device) / s.decode_steps, warmup
+
+
+@torch.no_grad()
+def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device: torch.device) -> ModelRun:
+    run = ModelRun(label, weight_bytes_per_token(model), stored_bytes(model) / GIB)
+    runner = StepRunner(model, settings, device)
+    compile_s = 0.0
+    for batch in settings.batches:
+        _reset_peak(device)
+        prefill = runner.prefill(batch, settings.prefill_len)
+        per_step, warmup = runner.decode(batch)
+        compile_s += warmup
+        peak = _peak(device)
+        run.rows[("prefill", batch, settings.prefill_len)] = Measurement(prefill, batch * settings.prefill_len / prefill,
+                                                                         peak)
+        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
+    run.compile_s = round(compile_s, 1) if settings.compile and device.type == "cuda" else None
+    if settings.throughput is not None:
+        batch, length = settings.throughput
+        _reset_peak(device)
+        seconds = runner.prefill(batch, length)
+        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, _peak(device))
+    return run
+
+
+# ---------------------------------------------------------------------- generate (checkpoints)
+class TokenClock(BaseStreamer):
+    """A ``generate`` streamer that only notes when each new token reaches the host (the prompt comes first)."""
+
+    def __init__(self) -> None:
+        self.times: list[float] = []
+
+    def put(self, _tokens: torch.Tensor) -> None:
+        self.times.append(time.perf_counter())
+
+    def end(self) -> None:
+        pass
+
+
+@torch.no_grad()
+def measure_generate(model: nn.Module, label: str, settings: BenchSettings, device: torch.device) -> ModelRun:
+    """``generate`` end to end, each call timed token by token: TTFT to the first new token, then decode steps.
+
+    On a GPU the cache is static, so transformers compiles the decode step (CUDA graphs); the first call of each
+    batch size compiles and is not timed.
+    """
+    run = ModelRun(label, weight_bytes_per_token(model), stored_bytes(model) / GIB)
+    s = settings
+    pad = model.generation_config.pad_token_id
+    pad = model.generation_config.eos_token_id if pad is None else pad
+    pad = pad[0] if isinstance(pad, (list, tuple)) else pad
+    static = {"cache_implementation": "static"} if device.type == "cuda" and s.compile else {}
+
+    def generate(ids: torch.Tensor) -> tuple[float, float]:
+        clock = TokenClock()
+        _sync(device)
+        start = time.perf_counter()
+        model.generate(ids, attention_mask=torch.ones_like(ids), do_sample=False, max_new_tokens=s.decode_steps,
+                       min_new_tokens=s.decode_steps, pad_token_id=pad, streamer=clock, **static)
+        first, last = clock.times[1], clock.times[-1]
+        return first - start, (last - first) / (len(clock.times) - 2)
+
+    for batch in s.batches:
+        ids = _ids(model, batch, s.decode_prompt, device, s.seed)
+        _reset_peak(device)
+        t = time.perf_counter()
+        generate(ids)  # compiles the decode step on a GPU
+        run.compile_s = round((run.compile_s or 0) + time.perf_counter() - t, 1)
+        timed = [generate(ids) for _ in range(s.repeats)]
+        first = statistics.median(t for t, _ in timed)
+        per_step = statistics.median(t for _, t in timed)
+        peak = _peak(device)
+        run.rows[("ttft", batch, s.decode_prompt)] = Measurement(first, batch * s.decode_prompt / first, peak)
+        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
+    return run

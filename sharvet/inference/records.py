@@ -1,0 +1,119 @@
+"""Benchmark records: dense and compressed measurements paired per setting, printed and merged into a JSON file."""
+from __future__ import annotations
+
+import contextlib
+import datetime
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+
+GIB = 2**30
+
+
+@dataclass
+class Measurement:
+    seconds: float
+    tokens_per_s: float
+    peak_gib: float | None = None
+
+
+@dataclass
+class ModelRun:
+    """One model's measurements, keyed by (phase, batch, tokens per step)."""
+
+    label: str
+    weight_bytes_per_token: int
+    stored_gib: float
+    rows: dict[tuple[str, int, int], Measurement] = field(default_factory=dict)
+    compile_s: float | None = None
+    note: str = ""
+
+
+
+def _git_describe() -> str | None:
+    import subprocess
+
+    root = Path(__file__).resolve().parents[2]
+    with contextlib.suppress(Exception):
+        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
+                              text=True, timeout=5).stdout.strip() or None
+    return None
+
+
+def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
+    import transformers
+
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    return {"device": name, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
+            "transformers": transformers.__version__, "commit": _git_describe(),
+            "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+
+
+def _minus(peak: float | None, stored: float) -> float | None:
+    return None if peak is None else round(peak - stored, 3)
+
+
+def _sig(x: float) -> float:
+    return float(f"{x:.4g}")
+
+
+def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, path: str, command: str,
+            env: dict[str, Any], extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
+    """One record per (phase, batch, tokens per step) both runs measured."""
+    bound = dense.weight_bytes_per_token / compressed.weight_bytes_per_token
+    out = []
+    for key in dense.rows:
+        if key not in compressed.rows:
+            continue
+        d, c = dense.rows[key], compressed.rows[key]
+        phase, batch, tokens = key
+        out.append({
+            "shape": shape, "ratio": ratio, "phase": phase, "path": path, "batch": batch,
+            "tokens_per_step": 1 if phase == "decode" else tokens,
+            "dense_tokens_per_s": _sig(d.tokens_per_s), "compressed_tokens_per_s": _sig(c.tokens_per_s),
+            "speedup": _sig(c.tokens_per_s / d.tokens_per_s), "bound": _sig(bound),
+            "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
+            "peak_gpu_gib_dense": None if d.peak_gib is None else round(d.peak_gib, 3),
+            "peak_gpu_gib_compressed": None if c.peak_gib is None else round(c.peak_gib, 3),
+            "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
+            # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
+            "workspace_gib_dense": _minus(d.peak_gib, dense.stored_gib),
+            "workspace_gib_compressed": _minus(c.peak_gib, compressed.stored_gib),
+            "weight_bytes_per_token_dense": dense.weight_bytes_per_token,
+            "weight_bytes_per_token_compressed": compressed.weight_bytes_per_token,
+            "compile_s_dense": dense.compile_s, "compile_s_compressed": compressed.compile_s,
+            "inference_form": compressed.note, **(extra or {}), **env, "command": command,
+        })
+    return out
+
+
+def table(rows: list[dict[str, Any]]) -> str:
+    """The records as a Markdown table, the bound beside each speedup."""
+    head = ("| shape | ratio | fuse | phase | batch | tokens/step | dense tok/s | compressed tok/s | speedup | bound | "
+            "peak GiB dense | peak GiB compressed |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
+    for r in rows:
+        lines.append(f"| {r['shape']} | {r['ratio']} | {r.get('fuse', '')} | {r['phase']} | {r['batch']} | "
+                     f"{r['tokens_per_step']} | {r['dense_tokens_per_s']:,.0f} | {r['compressed_tokens_per_s']:,.0f} | "
+                     f"{r['speedup']:.2f}x | {r['bound']:.2f}x | {r['peak_gpu_gib_dense']} | "
+                     f"{r['peak_gpu_gib_compressed']} |")
+    return "\n".join(lines)
+
+
+def _key(r: dict[str, Any]) -> tuple:
+    return tuple(r.get(k) for k in ("shape", "method", "ratio", "fuse", "phase", "path", "batch", "tokens_per_step", "device",
+                                    "dtype"))
+
+
+def write_records(path: str | Path, new: list[dict[str, Any]]) -> Path:
+    """Merge into ``path``'s ``records``: a new record replaces one of the same setting, others are kept."""
+    path = Path(path)
+    old = json.loads(path.read_text())["records"] if path.is_file() else []
+    keys = {_key(r) for r in new}
+    merged = [r for r in old if _key(r) not in keys] + new
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps({"records": merged}, indent=1) + "\n")
+    return path

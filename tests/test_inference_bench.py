@@ -1,0 +1,98 @@
+"""``sharvet bench`` on the CPU: tiny shapes and a tiny checkpoint, valid records merged into one JSON file."""
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from sharvet.cli import main
+
+REQUIRED = ("shape", "ratio", "batch", "tokens_per_step", "dense_tokens_per_s", "compressed_tokens_per_s", "speedup",
+            "bound", "peak_gpu_gib_dense", "peak_gpu_gib_compressed", "command")
+SMALL = ["--batches", "1,2", "--prefill-len", "8", "--decode-prompt", "4", "--decode-steps", "4", "--warmup", "1",
+         "--repeats", "1"]
+
+
+def check(rows):
+    for r in rows:
+        assert all(k in r for k in REQUIRED), sorted(set(REQUIRED) - set(r))
+        assert r["dense_tokens_per_s"] > 0 and r["compressed_tokens_per_s"] > 0
+        assert r["speedup"] == pytest.approx(r["compressed_tokens_per_s"] / r["dense_tokens_per_s"], rel=1e-2)
+        assert r["peak_gpu_gib_dense"] is None  # the CPU has no GPU peak to report
+        assert r["bound"] == pytest.approx(r["weight_bytes_per_token_dense"] / r["weight_bytes_per_token_compressed"],
+                                           rel=1e-3)
+
+
+def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
+    out = tmp_path / "summary.json"
+    args = ["bench", "--shape", "tiny", "--ratios", "0.5,0.5:always", "--throughput", "4x8", "--device", "cpu",
+            "--out", str(out), *SMALL]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["records"]
+    check(rows)
+    # per variant: prefill and decode at each batch, one throughput row
+    assert len(rows) == 2 * (2 * 2 + 1)
+    assert {(r["phase"], r["batch"], r["tokens_per_step"]) for r in rows} == {
+        ("prefill", 1, 8), ("prefill", 2, 8), ("decode", 1, 1), ("decode", 2, 1), ("throughput", 4, 8)}
+    assert {r["fuse"] for r in rows} == {"auto", "always"}
+    assert all(1 < r["bound"] < 3 for r in rows)  # ratio 0.5 of the linear layers, the LM head unchanged
+    assert "| speedup | bound |" in capsys.readouterr().out
+    assert main(args) == 0  # the same settings again replace their records
+    assert len(json.loads(out.read_text())["records"]) == len(rows)
+    # Basis Sharing's plan: alike groups for every type, so the first stages stack without copies
+    assert main([*args, "--method", "basis-sharing", "--ratios", "0.5"]) == 0
+    rows = json.loads(out.read_text())["records"]
+    stacked = [r for r in rows if r["method"] == "basis-sharing"]
+    assert len(rows) == 15 and len(stacked) == 5
+    assert all("q+k+v in 4 layers" in r["inference_form"] and "+0 parameters" in r["inference_form"] for r in stacked)
+
+
+def test_bench_checkpoint_against_its_original(model_dir, data_dir, tmp_path):
+    ck = tmp_path / "ck"
+    assert main(["compress", str(model_dir), "-o", str(ck), "--ratio", "0.5", "--k", "2", "--data-dir", str(data_dir),
+                 "--calib-samples", "2", "--calib-seq-len", "16", "--cache-dir", "none", "--no-progress",
+                 "--device", "cpu"]) == 0
+    out = tmp_path / "summary.json"
+    assert main(["bench", str(ck), "--original", str(model_dir), "--device", "cpu", "--out", str(out), *SMALL]) == 0
+    rows = json.loads(out.read_text())["records"]
+    check(rows)
+    assert {(r["phase"], r["batch"]) for r in rows} == {("ttft", 1), ("ttft", 2), ("decode", 1), ("decode", 2)}
+    assert all(r["path"] == "generate" and r["ratio"] == 0.5 for r in rows)
+
+
+@pytest.mark.parametrize("args, message", [
+    (["bench"], "give a checkpoint folder, --shape, or both"),
+    (["bench", "--shape", "gpt9"], "unknown --shape"),
+    (["bench", "--shape", "tiny", "--ratios", "0.5:sometimes"], "RATIO[:FUSE]"),
+    (["bench", "--shape", "tiny", "--throughput", "512"], "BATCHxTOKENS"),
+])
+def test_bench_bad_arguments_fail_in_one_line(args, message, capsys):
+    assert main(args) == 2
+    assert message in capsys.readouterr().err
+
+
+def test_compiled_decode_steps_match_eager_across_batch_sizes():
+    """The decode loop traced whole (no graph break) by torch.compile, on the inference form, as on a GPU."""
+    import torch
+
+    from sharvet.inference import prepare
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config
+
+    device = torch.device("cpu")
+    config = shape_config("tiny")
+    plan = plan_for(random_model(config, torch.float32, device, 0), 0.5, device)
+    model = prepare(compressed_random(config, plan, torch.float32, device, 0), fuse="always")
+    settings = BenchSettings(decode_prompt=4, decode_steps=3, warmup=1)
+    torch._dynamo.reset()
+    runners = [StepRunner(model, settings, device),
+               StepRunner(model, settings, device, lambda f: torch.compile(f, backend="eager", fullgraph=True))]
+    with torch.no_grad():
+        for batch in (1, 3):
+            assert min(runners[1].decode(batch)) > 0
+            tokens = []
+            for runner in runners:
+                torch.manual_seed(0)
+                prompt = torch.randint(100, config.vocab_size, (batch, 4))
+                tokens.append(runner.greedy(prompt, 5))
+            assert torch.equal(tokens[0], tokens[1])
