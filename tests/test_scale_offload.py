@@ -45,3 +45,29 @@ def test_offload_map_puts_each_decoder_layer_on_disk():
     m = streaming.offload_map(model, adapter_for(model).layers_path)
     assert m == {"model.embed_tokens": "cpu", "model.layers.0": "disk", "model.layers.1": "disk",
                  "model.layers.2": "disk", "model.norm": "cpu", "model.rotary_emb": "cpu", "lm_head": "cpu"}
+
+
+def test_checkpoint_load_builds_on_meta_and_reads_straight_into_the_dtype(tmp_path, monkeypatch):
+    from sharvet import checkpoint, compress
+    from sharvet.calibration import collect_stats
+
+    from tiny import tiny_gpt2, tokens
+
+    model = tiny_gpt2(4)  # tied embeddings and a shared basis
+    ids = tokens(2, 16)
+    stats = collect_stats(adapter_for(model), ids, batch_size=2, progress=False)
+    compress(model, stats, CompressionConfig(ratio=0.6, k=2), progress=False)
+    out = checkpoint.save(model, tmp_path / "ck")
+    skeletons = []
+    assign = checkpoint.assign_weights
+    monkeypatch.setattr(checkpoint, "assign_weights", lambda m, *a: skeletons.append(
+        {p.device.type for p in m.parameters()}) or assign(m, *a))
+    loaded = checkpoint.load(out, dtype=torch.bfloat16)
+    assert skeletons == [{"meta"}]  # nothing was initialised on the host
+    assert {p.dtype for p in loaded.parameters()} == {torch.bfloat16}
+    assert loaded.lm_head.weight is loaded.transformer.wte.weight
+    adapter = adapter_for(loaded)
+    g = next(g for g in loaded.config.sharvet["groups"] if len(g["layers"]) > 1)
+    assert len({id(adapter.get_module(layer, g["type"]).basis) for layer in g["layers"]}) == 1
+    torch.testing.assert_close(loaded(ids).logits.float(), model.to(torch.bfloat16)(ids).logits.float())
+
