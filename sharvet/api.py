@@ -160,13 +160,14 @@ def refine_checkpoint(
     """
     from .loading import load_tokenizer
     from .refinement import finalize, refine, save_lora
+    from .refinement.trainer import process_device
     from .summary import render
     from .training_data import training_ids
 
     if checkpoint.has_adapters(checkpoint_dir):
         raise ValueError(f"{checkpoint_dir} is already refined with LoRA adapters; refine the checkpoint it was "
                          "made from instead")
-    device = default_device(device)
+    device = process_device(default_device(device))
     student = checkpoint.load(checkpoint_dir, device=device, dtype=parse_dtype(dtype))
     dtype = dtype or str(next(student.parameters()).dtype).removeprefix("torch.")
     source = teacher or plan_of(student).settings.model_id
