@@ -38,6 +38,8 @@ STREAM_MODES = ("auto", "on", "off")
 #: out the allocator's fragmentation and the forward's temporaries beyond a few activations)
 AUTO_SHARE = 0.8
 GIB = 2**30
+#: the most host memory :class:`StreamedStats` keeps by default (more only raises the host's peak)
+CACHE_CAP = 8 * GIB
 
 
 class WontFitError(ValueError):
@@ -87,8 +89,8 @@ def finished_layers(folder: Path, num_layers: int) -> int:
 class StreamedStats(CalibrationStats):
     """Statistics read from a folder of per-layer files on first use, the most recent kept in host memory.
 
-    ``cache_bytes`` bounds what is kept (by default a sixteenth of the host's memory: on a 128 GiB host, all
-    layers' attention or MLP inputs of an 8B model, which similarity reads pair by pair).
+    ``cache_bytes`` bounds what is kept (by default a sixteenth of the host's memory, at most ``CACHE_CAP``: all
+    layers' attention or MLP inputs of an 8B model, 4.3 GB, which similarity reads block by block).
     """
 
     def __init__(self, folder: str | Path, num_layers: int, cache_bytes: int | None = None,
@@ -96,7 +98,7 @@ class StreamedStats(CalibrationStats):
         super().__init__([])
         self.folder = Path(folder)
         self._num_layers = num_layers
-        self.cache_bytes = psutil.virtual_memory().total // 16 if cache_bytes is None else cache_bytes
+        self.cache_bytes = min(psutil.virtual_memory().total // 16, CACHE_CAP) if cache_bytes is None else cache_bytes
         self._cache: OrderedDict[tuple[int, str], InputStats] = OrderedDict()
         self._keep = keep  # a temporary folder lives as long as the statistics read from it
 

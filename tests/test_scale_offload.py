@@ -1,7 +1,6 @@
 """Streamed compression keeps the decoder layers on disk (accelerate's offload) and gives the same model."""
 from __future__ import annotations
 
-import pytest
 import torch
 
 from sharvet import CompressionConfig, streaming
