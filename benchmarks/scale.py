@@ -12,8 +12,12 @@ adds the full model's time and peaks extrapolated linearly from the per-layer co
     python benchmarks/scale.py --shape llama3-8b --device cuda                    # 256 x 1024 tokens, ratio 0.7
     python benchmarks/scale.py --shape llama3-70b --layers 4 --device cuda
     python benchmarks/scale.py --shape llama3-70b --layers 8 --device cuda        # the table extrapolates to 80
-    python benchmarks/scale.py --shape llama3-8b --device cuda --phases refine --gpus 2
+    python benchmarks/scale.py --shape llama3-8b --device cuda --refine-setups 1,2,2-fsdp   # 1 GPU, DDP, FSDP
     python benchmarks/scale.py --shape tiny --out /tmp/scale.json                  # a CPU check in a minute
+
+Refinement setups: ``N`` runs ``sharvet refine`` in N processes (``accelerate launch``, DDP when N > 1), ``N-fsdp``
+adds ``--fsdp`` (frozen weights sharded per decoder layer). The calibration statistics are removed as soon as
+the compression is done (an 8B model's take 31 GiB of disk beside its 15 GiB of weights).
 """
 from __future__ import annotations
 
@@ -24,6 +28,7 @@ import os
 import resource
 import shlex
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -118,24 +123,46 @@ def child(record_path: str, argv: list[str]) -> int:
     return rc
 
 
-def run_phase(argv: list[str], gpus: int, work: Path) -> dict:
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def run_phase(argv: list[str], gpus: int, work: Path, device: str) -> dict:
     """``sharvet ARGV`` in one process, or ``gpus`` processes under ``accelerate launch``; peaks combined."""
     record = work / "phase.json"
     for old in work.glob("phase.json.*"):
         old.unlink()
     me = [str(Path(__file__).resolve()), "_child", str(record), "--"]
     launcher = [sys.executable] if gpus <= 1 else \
-        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus)]
+        [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(gpus), "--num_machines", "1",
+         "--main_process_port", str(free_port()), "--multi_gpu" if device.startswith("cuda") else "--cpu"]
     start = time.perf_counter()
-    subprocess.run(launcher + me + argv, check=True, cwd=ROOT)
+    rc = subprocess.run(launcher + me + argv, cwd=ROOT).returncode
     wall = time.perf_counter() - start
     parts = [json.loads(p.read_text()) for p in sorted(work.glob("phase.json.*"))]
     gpu = [p["peak_gpu_gib"] for p in parts if p["peak_gpu_gib"] is not None]
     reserved = [p["peak_gpu_reserved_gib"] for p in parts if p["peak_gpu_reserved_gib"] is not None]
-    return {"wall_s": round(wall, 1),
+    return {"rc": rc, "wall_s": round(wall, 1),
             "peak_gpu_gib": round(max(gpu), 2) if gpu else None,
             "peak_gpu_reserved_gib": round(max(reserved), 2) if reserved else None,
             "peak_host_gib": round(sum(p["peak_host_gib"] for p in parts), 2)}
+
+
+def check_disk(work: Path, model: Path, layers: int, shape: str, phases: str) -> None:
+    """Say what the run will put on disk beside the model (statistics, checkpoints) and what is free."""
+    free = shutil.disk_usage(work).free / GIB
+    spec = SHAPES[shape]
+    widths = [spec["hidden_size"]] * 3 + [spec["intermediate_size"]]
+    stats = layers * sum(4 * d * d for d in widths) / GIB  # float64 X^T X, half of each stored
+    ckpt = 0.75 * folder_gib(model)
+    need = (stats + ckpt if "compress" in phases else 0) + (ckpt if "refine" in phases else 0)
+    print(f"disk: about {need:.1f} GiB needed beside the model ({stats:.1f} statistics while compressing), "
+          f"{free:.1f} GiB free in {work}", flush=True)
+    if need > free:
+        raise SystemExit(f"not enough disk in {work}: about {need:.1f} GiB needed, {free:.1f} GiB free; "
+                         "use --work on a larger disk or fewer --layers")
 
 
 def folder_gib(path: Path) -> float:
@@ -174,7 +201,8 @@ def extrapolate(records: list[dict]) -> list[dict]:
 
 
 def table(records: list[dict]) -> str:
-    cols = ("shape", "layers", "ratio", "phase", "gpus", "wall_s", "peak_gpu_gib", "peak_host_gib", "tokens_per_s")
+    cols = ("shape", "layers", "ratio", "phase", "gpus", "sharding", "rc", "wall_s", "peak_gpu_gib", "peak_host_gib",
+            "tokens_per_s")
     rows = [[str(r.get(c, "")) for c in cols] for r in records]
     rows += [[str(r.get(c, "")) if c != "shape" else f"{r['shape']} (extrapolated)" for c in cols]
              for r in extrapolate(records)]
@@ -198,14 +226,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--layers", type=int, default=None, help="decoder layers kept (default: the published count)")
     p.add_argument("--ratio", type=float, default=0.7)
     p.add_argument("--phases", default="compress,refine", help="comma list of compress, refine")
-    p.add_argument("--gpus", type=int, default=1, help="processes for refinement (accelerate launch)")
+    p.add_argument("--refine-setups", default="1",
+                   help="comma list of refinement runs: N processes (DDP when N > 1), N-fsdp with --fsdp")
+    p.add_argument("--refine-batch", type=int, default=None, help="sequences per process and step (default 4; tiny 1)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--stream", default="on", choices=("auto", "on", "off"),
                    help="on (default): the path meant for 24 GB cards; auto picks in memory where it fits")
     p.add_argument("--calib-samples", type=int, default=None, help="default 256 (tiny: 8)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="default 1024 (tiny: 128)")
-    p.add_argument("--refine-steps", type=int, default=4)
+    p.add_argument("--refine-steps", type=int, default=6, help="optimizer steps (tokens/s: median after the first)")
     p.add_argument("--data-dir", default=os.environ.get("SHARVET_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--work", default=str(ROOT / "outputs" / "scale"), help="models, checkpoints, statistics")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints and statistics (the model is kept)")
@@ -228,31 +258,43 @@ def main(argv: list[str] | None = None) -> int:
     common = ["--device", a.device, "--dtype", a.dtype, "--data-dir", a.data_dir, "--no-progress"]
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     base = {"shape": a.shape, "layers": layers, "ratio": a.ratio, "device": a.device, "dtype": a.dtype}
-    records = []
-    for phase in a.phases.split(","):
+    check_disk(work, model, layers, a.shape, a.phases)
+    batch = a.refine_batch or (1 if tiny else 4)
+    runs = [("compress", None)] if "compress" in a.phases.split(",") else []
+    runs += [("refine", setup) for setup in a.refine_setups.split(",")] if "refine" in a.phases.split(",") else []
+    for phase, setup in runs:
         if phase == "compress":
             shutil.rmtree(cache, ignore_errors=True)  # measure the calibration pass, not a cache hit
             argv = ["compress", str(model), "-o", str(compressed), "--overwrite", "--ratio", str(a.ratio),
                     "--calib-samples", str(samples), "--calib-seq-len", str(seq_len), "--stream", a.stream,
                     "--cache-dir", str(cache)] + common
             gpus, extra = 1, {"calib_tokens": samples * seq_len, "stream": a.stream}
-        elif phase == "refine":
-            argv = ["refine", str(compressed), "-o", str(refined), "--overwrite", "--max-steps", str(a.refine_steps),
-                    "--train-samples", str(a.refine_steps * a.gpus), "--train-seq-len", str(seq_len),
-                    "--batch-size", "1", "--gradient-checkpointing"] + common
-            gpus, extra = a.gpus, {}
         else:
-            raise SystemExit(f"unknown phase {phase!r}")
-        measured = run_phase(argv, gpus, work)
+            gpus, _, sharding = setup.partition("-")
+            gpus = int(gpus)
+            shutil.rmtree(refined, ignore_errors=True)
+            shutil.rmtree(f"{refined}-refine-run", ignore_errors=True)
+            argv = ["refine", str(compressed), "-o", str(refined), "--overwrite", "--max-steps", str(a.refine_steps),
+                    "--train-samples", str(a.refine_steps * gpus * batch), "--train-seq-len", str(seq_len),
+                    "--batch-size", str(batch), "--gradient-checkpointing"] + (["--fsdp"] if sharding else []) + common
+            extra = {"sharding": sharding or ("ddp" if gpus > 1 else None), "batch_per_gpu": batch,
+                     "seq_len": seq_len}
+        measured = run_phase(argv, gpus, work, a.device)
         if phase == "compress":
             extra["stats_disk_gib"] = folder_gib(cache) if cache.exists() else 0.0
-        tokens = refine_tokens_per_s(Path(f"{refined}-refine-run")) if phase == "refine" else None
-        records.append({**base, "phase": phase, "gpus": gpus, **measured, "tokens_per_s": tokens, **extra,
-                        "date": date, "command": "sharvet " + shlex.join(argv)})
+            if not a.keep:
+                shutil.rmtree(cache, ignore_errors=True)
+        tokens = refine_tokens_per_s(Path(f"{refined}-refine-run")) if phase == "refine" and measured["rc"] == 0 \
+            else None
+        # appended at once: kept if a later phase fails or the call is cut short
+        append_records(Path(a.out), [{**base, "phase": phase, "gpus": gpus, **measured, "tokens_per_s": tokens,
+                                      **extra, "date": date, "command": "sharvet " + shlex.join(argv)}])
+        if measured["rc"] != 0 and phase == "compress":
+            break  # nothing to refine
     if not a.keep:
         for path in (cache, compressed, refined, Path(f"{refined}-refine-run")):
             shutil.rmtree(path, ignore_errors=True)
-    print(table(append_records(Path(a.out), records)))
+    print(table(json.loads(Path(a.out).read_text()) if Path(a.out).exists() else []))
     return 0
 
 

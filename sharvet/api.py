@@ -15,7 +15,7 @@ from .loading import BUNDLED_ID, LoadedModel, default_device, load_original, par
 from .models import adapter_for
 from .config import CompressionConfig
 from .pipeline import CompressionResult, attach_plan, compress, plan_of
-from .streaming import choose_stream, collect_or_load_streamed
+from .streaming import choose_stream, collect_or_load_streamed, load_offloaded, plan_loading
 from .summary import render
 
 DEFAULT_CACHE = Path.home() / ".cache" / "sharvet"
@@ -40,7 +40,7 @@ def calibration_ids(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int) ->
 
 
 def calibrate(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int, device: str | None = None,
-              progress: bool = True, ids: torch.Tensor | None = None) -> CalibrationStats:
+              progress: bool = True, ids: torch.Tensor | None = None, stream: bool | None = None) -> CalibrationStats:
     """One teacher pass over the calibration set accumulating input statistics (cached in safetensors).
 
     In memory the model moves to ``device`` first; streamed, it stays where it is and only one layer at a
@@ -49,7 +49,8 @@ def calibrate(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int, device: 
     ids = calibration_ids(loaded, spec, seed=seed) if ids is None else ids
     adapter = adapter_for(loaded.model)
     target = torch.device(device) if device is not None else next(loaded.model.parameters()).device
-    stream = choose_stream(spec.stream, adapter, ids.shape[0], ids.shape[1], spec.batch_size, target)
+    if stream is None:
+        stream = choose_stream(spec.stream, adapter, ids.shape[0], ids.shape[1], spec.batch_size, target)
     if not stream:
         loaded.model.to(target)
     collect = collect_or_load_streamed if stream else collect_or_load
@@ -74,18 +75,23 @@ def compress_pretrained(
         checkpoint.check_output(output, overwrite)
     device = default_device(device)
     start = time.perf_counter()
-    # calibration moves the model to the device unless it streams it layer by layer
-    loaded = load_original(model, dtype=dtype, device=None if cfg.needs_stats else device)
+    spec = calibration or CalibrationSpec()
+    # streamed calibration keeps the decoder layers on disk where it can (decided before any weight loads);
+    # in memory, calibration moves the model to the device
+    stream, device_map = plan_loading(model, parse_dtype(dtype) or torch.float32, spec.stream, spec.samples, spec.seq_len, spec.batch_size, device) \
+        if cfg.needs_stats and not cfg.needs_ids else (None, None)
+    loaded = load_original(model, dtype=dtype, device=None if cfg.needs_stats else device, device_map=device_map)
     adapter = adapter_for(loaded.model)
     cfg.validate(adapter.num_layers, adapter.type_names)  # k vs layers, before the calibration pass
-    spec = calibration or CalibrationSpec()
     ids = calibration_ids(loaded, spec, seed=cfg.seed) if cfg.needs_stats or cfg.needs_ids else None
-    stats = calibrate(loaded, spec, seed=cfg.seed, device=device, progress=progress, ids=ids) \
+    stats = calibrate(loaded, spec, seed=cfg.seed, device=device, progress=progress, ids=ids, stream=stream) \
         if cfg.needs_stats else None
     if cfg.needs_ids and device is not None:  # FiPS captures its blocks' inputs with the whole model
         loaded.model.to(device)
     result = compress(loaded.model, stats, cfg, calibration_ids=ids if cfg.needs_ids else None, device=device,
                       progress=progress)
+    if device_map:
+        load_offloaded(loaded.model)  # what stayed on disk (the norms) comes in: the model is a plain one again
     result.plan.settings.model_id = loaded.model_id
     if calibration is not None and ids is not None:
         result.plan.settings.calibration = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
@@ -154,13 +160,14 @@ def refine_checkpoint(
     """
     from .loading import load_tokenizer
     from .refinement import finalize, refine, save_lora
+    from .refinement.trainer import process_device
     from .summary import render
     from .training_data import training_ids
 
     if checkpoint.has_adapters(checkpoint_dir):
         raise ValueError(f"{checkpoint_dir} is already refined with LoRA adapters; refine the checkpoint it was "
                          "made from instead")
-    device = default_device(device)
+    device = process_device(default_device(device))
     student = checkpoint.load(checkpoint_dir, device=device, dtype=parse_dtype(dtype))
     dtype = dtype or str(next(student.parameters()).dtype).removeprefix("torch.")
     source = teacher or plan_of(student).settings.model_id

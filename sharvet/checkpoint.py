@@ -12,6 +12,7 @@ loading verifies it; a model with non-finite weights is never written. ``modelin
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import shutil
 from pathlib import Path
@@ -105,22 +106,6 @@ def read_config(folder: Path) -> dict:
     return config
 
 
-def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    try:
-        with safe_open(str(path), framework="pt") as f:
-            meta = f.metadata() or {}
-            if meta.get("format") != FORMAT:
-                raise CheckpointError(f"{path} was not written by sharvet")
-            tensors = {k: f.get_tensor(k) for k in f.keys()}
-    except CheckpointError:
-        raise
-    except Exception as e:  # safetensors raises several types for a damaged file
-        raise CheckpointError(f"{path} is damaged or unreadable: {e}") from e
-    for alias, canonical in json.loads(meta.get("aliases", "{}")).items():
-        tensors[alias] = tensors[canonical]
-    return tensors
-
-
 def verify_checkpoint(folder: str | Path, *, verify: bool = True) -> dict:
     """The folder's config after checking it is a complete, unchanged sharvet checkpoint.
 
@@ -142,33 +127,78 @@ def verify_checkpoint(folder: str | Path, *, verify: bool = True) -> dict:
     return config
 
 
-def skeleton(folder: Path, dtype: torch.dtype | None = None) -> nn.Module:
-    """The checkpoint's architecture with the planned modules swapped in, empty (under ``torch.device("meta")``
-    it costs nothing, whatever the model's size)."""
+def skeleton(folder: Path, dtype: torch.dtype | None = None, *, empty: bool = False) -> nn.Module:
+    """The checkpoint's architecture with the planned modules swapped in; ``empty``: its parameters on the meta
+    device (nothing initialised, whatever the model's size; buffers such as rotary tables are computed)."""
+    from accelerate import init_empty_weights
     from transformers import AutoConfig, AutoModelForCausalLM
 
     config = AutoConfig.from_pretrained(folder)
-    model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
+    with init_empty_weights(include_buffers=False) if empty else contextlib.nullcontext():
+        model = AutoModelForCausalLM.from_config(config, dtype=dtype or config.dtype or torch.float32)
+    # outside accelerate's patch, which would give every module its own copy of a shared basis
     install_plan(adapter_for(model), plan_of(model), lambda _g: None)
     return model
 
 
 def load(path: str | Path, *, device: str | torch.device | None = None, dtype: torch.dtype | None = None,
          verify: bool = True) -> nn.Module:
-    """Rebuild a compressed model: the original architecture with the planned modules swapped in."""
+    """Rebuild a compressed model: the original architecture with the planned modules swapped in.
+
+    The skeleton is built on the meta device (nothing is initialised, whatever the model's size) and every
+    tensor is read from the file straight onto ``device`` in the skeleton's dtype, so neither the host nor the
+    device ever holds a second copy (an 8B model no longer random-initialises 8B weights on the CPU first).
+    """
     folder = Path(path)
     verify_checkpoint(folder, verify=verify)
-    state = read_state_dict(folder / WEIGHTS)
-    model = skeleton(folder, dtype)
-    try:
-        model.load_state_dict(state, strict=True)
-    except RuntimeError as e:
-        lines = str(e).strip().splitlines()
-        first = lines[1].strip() if len(lines) > 1 else lines[0]
-        raise CheckpointError(f"{folder}: weights do not match the plan in config.json ({first})") from None
-    if device is not None:
-        model.to(device)
+    model = skeleton(folder, dtype, empty=True)
+    assign_weights(model, folder, torch.device(device) if device is not None else torch.device("cpu"))
     return model.eval()
+
+
+def assign_weights(model: nn.Module, folder: Path, device: torch.device) -> None:
+    """Every tensor of the weight file into the meta skeleton ``model``, read straight onto ``device``.
+
+    A tensor the file stores once for several names (a group's basis, tied embeddings) becomes one new
+    ``Parameter`` set in every module holding one of those names, so sharing survives. The file must cover the
+    skeleton exactly, at the planned shapes.
+    """
+    path = folder / WEIGHTS
+    places: list[tuple[nn.Module, str, str]] = []
+    for prefix, module in model.named_modules(remove_duplicate=False):
+        for leaf, t in [*module._parameters.items(), *module._buffers.items()]:
+            if t is not None and leaf not in module._non_persistent_buffers_set:
+                places.append((module, leaf, f"{prefix}.{leaf}" if prefix else leaf))
+    try:
+        with safe_open(str(path), framework="pt", device=str(device)) as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != FORMAT:
+                raise CheckpointError(f"{path} was not written by sharvet")
+            aliases = json.loads(meta.get("aliases", "{}"))
+            wrong = sorted({name for _, _, name in places} ^ (set(f.keys()) | aliases.keys()))
+            if wrong:
+                raise CheckpointError(f"{folder}: weights do not match the plan in config.json ({len(wrong)} tensors "
+                                      f"missing or unexpected, e.g. {wrong[0]})")
+            by_stored: dict[str, list[tuple[nn.Module, str, str]]] = {}
+            for place in places:
+                by_stored.setdefault(aliases.get(place[2], place[2]), []).append(place)
+            for stored, holders in by_stored.items():
+                module, leaf, name = holders[0]
+                old = getattr(module, leaf)
+                value = f.get_tensor(stored)
+                if tuple(value.shape) != tuple(old.shape):
+                    raise CheckpointError(f"{folder}: weights do not match the plan in config.json ({name}: file "
+                                          f"{tuple(value.shape)}, plan {tuple(old.shape)})")
+                is_param = isinstance(old, nn.Parameter)
+                value = value.to(old.dtype)
+                new = nn.Parameter(value, requires_grad=old.requires_grad) if is_param else value
+                for holder, holder_leaf, _ in holders:
+                    getattr(holder, "_parameters" if is_param else "_buffers")[holder_leaf] = new
+    except CheckpointError:
+        raise
+    except Exception as e:  # safetensors raises several types for a damaged file
+        raise CheckpointError(f"{path} is damaged or unreadable: {e}") from e
+    model.to(device)  # the buffers the file does not hold (computed in the skeleton on the host)
 
 
 def check_shapes(folder: str | Path) -> None:

@@ -109,8 +109,12 @@ def gguf_parsed_once() -> Iterator[None]:
         gguf.GGUFReader, gguf.get_tensor_name_map, gguf_reader.np = reader, name_map, numpy
 
 
-def load_original(spec: str | None, *, dtype: str | None = None, device: str | None = None) -> LoadedModel:
+def load_original(spec: str | None, *, dtype: str | None = None, device: str | None = None,
+                  device_map: dict[str, str] | None = None) -> LoadedModel:
     """Load a causal LM and its tokenizer; GGUF weights are dequantised to float32 (or ``dtype``).
+
+    ``device_map`` goes to transformers' big-model loading (``sharvet.streaming.offload_map`` keeps the decoder
+    layers on disk).
 
     A checkpoint whose weights do not match its architecture (missing, unexpected or mis-shaped tensors) is
     refused: transformers would fill the gaps with random weights and the model would evaluate to nonsense.
@@ -119,10 +123,11 @@ def load_original(spec: str | None, *, dtype: str | None = None, device: str | N
 
     source, gguf, model_id = resolve_model_source(spec)
     kwargs = {"gguf_file": gguf} if gguf else {}
+    load_kwargs = {"device_map": device_map} if device_map else {}
     torch_dtype = parse_dtype(dtype) or torch.float32
     with gguf_parsed_once() if gguf else contextlib.nullcontext():
         model, info = AutoModelForCausalLM.from_pretrained(source, dtype=torch_dtype, output_loading_info=True,
-                                                           **kwargs)
+                                                           **kwargs, **load_kwargs)
         check_loading_info(info, model_id)
         tokenizer = load_tokenizer(source, **kwargs)
     if hasattr(model.config, "quantization_config"):  # GGUF is dequantised: the model is plain now

@@ -7,10 +7,20 @@ the *same* ``X_C``; we take ``X_C`` to be the real inputs of **both** layers sta
 the pooled ``C_ij = (E_i[xx^T] + E_j[xx^T]) / 2 - m m^T`` with ``m = (mu_i + mu_j) / 2``. It is symmetric
 in (i, j), uses only inputs these two modules really see (unlike the reference, which feeds token
 embeddings to every module), and works for wide-input modules such as ``down``.
+
+**Scale.** Pairs run on the compute device in float32 (``precision``), a batch of pairs per product, over
+blocks of layers that fit ``DEVICE_BUDGET``: a block's weights and covariances are brought to the device,
+every pair between two resident blocks is scored, and the next block replaces one of them, so neither all
+layers' weights nor all their statistics are ever on the device at once (LLaMA-3-8B's 32 ``mlp_in``
+covariances alone are 2 GiB in float32, ``down_in`` 26 GiB). Covariances are centred per layer in float64
+before the cast, and the pooled one is rebuilt as ``(C_i + C_j) / 2 + d d^T / 4`` with ``d = mu_i - mu_j``
+(the same matrix, without float32 cancellation against large means). Module types that read one input
+(q, k, v) share its covariances.
 """
 from __future__ import annotations
 
 import math
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +28,11 @@ from tqdm.auto import tqdm
 
 from .calibration import CalibrationStats
 from .models import ModelAdapter
+from .streaming import free_bytes
+
+#: device bytes the resident blocks and one batch of pairs may take (bounds similarity's peak at any size;
+#: at most a quarter of the free memory)
+DEVICE_BUDGET = 6 * 2**30
 
 
 @dataclass(frozen=True)
@@ -53,22 +68,45 @@ def normalise(x: torch.Tensor, gamma: float) -> torch.Tensor:
     return 1.0 - torch.exp(-x / gamma)
 
 
-def weight_stack(adapter: ModelAdapter, type_name: str, device: torch.device, dtype: torch.dtype) -> torch.Tensor:
-    return torch.stack([adapter.weight(layer, type_name).to(device, dtype) for layer in range(adapter.num_layers)])
+# ---------------------------------------------------------------------- pairs over resident blocks of layers
+def layer_blocks(n: int, layer_bytes: int, budget: int) -> list[list[int]]:
+    """Consecutive blocks of layers, two of which fit in half of ``budget`` (the rest is for a batch of pairs)."""
+    size = max(1, min(n, budget // max(4 * layer_bytes, 1)))
+    return [list(range(start, min(start + size, n))) for start in range(0, n, size)]
 
 
-def cosine_and_distance(weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Cosine of flattened weights and the inverse Frobenius distance (diagonal: inf)."""
-    flat = weights.reshape(weights.shape[0], -1).double()
-    gram = flat @ flat.T
-    norms = gram.diagonal().clamp_min(1e-30)
-    cos = gram / torch.sqrt(norms[:, None] * norms[None, :])
-    dist2 = (norms[:, None] + norms[None, :] - 2 * gram).clamp_min(0)
-    inv = 1.0 / (torch.sqrt(dist2) + 1e-8)
-    inv.fill_diagonal_(math.inf)
-    return cos.cpu(), inv.cpu()
+def block_pairs(n: int, layer_bytes: int, budget: int, load: Callable[[int], dict[str, torch.Tensor]]
+                ) -> Iterator[tuple[list[tuple[int, int]], dict[int, dict[str, torch.Tensor]]]]:
+    """Every pair ``i < j`` once, with the per-layer tensors of both layers resident (from ``load``).
+
+    Block ``a`` stays while blocks ``a, a+1, ...`` pass by it, so each layer is loaded about
+    ``blocks / 2 + 1`` times and at most two blocks are resident.
+    """
+    blocks = layer_blocks(n, layer_bytes, budget)
+    for a, block_a in enumerate(blocks):
+        resident_a = {layer: load(layer) for layer in block_a}
+        for block_b in blocks[a:]:
+            resident = resident_a if block_b is block_a else {**resident_a, **{l: load(l) for l in block_b}}
+            pairs = [(i, j) for i in block_a for j in block_b if i < j]
+            if pairs:
+                yield pairs, resident
+            del resident
+        del resident_a
 
 
+def batches(pairs: list[tuple[int, int]], pair_bytes: int, budget: int) -> Iterator[tuple[list[int], list[int]]]:
+    """The pairs in batches whose work tensors take at most half of ``budget``, as index lists ``(I, J)``."""
+    size = max(1, budget // max(2 * pair_bytes, 1))
+    for start in range(0, len(pairs), size):
+        chunk = pairs[start:start + size]
+        yield [i for i, _ in chunk], [j for _, j in chunk]
+
+
+def _stack(resident: dict[int, dict[str, torch.Tensor]], layers: list[int], name: str) -> torch.Tensor:
+    return torch.stack([resident[layer][name] for layer in layers])
+
+
+# ---------------------------------------------------------------------- structural (eq. 7)
 def structural_similarity(cos: torch.Tensor, inv_dist: torch.Tensor, cfg: SimilarityConfig) -> torch.Tensor | None:
     parts = []
     if cfg.use_cosine:
@@ -84,7 +122,38 @@ def structural_similarity(cos: torch.Tensor, inv_dist: torch.Tensor, cfg: Simila
     return s
 
 
+def cosine_and_distance(adapter: ModelAdapter, type_name: str, device: torch.device, dtype: torch.dtype,
+                        budget: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Cosine of flattened weights and the inverse Frobenius distance (diagonal: inf), float64 on the CPU.
+
+    The distance is taken from the difference itself, not from norms and the dot product, so no precision
+    is lost to cancellation in ``dtype``.
+    """
+    n = adapter.num_layers
+    d_in, d_out = adapter.shape(type_name)
+    cos, inv = torch.eye(n, dtype=torch.float64), torch.full((n, n), math.inf, dtype=torch.float64)
+
+    def load(layer: int) -> dict[str, torch.Tensor]:
+        w = adapter.weight(layer, type_name).to(device).flatten()  # resident in its own dtype (bf16: half)
+        return {"w": w, "norm": torch.linalg.vector_norm(w.to(dtype))}
+
+    stored = d_in * d_out * adapter.weight(0, type_name).element_size()
+    work = d_in * d_out * torch.finfo(dtype).bits // 8
+    for pairs, resident in block_pairs(n, stored, budget, load):
+        for I, J in batches(pairs, 4 * work, budget):
+            a, b = _stack(resident, I, "w").to(dtype), _stack(resident, J, "w").to(dtype)
+            dots = (a * b).sum(1)
+            dist = torch.linalg.vector_norm(a - b, dim=1)
+            norms = _stack(resident, I, "norm") * _stack(resident, J, "norm")
+            c = (dots / norms.clamp_min(1e-30)).double().cpu()
+            d = (1.0 / (dist.double() + 1e-8)).cpu()
+            cos[I, J], cos[J, I], inv[I, J], inv[J, I] = c, c, d, d
+    return cos, inv
+
+
+# ---------------------------------------------------------------------- functional (eq. 8)
 def pooled_covariance(stats: CalibrationStats, key: str, i: int, j: int, device, dtype) -> torch.Tensor:
+    """The pooled covariance of layers ``i`` and ``j``'s inputs (the definition; the batched path rebuilds it)."""
     a, b = stats.get(i, key), stats.get(j, key)
     m = 0.5 * (a.mean + b.mean)
     c = 0.5 * (a.second_moment + b.second_moment) - torch.outer(m, m)
@@ -93,38 +162,77 @@ def pooled_covariance(stats: CalibrationStats, key: str, i: int, j: int, device,
 
 def cka_from_covariance(w_i: torch.Tensor, w_j: torch.Tensor, cov: torch.Tensor,
                         grams: tuple[torch.Tensor, torch.Tensor] | None = None) -> float:
-    """Linear CKA of ``X W_i^T`` and ``X W_j^T`` for centred ``X`` with covariance ``cov``.
+    """Linear CKA of ``X W_i^T`` and ``X W_j^T`` for centred ``X`` with covariance ``cov`` (one pair).
 
     Tall weights (d_out >= d_in) work in input space through ``G = W^T W`` (``grams``, if precomputed);
     wide ones in output space. Both are exact.
     """
-    if w_i.shape[0] >= w_i.shape[1]:
-        g_i, g_j = grams if grams is not None else (w_i.T @ w_i, w_j.T @ w_j)
-        p, q = cov @ g_i, cov @ g_j
-        num, den_i, den_j = (p * q.T).sum(), (p * p.T).sum(), (q * q.T).sum()
-    else:
-        a_i, a_j = w_i @ cov, w_j @ cov
-        num = (a_j @ w_i.T).square().sum()
-        den_i = (a_i @ w_i.T).square().sum()
-        den_j = (a_j @ w_j.T).square().sum()
-    return float(num / torch.sqrt(den_i.clamp_min(1e-30) * den_j.clamp_min(1e-30)))
+    if grams is None and w_i.shape[0] >= w_i.shape[1]:
+        grams = (w_i.T @ w_i, w_j.T @ w_j)
+    num, den_i, den_j = _cka_terms(w_i[None], w_j[None], cov[None],
+                                   None if grams is None else (grams[0][None], grams[1][None]))
+    return float(num[0] / torch.sqrt(den_i[0].clamp_min(1e-30) * den_j[0].clamp_min(1e-30)))
 
 
-def functional_similarity(
-    weights: torch.Tensor, stats: CalibrationStats, input_key: str, *, progress: bool = True, desc: str = "CKA"
-) -> torch.Tensor:
-    n = weights.shape[0]
-    out = torch.eye(n, dtype=torch.float64)
-    tall = weights.shape[1] >= weights.shape[2]
-    grams = weights.transpose(1, 2) @ weights if tall else None  # W^T W once per layer
-    pairs = [(i, j) for i in range(n) for j in range(i + 1, n)]
-    for i, j in tqdm(pairs, desc=desc, unit="pair", disable=not progress, leave=False):
-        cov = pooled_covariance(stats, input_key, i, j, weights.device, weights.dtype)
-        g = (grams[i], grams[j]) if tall else None
-        out[i, j] = out[j, i] = cka_from_covariance(weights[i], weights[j], cov, g)
+def _cka_terms(w_i: torch.Tensor | None, w_j: torch.Tensor | None, cov: torch.Tensor,
+               grams: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
+    """Numerator and the two denominator terms of CKA for a batch of pairs (leading dimension).
+
+    With ``grams`` (tall weights): ``tr(C G_i C G_j)`` etc. in input space; else in output space.
+    """
+    if grams is not None:
+        p, q = cov @ grams[0], cov @ grams[1]
+        pt, qt = p.transpose(1, 2), q.transpose(1, 2)
+        return (p * qt).sum((1, 2)), (p * pt).sum((1, 2)), (q * qt).sum((1, 2))
+    a_i, a_j = w_i @ cov, w_j @ cov
+    return ((a_j @ w_i.transpose(1, 2)).square().sum((1, 2)), (a_i @ w_i.transpose(1, 2)).square().sum((1, 2)),
+            (a_j @ w_j.transpose(1, 2)).square().sum((1, 2)))
+
+
+def functional_similarities(adapter: ModelAdapter, types: list[str], stats: CalibrationStats, input_key: str,
+                            device: torch.device, dtype: torch.dtype, *, budget: int,
+                            progress: bool = True) -> dict[str, torch.Tensor]:
+    """CKA matrices (float64, CPU) of every type in ``types``, all reading ``input_key``, from one pass of pairs."""
+    n = adapter.num_layers
+    shapes = {t: adapter.shape(t) for t in types}
+    tall = {t: d_out >= d_in for t, (d_in, d_out) in shapes.items()}
+    d = shapes[types[0]][0]
+    size = torch.finfo(dtype).bits // 8
+
+    def load(layer: int) -> dict[str, torch.Tensor]:
+        s = stats.get(layer, input_key)
+        mean = s.mean.to(device)
+        cov = s.xtx.to(device, torch.float64, copy=True).div_(max(s.count, 1)).addr_(mean, mean, alpha=-1)
+        out = {"cov": cov.to(dtype), "mean": mean.to(dtype)}  # centred in float64, then cast
+        del cov
+        for t in types:
+            w = adapter.weight(layer, t).to(device, dtype)
+            out[t] = w.T @ w if tall[t] else w  # tall: input-space Gram W^T W
+        return out
+
+    per_layer = size * (d * d + sum(d * d if tall[t] else d_out * d for t, (_, d_out) in shapes.items()))
+    # a pair's work: C, and per type two products as large as C (tall) or two (d_out, d) and the inputs
+    per_pair = size * (4 * d * d + 4 * max(d * d if tall[t] else shapes[t][1] * d for t in types))
+    out = {t: torch.eye(n, dtype=torch.float64) for t in types}
+    bar = tqdm(total=n * (n - 1) // 2, desc=f"CKA {input_key}", unit="pair", disable=not progress, leave=False)
+    for pairs, resident in block_pairs(n, per_layer, budget, load):
+        for I, J in batches(pairs, per_pair, budget):
+            delta = _stack(resident, I, "mean") - _stack(resident, J, "mean")
+            cov = 0.5 * (_stack(resident, I, "cov") + _stack(resident, J, "cov")) \
+                + 0.25 * delta[:, :, None] * delta[:, None, :]
+            for t in types:
+                a, b = _stack(resident, I, t), _stack(resident, J, t)
+                num, den_i, den_j = _cka_terms(a, b, cov, (a, b) if tall[t] else None)
+                cka = (num.double() / torch.sqrt(den_i.double().clamp_min(1e-30) * den_j.double().clamp_min(1e-30)))
+                cka = cka.cpu()
+                out[t][I, J] = out[t][J, I] = cka
+            bar.update(len(I))
+            del cov
+    bar.close()
     return out
 
 
+# ---------------------------------------------------------------------- joint (eq. 6)
 def joint_similarity(structural: torch.Tensor | None, functional: torch.Tensor | None) -> torch.Tensor:
     """Eq. 6: S = 1 - (1 - S_s)(1 - S_f); a switched-off part counts as 0."""
     s_s = structural if structural is not None else torch.zeros_like(functional)
@@ -132,30 +240,6 @@ def joint_similarity(structural: torch.Tensor | None, functional: torch.Tensor |
     s = 1.0 - (1.0 - s_s) * (1.0 - s_f)
     s.fill_diagonal_(1.0)
     return s
-
-
-def type_similarity(
-    adapter: ModelAdapter,
-    type_name: str,
-    stats: CalibrationStats | None,
-    cfg: SimilarityConfig,
-    *,
-    device: torch.device | str = "cpu",
-    progress: bool = True,
-) -> TypeSimilarity:
-    device = torch.device(device)
-    # float64 is cheap on GPUs; on CPU float32 halves the cost and CKA needs no more precision
-    dtype = torch.float64 if device.type == "cuda" else torch.float32
-    weights = weight_stack(adapter, type_name, device, dtype)
-    cos, inv = cosine_and_distance(weights)
-    s_s = structural_similarity(cos, inv, cfg)
-    s_f = None
-    if cfg.use_cka:
-        if stats is None:
-            raise ValueError("CKA needs calibration statistics")
-        key = adapter.module_type(type_name).input_key
-        s_f = functional_similarity(weights, stats, key, progress=progress, desc=f"CKA {type_name}")
-    return TypeSimilarity(joint_similarity(s_s, s_f), s_s, s_f, cos, inv)
 
 
 def model_similarity(
@@ -166,8 +250,29 @@ def model_similarity(
     *,
     device: torch.device | str = "cpu",
     progress: bool = True,
+    precision: torch.dtype = torch.float32,
 ) -> dict[str, TypeSimilarity]:
-    return {
-        t: type_similarity(adapter, t, stats, cfg, device=device, progress=progress)
-        for t in tqdm(types, desc="similarity", unit="type", disable=not progress)
-    }
+    """Similarity matrices of every type in ``types``; CKA of the types reading one input in one pass.
+
+    ``precision`` is the dtype of the pair products (float32 agrees with float64 to ~1e-6 on SmolLM2-like
+    statistics: ``tests/test_scale_similarity.py``).
+    """
+    device = torch.device(device)
+    budget = min(DEVICE_BUDGET, free_bytes(device) // 4)
+    if cfg.use_cka and stats is None:
+        raise ValueError("CKA needs calibration statistics")
+    functional: dict[str, torch.Tensor] = {}
+    if cfg.use_cka:
+        by_input: dict[str, list[str]] = {}
+        for t in types:
+            by_input.setdefault(adapter.module_type(t).input_key, []).append(t)
+        for key, members in by_input.items():
+            functional.update(functional_similarities(adapter, members, stats, key, device, precision,
+                                                      budget=budget, progress=progress))
+    out = {}
+    for t in tqdm(types, desc="similarity", unit="type", disable=not progress):
+        cos, inv = cosine_and_distance(adapter, t, device, precision, budget)
+        s_s = structural_similarity(cos, inv, cfg)
+        s_f = functional.get(t)
+        out[t] = TypeSimilarity(joint_similarity(s_s, s_f), s_s, s_f, cos, inv)
+    return out

@@ -24,20 +24,22 @@ from pathlib import Path
 
 import psutil
 import torch
-from accelerate.utils import align_module_device, send_to_device
+from accelerate.utils import align_module_device, has_offloaded_params, send_to_device
 from safetensors import safe_open
 from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import CalibrationStats, InputStats, cache_key, empty_layer_stats, hook_layer, panels
-from .models import ModelAdapter
+from .models import ModelAdapter, adapter_for
 
 STREAM_MODES = ("auto", "on", "off")
 #: auto streams when the in-memory path's estimate exceeds this share of the free memory (the estimate leaves
 #: out the allocator's fragmentation and the forward's temporaries beyond a few activations)
 AUTO_SHARE = 0.8
 GIB = 2**30
+#: the most host memory :class:`StreamedStats` keeps by default (more only raises the host's peak)
+CACHE_CAP = 8 * GIB
 
 
 class WontFitError(ValueError):
@@ -87,8 +89,8 @@ def finished_layers(folder: Path, num_layers: int) -> int:
 class StreamedStats(CalibrationStats):
     """Statistics read from a folder of per-layer files on first use, the most recent kept in host memory.
 
-    ``cache_bytes`` bounds what is kept (by default a sixteenth of the host's memory: on a 128 GiB host, all
-    layers' attention or MLP inputs of an 8B model, which similarity reads pair by pair).
+    ``cache_bytes`` bounds what is kept (by default a sixteenth of the host's memory, at most ``CACHE_CAP``: all
+    layers' attention or MLP inputs of an 8B model, 4.3 GB, which similarity reads block by block).
     """
 
     def __init__(self, folder: str | Path, num_layers: int, cache_bytes: int | None = None,
@@ -96,7 +98,7 @@ class StreamedStats(CalibrationStats):
         super().__init__([])
         self.folder = Path(folder)
         self._num_layers = num_layers
-        self.cache_bytes = psutil.virtual_memory().total // 16 if cache_bytes is None else cache_bytes
+        self.cache_bytes = min(psutil.virtual_memory().total // 16, CACHE_CAP) if cache_bytes is None else cache_bytes
         self._cache: OrderedDict[tuple[int, str], InputStats] = OrderedDict()
         self._keep = keep  # a temporary folder lives as long as the statistics read from it
 
@@ -118,12 +120,74 @@ class StreamedStats(CalibrationStats):
 
 @contextlib.contextmanager
 def on_device(module: nn.Module, device: torch.device) -> Iterator[None]:
-    """Every parameter of ``module`` on ``device`` for the duration (accelerate's per-module alignment,
-    which also loads weights accelerate has offloaded), then back where each was."""
+    """Every parameter of ``module`` on ``device`` for the duration, then back where each was.
+
+    Weights accelerate offloaded (big-model loading with ``device_map``) are read in once and its hooks are
+    pointed at ``device`` and told not to reload them on every forward, so a layer runs every calibration batch
+    from one read of its weights; afterwards they go back to the meta device and the hooks are as they were.
+    """
     with contextlib.ExitStack() as stack:
         for m in module.modules():
-            stack.enter_context(align_module_device(m, device))
+            hook = getattr(m, "_hf_hook", None)
+            if hook is None or not hasattr(hook, "execution_device"):
+                stack.enter_context(align_module_device(m, device))
+                continue
+            stack.enter_context(_hook_pointed_at(hook, device))
+            if has_offloaded_params(m):
+                hook.pre_forward(m)  # reads the weights onto the device
+                stack.callback(hook.post_forward, m, None)  # back to meta (runs after offload is restored)
+                stack.enter_context(_hook_pointed_at(hook, device, offload=False))
+            else:
+                stack.enter_context(align_module_device(m, device))
         yield
+
+
+@contextlib.contextmanager
+def _hook_pointed_at(hook, device: torch.device, offload: bool | None = None) -> Iterator[None]:
+    saved = hook.execution_device, hook.offload
+    hook.execution_device = device
+    hook.offload = saved[1] if offload is None else offload
+    try:
+        yield
+    finally:
+        hook.execution_device, hook.offload = saved
+
+
+def offload_map(model: nn.Module, layers_path: str) -> dict[str, str]:
+    """A ``device_map`` for ``from_pretrained`` keeping every decoder layer on disk and the rest on the host.
+
+    transformers then reads the layers' weights from the checkpoint's own safetensors files when they are used
+    (accelerate's disk offload; nothing is copied), so the host never holds the whole model.
+    """
+    out: dict[str, str] = {}
+
+    def walk(module: nn.Module, prefix: str) -> None:
+        for name, child in module.named_children():
+            path = f"{prefix}{name}"
+            if path == layers_path:
+                out.update({f"{path}.{i}": "disk" for i in range(len(child))})
+            elif layers_path.startswith(path + "."):
+                walk(child, path + ".")
+            elif any(True for _ in child.parameters()) or any(True for _ in child.buffers()):
+                out[path] = "cpu"
+
+    walk(model, "")
+    return out
+
+
+def load_offloaded(model: nn.Module) -> None:
+    """Read every weight accelerate still keeps on disk onto the host and remove its hooks: after compression
+    only the norms are left there, and the model must then behave as a plain one (saving, evaluation)."""
+    from accelerate.hooks import remove_hook_from_module
+    from accelerate.utils import set_module_tensor_to_device
+
+    for m in model.modules():
+        if has_offloaded_params(m):
+            for name, _ in m.named_parameters(recurse=False):
+                set_module_tensor_to_device(m, name, "cpu", value=m._hf_hook.weights_map[name])
+    remove_hook_from_module(model, recurse=True)
+    if hasattr(model, "hf_device_map"):
+        del model.hf_device_map
 
 
 @torch.no_grad()
@@ -203,7 +267,8 @@ def memory_needs(adapter: ModelAdapter, samples: int, seq_len: int, batch_size: 
     widths = [adapter.shape(t) for t in adapter.type_names]
     hidden_width = adapter.shape(adapter.first_module_for_input(adapter.input_keys()[0]))[0]
     activations = 4 * batch_size * seq_len * max(max(w) for w in widths) * 4  # a few float32 (batch, seq, width)
-    resident = param.device.type == device.type and device.index in (None, param.device.index)
+    home = torch.device("cpu") if param.device.type == "meta" else param.device  # a skeleton loads onto the host
+    resident = home.type == device.type and device.index in (None, home.index)
     model_bytes = 0 if resident else _nbytes(model.parameters())
     layer_bytes = max(_nbytes(layer.parameters()) for layer in adapter.layers)
     hidden_bytes = samples * seq_len * hidden_width * param.element_size()
@@ -242,3 +307,27 @@ def choose_stream(mode: str, adapter: ModelAdapter, samples: int, seq_len: int, 
     how = "layer-streamed (statistics on disk)" if stream else "in memory"
     print(f"sharvet: calibration {how}: {where} (--stream {mode})", file=sys.stderr)
     return stream
+
+
+def plan_loading(model: str | None, dtype: torch.dtype, mode: str, samples: int, seq_len: int,
+                 batch_size: int, device: torch.device | str) -> tuple[bool | None, dict[str, str] | None]:
+    """Before any weight loads: whether calibration streams (:func:`choose_stream` on the model built on the meta
+    device from its config) and, if it does and the weights are safetensors in a local folder, the
+    ``device_map`` that keeps the decoder layers on disk (:func:`offload_map`). ``(None, None)`` when the config
+    cannot be read here (the load reports why) or names no supported architecture."""
+    from accelerate import init_empty_weights
+    from transformers import AutoModelForCausalLM
+
+    from .loading import peek_config, resolve_model_source
+    from .models import supported_model_types
+
+    config = peek_config(model)
+    if config is None or getattr(config, "model_type", None) not in supported_model_types():
+        return None, None
+    source, gguf, _ = resolve_model_source(model)
+    with init_empty_weights():
+        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    adapter = adapter_for(skeleton)
+    stream = choose_stream(mode, adapter, samples, seq_len, batch_size, device)
+    offloadable = gguf is None and any(Path(source).glob("*.safetensors"))
+    return stream, offload_map(skeleton, adapter.layers_path) if stream and offloadable else None

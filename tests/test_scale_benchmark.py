@@ -40,12 +40,13 @@ def test_published_shapes_have_the_published_parameter_counts(shape):
 
 @pytest.mark.slow
 def test_tiny_shape_runs_the_real_commands_and_records_them(tmp_path, shared_data_dir, capsys):
-    """SmolLM2's tokenizer comes from the bundled GGUF, hence slow; about a minute on 2 cores."""
+    """SmolLM2's tokenizer comes from the bundled GGUF, hence slow; about two minutes on 2 cores."""
     out = tmp_path / "summary.json"
     scale.main(["--shape", "tiny", "--layers", "2", "--calib-samples", "4", "--calib-seq-len", "64",
                 "--refine-steps", "2", "--device", "cpu", "--data-dir", str(shared_data_dir),
-                "--work", str(tmp_path / "work"), "--out", str(out)])
-    compress, refine = json.loads(out.read_text())
+                "--work", str(tmp_path / "work"), "--out", str(out), "--refine-setups", "1,2-fsdp"])
+    compress, refine, sharded = json.loads(out.read_text())
+    assert (sharded["gpus"], sharded["sharding"], sharded["rc"]) == (2, "fsdp", 0) and "--fsdp" in sharded["command"]
     fields = {"shape", "layers", "ratio", "phase", "gpus", "wall_s", "peak_gpu_gib", "peak_host_gib", "tokens_per_s",
               "date", "command"}
     assert fields <= set(compress) and fields <= set(refine)

@@ -134,7 +134,7 @@ def like(adapter: ModelAdapter, group: GroupPlan) -> dict:
     """dtype and device of the modules a group replaces (an installed skeleton matches them)."""
     ref = adapter.get_module(*group.members[0])
     p = next(ref.parameters())
-    return {"dtype": p.dtype if p.is_floating_point() else torch.float32, "device": p.device}
+    return {"dtype": p.dtype if p.is_floating_point() else torch.float32, "device": adapter.home(*group.members[0])}
 
 
 def bias_copy(adapter: ModelAdapter, layer: int, type_name: str) -> torch.Tensor | None:

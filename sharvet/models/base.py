@@ -10,7 +10,16 @@ from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
+from accelerate.utils import has_offloaded_params
 from torch import nn
+
+
+def module_tensor(module: nn.Module, name: str) -> torch.Tensor | None:
+    """``module.<name>`` detached; one accelerate offloaded to disk (big-model loading) is read onto the host."""
+    t = getattr(module, name, None)
+    if t is not None and t.device.type == "meta" and has_offloaded_params(module):
+        return module._hf_hook.weights_map[name].to(t.dtype)
+    return None if t is None else t.detach()
 
 
 class _ReachedFirstLayer(Exception):
@@ -98,12 +107,16 @@ class ModelAdapter:
 
     # ------------------------------------------------------------------ weights
     def weight(self, layer: int, type_name: str) -> torch.Tensor:
-        """Weight as ``(d_out, d_in)``, detached, on its own device and dtype."""
-        return self.get_module(layer, type_name).weight.detach()
+        """Weight as ``(d_out, d_in)``, detached, on its own device and dtype (offloaded: read onto the host)."""
+        return module_tensor(self.get_module(layer, type_name), "weight")
 
     def bias(self, layer: int, type_name: str) -> torch.Tensor | None:
-        b = getattr(self.get_module(layer, type_name), "bias", None)
-        return None if b is None else b.detach()
+        return module_tensor(self.get_module(layer, type_name), "bias")
+
+    def home(self, layer: int, type_name: str) -> torch.device:
+        """Where a module's weights are used: their device, or the host for weights accelerate keeps on disk."""
+        module = self.get_module(layer, type_name)
+        return torch.device("cpu") if has_offloaded_params(module) else next(module.parameters()).device
 
     def shape(self, type_name: str) -> tuple[int, int]:
         """``(d_in, d_out)`` of a module type (identical in every layer)."""

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import torch
 
-from .base import ModelAdapter, ModuleType
+from .base import ModelAdapter, ModuleType, module_tensor
 
 
 class GPT2Adapter(ModelAdapter):
@@ -27,6 +27,6 @@ class GPT2Adapter(ModelAdapter):
 
     def weight(self, layer: int, type_name: str) -> torch.Tensor:
         module = self.get_module(layer, type_name)
-        w = module.weight.detach()
+        w = module_tensor(module, "weight")
         # transformers' Conv1D keeps (d_in, d_out); a replaced module is Linear-convention already
         return w.t() if type(module).__name__ == "Conv1D" else w

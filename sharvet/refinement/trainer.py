@@ -27,6 +27,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import signal
 import time
 from dataclasses import dataclass, field
@@ -39,6 +40,7 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from . import sharding
 from . import state as ckpt
 from .guard import NonFiniteLossError, require_finite
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
@@ -52,7 +54,7 @@ log = logging.getLogger(__name__)
 MODES = (*VECTOR_MODES, "lora")
 #: fields that do not change the trajectory, so a resumed run may change them
 _FREE_FIELDS = {"gradient_checkpointing", "teacher_device", "checkpoint_every", "max_steps", "output_dir", "progress",
-                "cpu"}
+                "cpu", "fsdp"}
 
 
 
@@ -97,6 +99,9 @@ class RefineConfig:
     cpu: bool = False
     #: where the teacher runs ("cpu", "cuda:1", ...); None = the student's device
     teacher_device: str | None = None
+    #: with several processes, shard the frozen weights of student and teacher with FSDP (``sharding.py``)
+    #: instead of a whole copy per process (DDP)
+    fsdp: bool = False
     #: save a resumable checkpoint every this many optimizer steps (0 = only at the end / on Ctrl-C)
     checkpoint_every: int = 0
     #: stop (with a checkpoint) after this many optimizer steps in total; the schedule still spans all epochs
@@ -211,6 +216,8 @@ class _Run:
     out: Path
     #: vectors kept in float32 while training, with the dtype they return to afterwards
     downcast: list[tuple[nn.Parameter, torch.dtype]]
+    #: student (and teacher) sharded by :mod:`sharding`; the vectors' gradients are averaged here
+    fsdp: bool = False
 
 
 class _StopRequest:
@@ -243,6 +250,13 @@ class _StopRequest:
     def __exit__(self, *exc: Any) -> None:
         for s, handler in self.previous.items():
             signal.signal(s, handler)
+
+
+def process_device(device: str) -> str:
+    """``cuda`` means this process's GPU when launched as one of several (``accelerate launch``, ``torchrun``), so
+    that models load straight where the process trains, not all onto the first GPU."""
+    local = os.environ.get("LOCAL_RANK")
+    return f"cuda:{local}" if device == "cuda" and local is not None else device
 
 
 def refine(student: nn.Module, teacher: nn.Module | None, train_ids: torch.Tensor, cfg: RefineConfig, *,
@@ -320,16 +334,22 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
                                   weight_decay=cfg.weight_decay)
     schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=schedule.total)
-    prepared, optimizer = accelerator.prepare(model, optimizer)
+    fsdp = cfg.fsdp and accelerator.num_processes > 1
+    if fsdp:  # our own wrapping (sharding.py): accelerate would DDP-wrap the model, or shard the shared bases
+        prepared, optimizer = sharding.shard(model, list(params), accelerator.device), accelerator.prepare(optimizer)
+    else:
+        prepared, optimizer = accelerator.prepare(model, optimizer)
     tdev = torch.device(cfg.teacher_device) if cfg.teacher_device else accelerator.device
     if teacher is not None and weights.needs_teacher:
         teacher.eval().requires_grad_(False).to(tdev)
+        if fsdp and cfg.teacher_device is None:
+            teacher = sharding.shard(teacher, [], accelerator.device)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(cfg, ids, accelerator.num_processes)
     run = _Run(accelerator, prepared, teacher if weights.needs_teacher else None, tdev, list(names),
                list(params), [p.detach().clone() for p in params], optimizer, scheduler, schedule, weights,
-               fingerprint, out, downcast)
+               fingerprint, out, downcast, fsdp)
     if cfg.matches_loss_scales() and weights.needs_teacher:
         run.weights = _matched_weights(run, cfg, ids)
     return run
@@ -503,6 +523,8 @@ def _learn(run: _Run, cfg: RefineConfig, batch: torch.Tensor, sums: dict[str, to
             sums[k] = sums.get(k, 0.0) + v
         grad_norm = None
         if acc.sync_gradients:
+            if run.fsdp:
+                sharding.average_gradients(run.params)
             grad_norm = acc.clip_grad_norm_(run.params, cfg.grad_clip) if cfg.grad_clip > 0 else \
                 torch.nn.utils.get_total_norm([p.grad for p in run.params if p.grad is not None])
             _check_finite(run, sums, grad_norm, step)
@@ -548,7 +570,8 @@ def _micro_step(run: _Run, ids: torch.Tensor) -> LossOutput:
         dev = ids.device
         t_logits = t_out.logits.to(dev) if w.kd > 0 else None
         t_hidden = tuple(h.to(dev) for h in t_out.hidden_states) if hidden else None
-    out = run.model(input_ids=ids, output_hidden_states=hidden, use_cache=False)
+    with run.accelerator.autocast():  # a prepared model carries it already; one sharded here does not
+        out = run.model(input_ids=ids, output_hidden_states=hidden, use_cache=False)
     return refinement_loss(out.logits, ids, w, student_hidden=out.hidden_states if hidden else None,
                            teacher_logits=t_logits, teacher_hidden=t_hidden, params=run.params,
                            initial=run.initial)
@@ -613,8 +636,10 @@ def _save(run: _Run, position: ckpt.DataPosition) -> None:
 
 def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished: bool,
             writer: HistoryWriter | None, meter: _Throughput) -> RefineResult:
-    # drop DDP and accelerate's autocast wrapper of forward: later evaluation must run in the model's dtype
-    model = run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    # drop DDP and accelerate's autocast wrapper of forward: later evaluation must run in the model's dtype;
+    # a sharded student is put back together on the main process (the others keep theirs, sharded)
+    model = (sharding.gather(run.model, run.accelerator.is_main_process) or run.model) if run.fsdp else \
+        run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     summary = parameter_summary(model)  # counted while the vectors still train
     release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype
     for p, dtype in run.downcast:  # outside autocast a bf16 model needs bf16 vectors

@@ -1,0 +1,39 @@
+"""One process of tests/test_scale_fsdp.py (run under torchrun): refine a tiny compressed model, save the result."""
+from __future__ import annotations
+
+import copy
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+sys.path.insert(0, str(Path(__file__).parent))
+
+from sharvet import CompressionConfig, compress  # noqa: E402
+from sharvet.calibration import collect_stats  # noqa: E402
+from sharvet.models import adapter_for  # noqa: E402
+from sharvet.refinement import RefineConfig, refine  # noqa: E402
+from tiny import tiny_llama, tokens  # noqa: E402
+
+
+def main(out: str, fsdp: bool) -> None:
+    teacher = tiny_llama(4)
+    student = copy.deepcopy(teacher)
+    ids = tokens(8, 32)
+    compress(student, collect_stats(adapter_for(student), ids, batch_size=4, progress=False),
+             CompressionConfig(ratio=0.6, k=2), progress=False)
+    cfg = RefineConfig(batch_size=2, epochs=1, cpu=True, fsdp=fsdp, gradient_checkpointing=True, progress=False,
+                       output_dir=str(Path(out) / "run"))
+    result = refine(student, teacher, ids, cfg)
+    if result.main_process:
+        model = result.model
+        assert not any("FullyShardedDataParallel" in type(m).__name__ for m in model.modules())
+        with torch.no_grad():
+            logits = model(tokens(2, 16, seed=1)).logits
+        state = {k: v.contiguous() for k, v in model.state_dict().items() if "scale" in k or "sigma" in k}
+        save_file({**state, "logits": logits.contiguous()}, str(Path(out) / "result.safetensors"))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2] == "fsdp")
