@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+import json
 import math
 
 import pytest
@@ -197,3 +198,25 @@ def test_quantised_model_stays_close_to_the_compressed_one():
     err4 = (four(ids).logits - reference).norm() / reference.norm()
     err3 = (three(ids).logits - reference).norm() / reference.norm()
     assert err4 < 0.2 and err4 < err3
+
+
+def test_eval_quantize_records_the_bytes(model_dir, data_dir, tmp_path, capsys):
+    from sharvet.cli import main
+
+    out = tmp_path / "eval.json"
+    assert main(["eval", str(model_dir), "--quantize", "3", "--ppl", "wikitext2", "--context", "32", "--data-dir",
+                 str(data_dir), "--json", str(out), "--no-progress", "--device", "cpu"]) == 0
+    assert "RTN 3-bit, group 128" in capsys.readouterr().out
+    result = json.loads(out.read_text())
+    from transformers import AutoModelForCausalLM
+
+    expected = expected_bytes(AutoModelForCausalLM.from_pretrained(model_dir), 3, 128)
+    assert result["quantization"]["total_bytes"] == expected and result["quantization"]["bits"] == 3
+    assert result["perplexity"]["wikitext2"]["status"] == "ok" and "RTN 3-bit" in result["model"]
+
+
+def test_eval_quantize_rejects_bad_bits(capsys):
+    from sharvet.cli import main
+
+    assert main(["eval", "--quantize", "1"]) == 2
+    assert "--quantize invalid choice: 1" in capsys.readouterr().err
