@@ -3,12 +3,12 @@
 ``QuantizedLinear`` replaces a dense linear module; ``QuantizedSharedBasisLinear`` a
 :class:`~sharvet.modules.SharedBasisLinear` whose basis ``U`` is one quantised tensor held by every layer of
 its group and whose per-layer ``V`` (sigma absorbed) is quantised per layer. lambda (the input scaling) and
-the bias stay in floating point.
+the bias stay in floating point. A weight is anything with ``linear(x)``: a :class:`QuantizedTensor` (the
+dequantised matmul) or a :class:`~sharvet.quantization.int4.Int4Weight` (the int4 kernel).
 """
 from __future__ import annotations
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from .rtn import QuantizedTensor
@@ -24,7 +24,8 @@ class QuantizedLinear(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias.detach().reshape(weight.rows), requires_grad=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return F.linear(x, self.qweight.dense, self.bias)
+        y = self.qweight.linear(x)
+        return y if self.bias is None else y + self.bias
 
 
 class QuantizedSharedBasisLinear(nn.Module):
@@ -47,7 +48,8 @@ class QuantizedSharedBasisLinear(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.scale is not None:
             x = x * self.scale
-        return F.linear(F.linear(x, self.basis.dense), self.v.dense, self.bias)
+        y = self.v.linear(self.basis.linear(x))
+        return y if self.bias is None else y + self.bias
 
     def extra_repr(self) -> str:
         return (f"in_features={self.in_features}, out_features={self.out_features}, rank={self.rank}, "

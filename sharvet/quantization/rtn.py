@@ -96,6 +96,10 @@ class QuantizedTensor(nn.Module):
         self.register_buffer("dense", dequantize_codes(codes, scale, zero, group_size).to(weight.dtype),
                              persistent=False)
 
+    def linear(self, x: torch.Tensor) -> torch.Tensor:
+        """``x W^T`` with the dequantised weight."""
+        return nn.functional.linear(x, self.dense)
+
     def codes(self) -> torch.Tensor:
         """The ``(rows, cols)`` uint8 codes, unpacked from storage."""
         return unpack_codes(self.packed, self.bits, self.rows * self.cols).view(self.rows, self.cols)
