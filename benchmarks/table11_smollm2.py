@@ -74,7 +74,7 @@ def compressed_model(a: argparse.Namespace, teacher: LoadedModel) -> tuple[nn.Mo
     ids = calibration_ids(teacher, spec, seed=0)
     stats = calibrate(teacher, spec, seed=0, device=a.device, progress=False, ids=ids)
     student = copy.deepcopy(teacher.model)
-    result = compress(student, stats, CompressionConfig(ratio=a.ratio), calibration_ids=ids, device=a.device,
+    result = compress(student, stats, CompressionConfig.preset("sharvet", (), ratio=a.ratio), calibration_ids=ids, device=a.device,
                       progress=False)
     info = {"source": "compressed here", "ratio": a.ratio, "realised_ratio": round(result.report.linear_ratio, 5),
             "calib_samples": a.calib_samples, "compress_s": round(time.perf_counter() - t0, 1), "refined": False}
@@ -119,6 +119,28 @@ def score(a: argparse.Namespace, name: str, model: nn.Module, tokenizer) -> dict
     return out
 
 
+def decode_rows(a: argparse.Namespace, teacher: LoadedModel, compressed: nn.Module | None, rows: list) -> list[dict]:
+    """Greedy decode tokens/s of each row in bfloat16, 4-bit rows through the int4 kernel (3-bit: none exists)."""
+    from int4_decode import generate_speed
+
+    from sharvet.quantization.int4 import use_int4_kernels
+
+    out = []
+    for name, is_compressed, bits, rescale in rows:
+        if bits not in (None, 4):
+            out.append({"row": name, "status": f"no {bits}-bit kernel in torch: not measured"})
+            continue
+        model = copy.deepcopy(compressed if is_compressed else teacher.model)
+        if bits:
+            quantize_model(model, bits, a.group_size, rescale=rescale)
+            use_int4_kernels(model)
+        out.append({"row": name, "kernel": "tinygemm int4" if bits else "bf16 F.linear",
+                    **generate_speed(model.to(torch.bfloat16), str(a.device), a.new_tokens)})
+        print(json.dumps(out[-1]), flush=True)
+        del model
+    return out
+
+
 def table(rows: list[dict]) -> str:
     tasks = list(dict.fromkeys(t for r in rows for t in r["tasks"]))
     ppls = list(dict.fromkeys(p for r in rows for p in r["perplexity"]))
@@ -150,6 +172,9 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--tasks", default=",".join(TASKS))
     p.add_argument("--limit", type=int, default=None, help="documents per task (quick runs)")
     p.add_argument("--max-tokens", type=int, default=None, help="tokens per perplexity set (quick runs)")
+    p.add_argument("--decode", action="store_true", help="also time greedy decoding (int4 kernel for 4-bit rows) "
+                   "and, on CUDA, one token through 8B-shaped modules (benchmarks/int4_decode.py)")
+    p.add_argument("--new-tokens", type=int, default=128)
     p.add_argument("--json", required=True)
     a = p.parse_args(argv)
     rows = [(r, *parse_row(r)) for r in a.rows.split(",") if r]
@@ -177,15 +202,28 @@ def main(argv: list[str] | None = None) -> dict:
         record["eval_s"] = round(time.perf_counter() - t0, 1)
         res["rows"].append(record)
         print(json.dumps({k: v for k, v in record.items() if k != "storage"}), flush=True)
+        write(a.json, res)
         del model
         if str(a.device).startswith("cuda"):
             torch.cuda.empty_cache()
     res["table"] = table(res["rows"])
+    write(a.json, res)
+    if a.decode:
+        from int4_decode import matvec_rows
+
+        res["decode"] = {"generate": decode_rows(a, teacher, compressed, rows)}
+        write(a.json, res)
+        res["decode"]["matvec"] = matvec_rows(a.device, a.ratio) if str(a.device).startswith("cuda") else None
     res["wall_s"] = round(time.perf_counter() - start, 1)
     print(res["table"])
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=1, default=str) + "\n")
+    write(a.json, res)
     return res
+
+
+def write(path: str, res: dict) -> None:
+    """The results so far (after every row, so a later failure loses nothing)."""
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(res, indent=1, default=str) + "\n")
 
 
 if __name__ == "__main__":

@@ -13,12 +13,16 @@ from sharvet.quantization.int4 import Int4Weight, use_int4_kernels
 from tiny import tiny_llama, tokens
 
 
+DEVICES = ["cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA"))]
+
+
+@pytest.mark.parametrize("device", DEVICES)
 @pytest.mark.parametrize("rows, cols", [(64, 256), (37, 200), (13, 21), (8, 128)])
 @pytest.mark.parametrize("group_size", [128, 64])
-def test_kernel_equals_dequantised_matmul(rows, cols, group_size):
+def test_kernel_equals_dequantised_matmul(rows, cols, group_size, device):
     g = torch.Generator().manual_seed(rows + cols)
-    w = QuantizedTensor(torch.randn(rows, cols, generator=g), 4, group_size)
-    x = torch.randn(2, 3, cols, generator=g)
+    w = QuantizedTensor(torch.randn(rows, cols, generator=g).to(device), 4, group_size)
+    x = torch.randn(2, 3, cols, generator=g).to(device)
     reference = x @ w.dequantize().T
     y = Int4Weight(w).linear(x)
     assert y.shape == reference.shape and y.dtype == x.dtype
@@ -30,11 +34,13 @@ def test_only_four_bit_weights_take_the_kernel():
         Int4Weight(QuantizedTensor(torch.randn(8, 128), 3, 128))
 
 
-def test_kernels_in_a_compressed_model_keep_logits_and_sharing():
+@pytest.mark.parametrize("device", DEVICES)
+def test_kernels_in_a_compressed_model_keep_logits_and_sharing(device):
     model = tiny_llama()
     ids = tokens()
     compress(model, collect_stats(adapter_for(model), ids, progress=False), CompressionConfig(ratio=0.75, k=2),
              progress=False)
+    model, ids = model.to(device), ids.to(device)
     quantize_model(model, 4)
     reference = model(ids).logits
     fast = copy.deepcopy(model)
