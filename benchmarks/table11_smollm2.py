@@ -74,8 +74,8 @@ def compressed_model(a: argparse.Namespace, teacher: LoadedModel) -> tuple[nn.Mo
     ids = calibration_ids(teacher, spec, seed=0)
     stats = calibrate(teacher, spec, seed=0, device=a.device, progress=False, ids=ids)
     student = copy.deepcopy(teacher.model)
-    result = compress(student, stats, CompressionConfig.preset("sharvet", (), ratio=a.ratio), calibration_ids=ids, device=a.device,
-                      progress=False)
+    cfg = CompressionConfig.preset("sharvet", (), ratio=a.ratio)  # what `sharvet compress --ratio` runs
+    result = compress(student, stats, cfg, calibration_ids=ids, device=a.device, progress=False)
     info = {"source": "compressed here", "ratio": a.ratio, "realised_ratio": round(result.report.linear_ratio, 5),
             "calib_samples": a.calib_samples, "compress_s": round(time.perf_counter() - t0, 1), "refined": False}
     if a.refine:

@@ -2,14 +2,21 @@
 
 What is quantised: every linear module the architecture adapter knows (q, k, v, o, gate, up, down of each
 decoder layer), as GPTQ/AWQ do; embeddings, norms and the LM head stay in floating point. A dense module
-(``nn.Linear`` or GPT-2's ``Conv1D``) becomes a :class:`QuantizedLinear`. A :class:`SharedBasisLinear` first
-has sigma absorbed into V; then each rank component j is rescaled, exactly, so that V's column j has max-abs 1
-over every layer of the group and U's row j carries the factor (``U_j c_j``, ``V_l[:, j] / c_j``, the product
-unchanged). Why: V's groups of 128 run along r, its input dimension, so one scale covers 128 rank components
-whose singular values span four orders of magnitude; with sigma left in V the small components would all round to
-zero. U's groups run along d_in inside one row, so a row factor changes only that row's scales, not its codes.
-The basis, rescaled, is quantised once and held by every layer of its group; V per layer; lambda and biases stay
-in floating point. A whole shared matrix (SEQ / CYCLE) is quantised once.
+(``nn.Linear`` or GPT-2's ``Conv1D``) becomes a :class:`QuantizedLinear`; a whole shared matrix (SEQ / CYCLE) is
+quantised once. A :class:`SharedBasisLinear` (``y = ((x * lambda) U^T) (V Sigma)^T``) first has sigma absorbed
+into V, then is rescaled, exactly (the product is unchanged), before its factors are quantised:
+
+* rank components: ``U_j c_j`` and ``V_l[:, j] / c_j``, with ``c_j`` the largest ``|V_l[i, j]|`` over the group's
+  layers. V's groups of 128 run along r, its input dimension, so one scale covers 128 components whose singular
+  values span orders of magnitude; unscaled, the small components round to zero.
+* input channels: ``U[:, k] / a_k`` and every member's ``lambda_k a_k``, with ``a_k`` the largest ``|U[j, k]|``.
+  A whitened basis is ``S^-T u``: its entries are large along input directions the model barely excites and small
+  along the ones it uses most, so one scale per group of 128 inputs would spend its levels on the former. lambda is
+  per layer and stays in floating point, so it absorbs this for free (a layer stored without lambda gains one,
+  counted in the bytes).
+
+Then the basis is quantised once (groups along d_in) and held by every layer of its group; V per layer (groups
+along r); lambda and biases stay in floating point. ``rescale=False`` skips both rescalings (the ablation).
 
 Bytes (:func:`storage_report`): each quantised tensor's packed codes and float16 scales and zero points
 (:mod:`sharvet.quantization.rtn`), plus every remaining parameter and persistent buffer at ``float_bytes`` each
@@ -104,7 +111,7 @@ def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128, *, re
                    float_bytes: int = FLOAT_BYTES) -> StorageReport:
     """Quantise every decoder linear module of ``model`` in place (RTN); returns the stored bytes.
 
-    ``rescale=False`` quantises U and sigma-absorbed V as they are (the ablation of the rescaling above).
+    ``rescale=False`` quantises U and the sigma-absorbed V as they are (the ablation of the rescalings above).
     """
     adapter = adapter_for(model)
     slots = [(layer, t, adapter.get_module(layer, t)) for layer in range(adapter.num_layers)
@@ -113,9 +120,13 @@ def quantize_model(model: nn.Module, bits: int = 4, group_size: int = 128, *, re
     dense: dict[int, QuantizedTensor] = {}
     for layer, t, module in slots:
         if isinstance(module, SharedBasisLinear):
-            basis, column_scale = bases[id(module.basis)]
-            v = QuantizedTensor(_absorbed_v(module) / column_scale, bits, group_size)
-            new = QuantizedSharedBasisLinear(basis, v, scale=module.scale, bias=module.bias)
+            basis = bases[id(module.basis)]
+            v = QuantizedTensor(_absorbed_v(module) / basis.rank_scale.to(module.v.dtype), bits, group_size)
+            scale = module.scale
+            if rescale:
+                a = basis.input_scale.to(module.v.dtype)
+                scale = a if scale is None else scale * a
+            new = QuantizedSharedBasisLinear(basis.tensor, v, scale=scale, bias=module.bias)
         elif isinstance(module, SparseProjectionLinear):
             raise ValueError("RTN quantisation of FiPS sparse projections is not supported")
         else:
@@ -132,16 +143,33 @@ def _absorbed_v(module: SharedBasisLinear) -> torch.Tensor:
     return module.v if module.sigma is None else module.v * module.sigma.to(module.v.dtype)
 
 
+@dataclass(frozen=True)
+class _Basis:
+    """A group's quantised basis ``diag(c) U diag(1/a)`` and the factors its members' V and lambda absorb."""
+
+    tensor: QuantizedTensor
+    rank_scale: torch.Tensor  # c (r): V's column j is divided by c_j
+    input_scale: torch.Tensor  # a (d_in): lambda is multiplied by a
+
+
+def _ones_where_zero(t: torch.Tensor) -> torch.Tensor:
+    return torch.where(t > 0, t, torch.ones_like(t))
+
+
 def _quantized_bases(modules: list[SharedBasisLinear], bits: int, group_size: int, rescale: bool
-                     ) -> dict[int, tuple[QuantizedTensor, torch.Tensor]]:
-    """Per shared basis: the quantised, rescaled basis ``U_j c_j`` and the column factors ``c`` for V."""
+                     ) -> dict[int, _Basis]:
+    """Per shared basis (by identity): the rescaled basis, quantised once, and its factors."""
     members: dict[int, list[SharedBasisLinear]] = {}
     for m in modules:
         members.setdefault(id(m.basis), []).append(m)
     out = {}
     for key, group in members.items():
-        column_max = torch.stack([_absorbed_v(m).abs().amax(0) for m in group]).amax(0)
-        c = torch.where((column_max > 0) & rescale, column_max, torch.ones_like(column_max))
-        basis = group[0].basis
-        out[key] = (QuantizedTensor(basis * c[:, None].to(basis.dtype), bits, group_size), c)
+        u = group[0].basis.detach().float()
+        c = torch.ones(u.shape[0], device=u.device)
+        a = torch.ones(u.shape[1], device=u.device)
+        if rescale:
+            c = _ones_where_zero(torch.stack([_absorbed_v(m).abs().amax(0) for m in group]).amax(0).float())
+            a = _ones_where_zero((u * c[:, None]).abs().amax(0))
+        rescaled = (u * c[:, None] / a).to(group[0].basis.dtype)
+        out[key] = _Basis(QuantizedTensor(rescaled, bits, group_size), c, a)
     return out
