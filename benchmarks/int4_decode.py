@@ -85,7 +85,8 @@ def matvec_rows(device: str, ratio: float, reps: int = 50) -> list[dict]:
 @torch.no_grad()
 def generate_speed(model, device: str, new_tokens: int, prompt: int = 32) -> dict:
     """Greedy tokens/s at batch 1 after a warm-up (``model`` already on ``device`` in its run dtype)."""
-    ids = torch.randint(100, 1000, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
+    vocab = model.config.vocab_size
+    ids = torch.randint(vocab // 10, vocab, (1, prompt), generator=torch.Generator().manual_seed(0)).to(device)
     kwargs = dict(do_sample=False, pad_token_id=0, eos_token_id=None)
     model.generate(ids, max_new_tokens=8, min_new_tokens=8, **kwargs)
     if device.startswith("cuda"):

@@ -145,7 +145,7 @@ def test_shared_basis_forward_equals_dequantised_factors(family):
         if new.bias is not None:
             h = h + new.bias
         torch.testing.assert_close(new(x), h, atol=1e-4, rtol=1e-5)
-        assert new.scale.dtype == old.scale.dtype == torch.float32  # lambda stays in floating point
+        assert torch.equal(new.scale, old.scale)  # lambda stays as it was, in floating point
 
 
 def factor_errors(bits: int, rescale: bool) -> list[float]:
@@ -163,8 +163,8 @@ def factor_errors(bits: int, rescale: bool) -> list[float]:
 
 
 def test_factor_rescaling_is_exact_and_helps():
-    """At 8 bits the rescaled factors reproduce every weight to 1 %: the factor moved from V to U cancels. With
-    sigma left in V, V's groups of rank components span the singular values' range and lose more."""
+    """At 8 bits the rescaled factors reproduce every weight to 1 %: the factor moved from U to V cancels; with
+    U's rows left as they are, their small float16 scales lose more."""
     rescaled, plain = factor_errors(8, True), factor_errors(8, False)
     assert max(rescaled) < 0.01
     assert sum(rescaled) < sum(plain)
@@ -183,8 +183,6 @@ def test_a_shared_basis_is_quantised_and_counted_once(family):
     quantized = [adapter.get_module(l, t) for l in range(adapter.num_layers) for t in adapter.type_names]
     for members in groups.values():
         assert len({id(quantized[i].basis) for i in members}) == 1  # one object for the whole group
-        factors = [quantized[i].scale / slots[i].scale for i in members]  # the basis' input rescaling
-        assert all(torch.allclose(f, factors[0], rtol=1e-6) for f in factors)
     assert report.quantized_tensors == len(groups) + len(slots)  # bases once, V per layer
     bases = {id(m.basis): m.basis for m in quantized}.values()
     expected = sum(t.nbytes for t in bases) + sum(m.v.nbytes for m in quantized)
@@ -223,21 +221,3 @@ def test_eval_quantize_rejects_bad_bits(capsys):
     assert main(["eval", "--quantize", "1"]) == 2
     assert "--quantize invalid choice: 1" in capsys.readouterr().err
 
-
-def test_a_layer_without_lambda_gains_one_and_pays_for_it():
-    """Basis Sharing stores no lambda: the input rescaling adds one per group of layers (its members' are equal, so
-    one storage; float, counted); without rescaling none is added."""
-    model = tiny_llama()
-    ids = tokens()
-    compress(model, collect_stats(adapter_for(model), ids, progress=False),
-             CompressionConfig.preset("basis-sharing", (), ratio=0.75, k=2), progress=False)
-    reference = model(ids).logits
-    plain = copy.deepcopy(model)
-    adapter = adapter_for(model)
-    modules = [adapter.get_module(l, t) for l in range(adapter.num_layers) for t in adapter.type_names]
-    assert modules[0].scale is None
-    added = sum(m.in_features for m in {id(m.basis): m for m in modules}.values())
-    with_lambda, without = quantize_model(model, 8), quantize_model(plain, 8, rescale=False)
-    assert adapter_for(plain).get_module(0, "q").scale is None and adapter.get_module(0, "q").scale is not None
-    assert with_lambda.float_numbers == without.float_numbers + added
-    assert (model(ids).logits - reference).norm() < 0.02 * reference.norm()
