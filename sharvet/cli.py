@@ -20,6 +20,7 @@ from .outputs import check_output, check_output_file
 from .evaluation.report import add_report_arguments
 from .evaluation.results import add_eval_arguments
 from .inference.command import add_bench_arguments, bench_command
+from .quantization.command import add_quantize_arguments
 from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
@@ -111,6 +112,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     e = sub.add_parser("eval", help="perplexity and lm-eval tasks of an original model or a sharvet checkpoint")
     add_eval_arguments(e)
+    add_quantize_arguments(e)
     _common(e)
 
     r = sub.add_parser("report", help="merge eval result JSONs into the paper's Table 2 (Markdown)")
@@ -252,7 +254,14 @@ def cmd_eval(a: argparse.Namespace) -> int:
 
     if a.model is not None and not Path(a.model).is_dir():
         check_model_arg(a.model, compressible=False)  # any causal LM can be evaluated
-    return eval_command(a, on_start=lambda: announce_device(a))
+
+    def start() -> None:
+        announce_device(a)
+        if a.quantize is not None:
+            from .quantization.command import quantized
+
+            a.model = quantized(a)
+    return eval_command(a, on_start=start)
 
 
 def cmd_report(a: argparse.Namespace) -> int:

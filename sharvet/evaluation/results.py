@@ -67,6 +67,7 @@ def model_record(loaded: LoadedModel) -> dict[str, Any]:
         "parameters": parameters,
         "compression_settings": settings or None,
         "dtype": str(next(loaded.model.parameters()).dtype).removeprefix("torch."),
+        "quantization": getattr(loaded.model, "sharvet_quantization", None),
     }
 
 
