@@ -34,6 +34,7 @@ from sharvet.api import CalibrationSpec, calibrate, calibration_ids, load
 from sharvet.config import CompressionConfig
 from sharvet.evaluation.results import evaluate, software_versions
 from sharvet.loading import LoadedModel, load_original
+from sharvet.methods import DEFAULT_METHOD, method
 from sharvet.models import adapter_for
 from sharvet.pipeline import compress
 from sharvet.quantization import quantize_model, storage_report
@@ -74,7 +75,7 @@ def compressed_model(a: argparse.Namespace, teacher: LoadedModel) -> tuple[nn.Mo
     ids = calibration_ids(teacher, spec, seed=0)
     stats = calibrate(teacher, spec, seed=0, device=a.device, progress=False, ids=ids)
     student = copy.deepcopy(teacher.model)
-    cfg = CompressionConfig.preset("sharvet", (), ratio=a.ratio)  # what `sharvet compress --ratio` runs
+    cfg = CompressionConfig.preset(DEFAULT_METHOD, (), ratio=a.ratio)  # what `sharvet compress --ratio` runs
     result = compress(student, stats, cfg, calibration_ids=ids, device=a.device, progress=False)
     info = {"source": "compressed here", "ratio": a.ratio, "realised_ratio": round(result.report.linear_ratio, 5),
             "calib_samples": a.calib_samples, "compress_s": round(time.perf_counter() - t0, 1), "refined": False}
@@ -85,7 +86,7 @@ def compressed_model(a: argparse.Namespace, teacher: LoadedModel) -> tuple[nn.Mo
 
 
 def refined(a: argparse.Namespace, teacher: LoadedModel, student: nn.Module) -> tuple[nn.Module, dict]:
-    """The CLI's default refinement (``sharvet compress --refine``): lambda and sigma, then sigma absorbed."""
+    """The CLI's default refinement (``sharvet compress --refine``: the default method's mode), sigma absorbed."""
     from sharvet.experiment import refined_model
     from sharvet.refinement import add_refine_arguments, refine, refine_config_from_args
     from sharvet.training_data import training_ids
@@ -95,7 +96,7 @@ def refined(a: argparse.Namespace, teacher: LoadedModel, student: nn.Module) -> 
     add_refine_arguments(p)
     args = p.parse_args(["--refine-output", a.refine_dir])
     args.device = a.device
-    cfg = refine_config_from_args(args, default_mode="both")
+    cfg = refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
     ids = training_ids(args.train_data, teacher.tokenizer, args.train_samples, args.train_seq_len, cfg.seed,
                        data_dir=a.data_dir, teacher=teacher.model, teacher_id="SmolLM2-135M-Instruct")
     t0 = time.perf_counter()
