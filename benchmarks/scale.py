@@ -277,7 +277,8 @@ def main(argv: list[str] | None = None) -> int:
             argv = ["refine", str(compressed), "-o", str(refined), "--overwrite", "--max-steps", str(a.refine_steps),
                     "--train-samples", str(a.refine_steps * gpus * batch), "--train-seq-len", str(seq_len),
                     "--batch-size", str(batch), "--gradient-checkpointing",
-                    "--refine-mode", "both"]  # the setting: SharVeT's vectors (sharvet-plus also trains V) + (["--fsdp"] if sharding else []) + common
+                    # the setting: SharVeT's vectors (the default method, sharvet-plus, also trains V)
+                    "--refine-mode", "both"] + (["--fsdp"] if sharding else []) + common
             extra = {"sharding": sharding or ("ddp" if gpus > 1 else None), "batch_per_gpu": batch,
                      "seq_len": seq_len}
         measured = run_phase(argv, gpus, work, a.device)
