@@ -87,6 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--overwrite", action="store_true")
     c.add_argument("--ratio", type=in_range(0, 1), default=0.8, help="kept fraction of the compressed linear modules")
     c.add_argument("--method", default=DEFAULT_METHOD, choices=list(METHODS), help=describe())
+    c.add_argument("--lora-in-budget", action="store_true",
+                   help="with LoRA refinement: count the adapters inside --ratio (the model is compressed to the "
+                        "ratio minus their share, printed)")
     c.add_argument("--variant", default=None,
                    help=f"comma list of sharvet ablations: {', '.join(VARIANTS)} (paper Tables 3, 7, 8, 9)")
     c.add_argument("--grouping", default=None, help=f"one of {', '.join(sorted(STRATEGIES))} (default: the method's)")
@@ -230,6 +233,8 @@ def cmd_compress(a: argparse.Namespace) -> int:
         training_spec(a)
         check_resume(refine_cfg, a.resume)
     check_model_arg(a.model, a.k)
+    if a.lora_in_budget:
+        cfg = adapters_in_budget(a.model, cfg, refine_cfg)
     check_data_dir(a)
     announce_device(a)
     _, result, _ = compress_pretrained(a.model, cfg, calibration=spec, output=out, device=a.device, dtype=a.dtype,
@@ -240,6 +245,24 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if refine_cfg is not None:
         return run_refinement(a, out, out, refine_cfg)
     return 0
+
+
+def adapters_in_budget(model: str | None, cfg: CompressionConfig, refine_cfg) -> CompressionConfig:
+    """``cfg`` with its ratio lowered by the share of the LoRA adapters refinement will add (one line printed)."""
+    if refine_cfg is None or refine_cfg.mode != "lora":
+        raise ValueError("--lora-in-budget needs --refine with LoRA (the baselines' default, or --refine-mode lora)")
+    import dataclasses
+
+    from .accounting import lora_share
+    from .loading import config_module_shapes
+
+    share = lora_share(config_module_shapes(model), refine_cfg.lora_rank)
+    if share >= cfg.ratio:
+        raise ValueError(f"rank-{refine_cfg.lora_rank} adapters take {share:.3f} of the linear parameters: "
+                         f"nothing is left of --ratio {cfg.ratio}")
+    print(f"LoRA rank {refine_cfg.lora_rank} adapters are {share:.4f} of the linear parameters: compressing to "
+          f"ratio {cfg.ratio - share:.4f} so that model and adapters fit {cfg.ratio}")
+    return dataclasses.replace(cfg, ratio=round(cfg.ratio - share, 6))
 
 
 def layout_from_args(a: argparse.Namespace) -> LayerLayout | None:

@@ -170,6 +170,23 @@ def default_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def config_module_shapes(spec: str | None) -> dict:
+    """Shapes of the model's compressible module types, from its config alone (the model built on the meta
+    device: no weights read)."""
+    import torch
+    from transformers import AutoModelForCausalLM
+
+    from .accounting import module_shapes
+    from .models import adapter_for
+
+    config = peek_config(spec)
+    if config is None:
+        raise ValueError(f"cannot read the config of {spec or 'the bundled model'} to count adapters")
+    with torch.device("meta"):
+        model = AutoModelForCausalLM.from_config(config)
+    return module_shapes(adapter_for(model))
+
+
 def peek_config(spec: str | None):
     """The model's config alone (GGUF metadata or config.json), to validate arguments before loading; None when
     it cannot be read here (an offline hub id: the full load reports that properly)."""

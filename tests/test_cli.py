@@ -88,3 +88,24 @@ def test_baseline_compress_refines_with_lora_by_default(method, model_dir, data_
                  "--epochs", "1", "--batch-size", "2", "--device", "cpu", "--no-progress"]) == 0
     assert "realised ratio" in capsys.readouterr().out
     assert (out / "lora" / "adapter_config.json").exists()
+
+
+def test_lora_in_budget_lowers_the_ratio_by_the_adapters_share(model_dir, data_dir, tmp_path, capsys):
+    from sharvet.accounting import lora_share
+    from sharvet.loading import config_module_shapes
+
+    out = tmp_path / "bs"
+    common = [str(model_dir), "-o", str(out), "--method", "basis-sharing", "--ratio", "0.6", "--data-dir",
+              str(data_dir), "--calib-samples", "4", "--calib-seq-len", "32", "--cache-dir", "none", "--device", "cpu",
+              "--no-progress", "--lora-in-budget"]
+    assert main(["compress", *common]) == 2  # no refinement, no adapters to count
+    assert "--lora-in-budget needs --refine" in capsys.readouterr().err
+    assert main(["compress", *common, "--refine", "--train-samples", "4", "--train-seq-len", "32", "--epochs", "1",
+                 "--batch-size", "2"]) == 0
+    share = lora_share(config_module_shapes(str(model_dir)), 8)
+    plan = load(out).config.sharvet
+    assert plan["ratio"] == pytest.approx(0.6 - share, abs=1e-6)
+    model = load(out)
+    adapters = sum(p.numel() for n, p in model.named_parameters() if "lora_" in n)
+    linear = model.config.num_hidden_layers * sum(s.parameters for s in config_module_shapes(str(model_dir)).values())
+    assert adapters == pytest.approx(share * linear, rel=1e-9)  # what was taken off the ratio is what was added
