@@ -584,6 +584,8 @@ def test_factors_mode_trains_every_layers_v_at_its_own_rate(pair, tmp_path):
     for g in groups[1:]:  # one group per V, at the relative rate times its RMS
         (v,) = g["params"]
         assert v.dim() == 2 and g["lr"] == pytest.approx(1e-3 * float(v.pow(2).mean().sqrt()))
+    lora_like = [torch.nn.Parameter(torch.zeros(4, 8)), torch.nn.Parameter(torch.randn(8, 4))]
+    assert optimizer_groups(lora_like, 3e-3, None) == [{"params": lora_like, "lr": 3e-3}]  # LoRA: one rate
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     result = refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="factors", epochs=2, lr_matrices=1e-3))
     after = dict(result.model.named_parameters())
@@ -596,3 +598,18 @@ def test_factors_mode_trains_what_the_layout_stores():
     student = _compressed(_teacher(), LayerLayout(sigma=True, scale=False))  # Basis Sharing's layout
     params = mark_trainable(student, "factors")
     assert len(params) == 2 * 14 and {p.dim() for p in params} == {1, 2}  # sigma's delta and V of 14 modules
+
+
+def test_lora_trains_every_adapter_at_the_lora_rate(pair, tmp_path, monkeypatch):
+    """Only mode factors gives matrices their own rates; LoRA's A and B keep --lr (a regression once)."""
+    seen = []
+    real = torch.optim.AdamW
+
+    def spy(groups, **kw):
+        seen.append([g["lr"] for g in groups])
+        return real(groups, **kw)
+
+    monkeypatch.setattr(trainer_module.torch.optim, "AdamW", spy)
+    teacher, student = pair
+    refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="lora", epochs=1, lr=3e-3))
+    assert seen == [[3e-3]]

@@ -330,7 +330,8 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     model, downcast = _trainable_student(student, cfg, half_to_float=accelerator.mixed_precision == "bf16")
     model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), cfg.matrix_learning_rate()),
+    lr_matrices = cfg.matrix_learning_rate() if cfg.mode == "factors" else None
+    optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), lr_matrices),
                                   weight_decay=cfg.weight_decay)
     schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=schedule.total)

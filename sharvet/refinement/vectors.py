@@ -93,14 +93,17 @@ def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool
     return trainable
 
 
-def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float) -> list[dict]:
-    """AdamW parameter groups: the vectors (lambda near 1, sigma's delta near 0: scale-free) at ``lr``; each
-    matrix (a layer's V) at ``lr_matrices`` times its own RMS.
+def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float | None) -> list[dict]:
+    """AdamW parameter groups: everything at ``lr``, except, with ``lr_matrices`` (mode ``factors``), each matrix
+    (a layer's V) at ``lr_matrices`` times its own RMS.
 
-    Adam moves every entry by about its group's rate per step, so one absolute rate cannot suit both, nor
-    V of different scales: SharVeT's V is orthonormal (entries ~1/sqrt(Z d_out)) while Basis Sharing's
-    carries the singular values (entries 10^2-10^4 times larger). Scaled by the RMS, every matrix moves by
-    the same *fraction* per step, as sigma's delta does."""
+    Adam moves every entry by about its group's rate per step, so one absolute rate cannot suit both the vectors
+    (lambda near 1, sigma's delta near 0: scale-free) and V, nor V of different scales: SharVeT's V is orthonormal
+    (entries ~1/sqrt(Z d_out)) while Basis Sharing's carries the singular values (entries 10^2-10^4 times larger).
+    Scaled by the RMS, every V moves by the same *fraction* per step, as sigma's delta does. LoRA's A and B are
+    matrices too but keep the one rate LoRA is tuned with (B starts at zero: it has no scale to follow)."""
+    if lr_matrices is None:
+        return [{"params": list(params), "lr": lr}]
     groups = [{"params": [p for p in params if p.dim() < 2], "lr": lr}] if any(p.dim() < 2 for p in params) else []
     for p in params:
         if p.dim() >= 2:
