@@ -17,9 +17,9 @@ from sharvet.evaluation.task_catalog import PAPER_TASKS
 from sharvet.refinement import plot_comparison, read_history
 
 NAMES = {"original": "Original", "seq": "SEQ", "cycle": "CYCLE", "cycle-rev": "CYCLE-REV",
-         "basis-sharing": "Basis Sharing", "fips": "FiPS", "sharvet": "SharVeT"}
-#: after fine-tuning: the baselines carry LoRA adapters, SharVeT its vectors
-LABELS = {m: n if m in ("original", "sharvet") else f"{n} + LoRA" for m, n in NAMES.items()}
+         "basis-sharing": "Basis Sharing", "fips": "FiPS", "sharvet": "SharVeT", "sharvet-plus": "SharVeT (V refined)"}
+#: after fine-tuning: the baselines carry LoRA adapters, SharVeT its vectors (and V, for sharvet-plus)
+LABELS = {m: n if m in ("original", "sharvet", "sharvet-plus") else f"{n} + LoRA" for m, n in NAMES.items()}
 TABLE2 = ("seq", "cycle", "cycle-rev", "basis-sharing", "fips", "sharvet")
 #: Table 2's perplexity sets besides WikiText-2 (scored where their data is local); C4 is always a column
 PPL_SETS = {"c4": "C4", "ptb": "PTB"}
