@@ -12,7 +12,8 @@ subset (``sharvet.training_data``; fine-tuning reads WikiText-2 *validation* and
 
 Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-reference`` (``--refine-preset
 reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd`` (per-layer whitened SVD,
-``--method basis-sharing --k 30``, + LoRA). ``--refine-flags`` are added to every row (same data, steps and
+``--method basis-sharing --k 30``, + LoRA), and the rows beyond the paper listed in ``ROWS`` (``sharvet-plus``, the
+default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the ratio). ``--refine-flags`` are added to every row (same data, steps and
 search for all); a ``sharvet`` row is marked ``default`` only when none are given.
 """
 from __future__ import annotations
@@ -58,9 +59,7 @@ ROWS = {
     "svd-in-budget": ("basis-sharing", {"k": 30, IN_BUDGET: True}, []),
     "sharvet-spectrum": ("sharvet", {"allocation": "spectrum", "mu": 0.5}, []),
     "sharvet-spectrum-mu0": ("sharvet", {"allocation": "spectrum", "mu": 0.0}, []),
-    "sharvet-factors": ("sharvet", {}, ["--refine-mode", "factors"]),
-    "sharvet-factors-lr3e-4": ("sharvet", {}, ["--refine-mode", "factors", "--lr-matrices", "3e-4"]),
-    "sharvet-factors-lr3e-5": ("sharvet", {}, ["--refine-mode", "factors", "--lr-matrices", "3e-5"]),
+    # (rows "sharvet-factors*" of the 2026-11-29 runs trained V at an absolute rate, since replaced by sharvet-plus)
     "sharvet-spectrum-factors": ("sharvet", {"allocation": "spectrum", "mu": 0.5}, ["--refine-mode", "factors"]),
     "basis-sharing-factors": ("basis-sharing", {}, ["--refine-mode", "factors"]),
     "svd-factors": ("basis-sharing", {"k": 30}, ["--refine-mode", "factors"]),
