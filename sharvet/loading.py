@@ -170,21 +170,25 @@ def default_device(device: str | None) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def config_module_shapes(spec: str | None) -> dict:
-    """Shapes of the model's compressible module types, from its config alone (the model built on the meta
-    device: no weights read)."""
-    import torch
+def meta_model(config, dtype: torch.dtype | None = None) -> nn.Module:
+    """The architecture of ``config`` with its parameters on the meta device: no weights read, nothing
+    initialised, whatever the model's size (buffers such as rotary tables are computed)."""
+    from accelerate import init_empty_weights
     from transformers import AutoModelForCausalLM
 
+    with init_empty_weights():
+        return AutoModelForCausalLM.from_config(config, **({"dtype": dtype} if dtype is not None else {}))
+
+
+def config_module_shapes(spec: str | None) -> dict:
+    """Shapes of the model's compressible module types, from its config alone (:func:`meta_model`)."""
     from .accounting import module_shapes
     from .models import adapter_for
 
     config = peek_config(spec)
     if config is None:
         raise ValueError(f"cannot read the config of {spec or 'the bundled model'} to count adapters")
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    return module_shapes(adapter_for(model))
+    return module_shapes(adapter_for(meta_model(config)))
 
 
 def peek_config(spec: str | None):

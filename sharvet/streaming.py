@@ -315,18 +315,14 @@ def plan_loading(model: str | None, dtype: torch.dtype, mode: str, samples: int,
     device from its config) and, if it does and the weights are safetensors in a local folder, the
     ``device_map`` that keeps the decoder layers on disk (:func:`offload_map`). ``(None, None)`` when the config
     cannot be read here (the load reports why) or names no supported architecture."""
-    from accelerate import init_empty_weights
-    from transformers import AutoModelForCausalLM
-
-    from .loading import peek_config, resolve_model_source
+    from .loading import meta_model, peek_config, resolve_model_source
     from .models import supported_model_types
 
     config = peek_config(model)
     if config is None or getattr(config, "model_type", None) not in supported_model_types():
         return None, None
     source, gguf, _ = resolve_model_source(model)
-    with init_empty_weights():
-        skeleton = AutoModelForCausalLM.from_config(config, dtype=dtype)
+    skeleton = meta_model(config, dtype)
     adapter = adapter_for(skeleton)
     stream = choose_stream(mode, adapter, samples, seq_len, batch_size, device)
     offloadable = gguf is None and any(Path(source).glob("*.safetensors"))
