@@ -29,6 +29,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import nn
 
+from ..accounting import unique_parameter_count
 from ..models import ModelAdapter, adapter_for
 from ..modules import SharedBasisLinear
 from .modules import FusedFirstStage, StageSlice
@@ -72,10 +73,6 @@ def _scaled_rows(p: nn.Parameter | None, scale: torch.Tensor) -> nn.Parameter | 
         return None
     s = _f32(scale)
     return _param(_f32(p) * (s[:, None] if p.dim() == 2 else s), p)
-
-
-def _unique_count(model: nn.Module) -> int:
-    return sum(p.numel() for p in {id(p): p for p in model.parameters()}.values())
 
 
 def _consumers(adapter: ModelAdapter) -> dict[str, list[str]]:
@@ -189,8 +186,8 @@ def prepare(model: nn.Module, *, fuse: str = "auto") -> nn.Module:
     _fold_into_sources(adapter, report)
     _fold_into_norms(adapter, report)
     report.lambda_kept = sum(isinstance(m, SharedBasisLinear) and m.scale is not None for m in model.modules())
-    before = _unique_count(model)
+    before = unique_parameter_count(model)
     _fuse(adapter, fuse, report)
-    report.extra_parameters = _unique_count(model) - before
+    report.extra_parameters = unique_parameter_count(model) - before
     model.sharvet_inference = report
     return model.eval()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from torch import nn
 
+from ..accounting import unique_parameters
 from ..models import adapter_for
 
 
@@ -31,5 +32,4 @@ def weight_bytes_per_token(model: nn.Module) -> int:
 
 def stored_bytes(model: nn.Module) -> int:
     """Bytes of the distinct parameters (a shared tensor once): what the weights take in memory."""
-    unique = {id(p): p for p in model.parameters()}
-    return sum(p.numel() * p.element_size() for p in unique.values())
+    return sum(p.numel() * p.element_size() for p in unique_parameters(model))
