@@ -12,9 +12,10 @@ subset (``sharvet.training_data``; fine-tuning reads WikiText-2 *validation* and
 
 Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-reference`` (``--refine-preset
 reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd`` (per-layer whitened SVD,
-``--method basis-sharing --k 30``, + LoRA), and the rows beyond the paper listed in ``ROWS`` (``sharvet-plus``, the
-default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the ratio). ``--refine-flags`` are added to every row (same data, steps and
-search for all); a ``sharvet`` row is marked ``default`` only when none are given.
+``--method basis-sharing --k 30``, + LoRA), and the rows beyond the paper listed in ``ROWS`` (``sharvet-plus``,
+the default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the ratio). ``--refine-flags`` are
+added to every row (same data, steps and search for all); a row of the default method (``sharvet-plus``) is
+marked ``default`` only when none are given.
 """
 from __future__ import annotations
 
@@ -203,7 +204,8 @@ def _compress_flags(name: str) -> str:
 
 def _record(row: dict, run: dict) -> dict:
     flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
-    command = (f"sharvet compress --ratio {row.get('compress_ratio', row['ratio'])}{_compress_flags(row['method'])} --refine{flags} "
+    ratio = row.get("compress_ratio", row["ratio"])
+    command = (f"sharvet compress --ratio {ratio}{_compress_flags(row['method'])} --refine{flags} "
                f"--device cuda --data-dir DATA -o OUT")
     keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
             "tokens_per_s", "trainable", "loss_weights")
@@ -260,7 +262,8 @@ def main() -> None:
     t.add_argument("--gen-batch", type=int, default=256)
     m = sub.add_parser("summary")
     m.add_argument("runs", nargs="+")
-    m.add_argument("--exclude", default="", help="rows left out (e.g. measured by older code): NAME, or RUNFILE:NAME@RATIO")
+    m.add_argument("--exclude", default="",
+                   help="rows left out (e.g. measured by older code): NAME, or RUNFILE:NAME@RATIO")
     m.add_argument("--out", required=True)
     m.add_argument("--original-avg-acc", type=float, default=None,
                    help="the original's five-task average when the runs did not score it")

@@ -78,7 +78,8 @@ def compress_pretrained(
     spec = calibration or CalibrationSpec()
     # streamed calibration keeps the decoder layers on disk where it can (decided before any weight loads);
     # in memory, calibration moves the model to the device
-    stream, device_map = plan_loading(model, parse_dtype(dtype) or torch.float32, spec.stream, spec.samples, spec.seq_len, spec.batch_size, device) \
+    stream, device_map = plan_loading(model, parse_dtype(dtype) or torch.float32, spec.stream, spec.samples,
+                                      spec.seq_len, spec.batch_size, device) \
         if cfg.needs_stats and not cfg.needs_ids else (None, None)
     loaded = load_original(model, dtype=dtype, device=None if cfg.needs_stats else device, device_map=device_map)
     adapter = adapter_for(loaded.model)

@@ -121,7 +121,8 @@ def build_parser() -> argparse.ArgumentParser:
     r = sub.add_parser("report", help="merge eval result JSONs into the paper's Table 2 (Markdown)")
     add_report_arguments(r)
 
-    f = sub.add_parser("refine", help="refine a compressed checkpoint (the method's mode: lambda and sigma, plus V for sharvet-plus, or LoRA; then absorb)")
+    f = sub.add_parser("refine", help="refine a compressed checkpoint (the method's mode: lambda and sigma, plus V "
+                       "for sharvet-plus, or LoRA; then absorb)")
     f.add_argument("checkpoint", help="sharvet checkpoint folder to refine")
     f.add_argument("--output", "-o", required=True, help="folder for the refined checkpoint")
     f.add_argument("--overwrite", action="store_true")

@@ -39,7 +39,8 @@ PRESETS: dict[str, RefinePreset] = {
     "reference": RefinePreset(
         "the authors' code (run/test.yaml): lr 1e-3, KD 0.001 on kl_div(batchmean), i.e. summed over the "
         "positions of a sequence, feature MSE x5, L2 1e-8, sigma trained as an absolute value",
-        lr_vectors=1e-3, lr_lora=1e-3, lr_matrices=3e-3, weights=LossWeights(kd=0.001, feature=5.0, l2=1e-8, kd_per_sequence=True),
+        lr_vectors=1e-3, lr_lora=1e-3, lr_matrices=3e-3,
+        weights=LossWeights(kd=0.001, feature=5.0, l2=1e-8, kd_per_sequence=True),
         match_loss_scales=False, relative_sigma=False),
 }
 

@@ -6,7 +6,8 @@ FSDP (torch's ``FullyShardedDataParallel``, ``use_orig_params``) shards the froz
 unit, and keeps out of its units (``ignored_states``, replicated like DDP would):
 
 * the trained tensors (with ``--refine-mode factors`` every layer's V too: replicated, so that mode needs V and
-  its optimizer state whole on every GPU), whose gradients :func:`average_gradients` all-reduces (FSDP does not see them), so the
+  its optimizer state whole on every GPU), whose gradients :func:`average_gradients` all-reduces (FSDP does
+  not see them), so the
   loss, clipping, the L2 term and checkpoints read whole tensors exactly as on one process;
 * every tensor held by more than one module: a group's basis is used by several decoder layers, and no
   per-layer unit could own it (its shard would be freed after the first layer's forward).
