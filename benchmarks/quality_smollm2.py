@@ -77,7 +77,7 @@ def _refine_parser() -> argparse.ArgumentParser:
 
 def _setup(a: argparse.Namespace):
     teacher = load_original(a.model, device=a.device)
-    spec = CalibrationSpec(data_dir=a.data_dir, samples=a.calib_samples)  # the CLI's calibration defaults
+    spec = CalibrationSpec(a.calib_data, data_dir=a.data_dir, samples=a.calib_samples)  # the CLI's defaults
     calib = calibration_ids(teacher, spec, seed=0)
     stats = collect_stats(adapter_for(teacher.model), calib, device=a.device, progress=False)
     return teacher, calib, stats
@@ -152,7 +152,9 @@ def cmd_run(a: argparse.Namespace) -> None:
         record = {"row": row, "method": name, "ratio": float(ratio), "compress_ratio": compress_ratio,
                   "realised_ratio": round(report.linear_ratio, 5),
                   "adapters_in_budget": info["refine_mode"] != "lora" or bool(ROWS[name][1].get(IN_BUDGET)),
-                  "default": name == DEFAULT_METHOD and not extra,
+                  "default": name == DEFAULT_METHOD and not extra
+                  and a.calib_data == method(DEFAULT_METHOD).calibration,
+                  "calib_data": a.calib_data,
                   "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
                   **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
         res["rows"].append(record)
@@ -165,22 +167,31 @@ def cmd_run(a: argparse.Namespace) -> None:
 
 
 def cmd_throughput(a: argparse.Namespace) -> None:
-    """Tokens/s of the default refinement (teacher forward included) per batch size, and of teacher sampling."""
+    """Tokens/s of the default refinement (teacher forward included) per batch size, with and without
+    ``--compile``, and of teacher sampling. The first step (and a compile) is not counted."""
     teacher, calib, stats = _setup(a)
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name()
-           if a.device == "cuda" else a.device, "argv": sys.argv, "refine": {}}
+           if a.device == "cuda" else a.device, "argv": sys.argv, "method": DEFAULT_METHOD, "refine": {}}
     ids = training_ids("wikitext2", teacher.tokenizer, 512, 1024, 0, data_dir=a.data_dir)
-    for bs in map(int, a.batch_sizes.split(",")):
-        student, _, _ = _compressed(teacher, stats, calib, "sharvet", 0.7, a.device)
-        args = _refine_parser().parse_args(["--batch-size", str(bs), "--max-steps", str(a.steps),
-                                            "--refine-output", f"{a.out_dir}/tp-{bs}"])
+    for variant in a.variants.split(","):
+        bs, _, flag = variant.partition(":")
+        student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
+        args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
+                                            "--refine-output", f"{a.out_dir}/tp-{variant.replace(':', '-')}"]
+                                           + ([f"--{flag}"] if flag else []))
         args.device = a.device
-        torch.cuda.reset_peak_memory_stats()
-        out = refine(student, teacher.model, ids, refine_config_from_args(args, default_mode="both"))
-        res["refine"][bs] = {"tokens_per_s": out.tokens_per_s, "peak_gib": torch.cuda.max_memory_allocated() / 2**30}
-        print(bs, res["refine"][bs], flush=True)
+        if a.device == "cuda":
+            torch.cuda.reset_peak_memory_stats()
+        t0 = time.perf_counter()
+        out = refine(student, teacher.model, ids, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD)
+                                                                          .refine_mode))
+        res["refine"][variant] = {"tokens_per_s": out.tokens_per_s, "wall_s": round(time.perf_counter() - t0, 1),
+                                  "steps": out.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30
+                                  if a.device == "cuda" else None,
+                                  "refine_mode": out.config.mode}
+        print(variant, res["refine"][variant], flush=True)
         del student, out
-        torch.cuda.empty_cache()
+        torch.cuda.empty_cache() if a.device == "cuda" else None
     from sharvet.training_data import teacher_sequences
 
     t0 = time.perf_counter()
@@ -195,24 +206,27 @@ def cmd_throughput(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
-def _compress_flags(name: str) -> str:
+def _compress_flags(name: str, calib_data: str) -> str:
     """The ``sharvet compress`` flags a row stands for (its refinement flags are appended)."""
     meth, fields, _ = ROWS[name]
     flags = "" if meth == DEFAULT_METHOD else f" --method {meth}"
+    flags += "" if calib_data == method(meth).calibration else f" --calib-data {calib_data}"
     return flags + "".join(f" --{k.replace('_', '-')} {v}" for k, v in fields.items() if k != IN_BUDGET)
 
 
 def _record(row: dict, run: dict) -> dict:
     flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
     ratio = row.get("compress_ratio", row["ratio"])
-    command = (f"sharvet compress --ratio {ratio}{_compress_flags(row['method'])} --refine{flags} "
+    calib_data = row.get("calib_data", "wikitext2")  # runs before 2026-11-30 calibrated on WikiText-2
+    command = (f"sharvet compress --ratio {ratio}{_compress_flags(row['method'], calib_data)} --refine{flags} "
                f"--device cuda --data-dir DATA -o OUT")
     keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
             "tokens_per_s", "trainable", "loss_weights")
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
-            "default": row["method"] == DEFAULT_METHOD and not row["refine_flags"],
+            "default": row["method"] == DEFAULT_METHOD and not row["refine_flags"]
+            and calib_data == method(DEFAULT_METHOD).calibration, "calib_data": calib_data,
             **{k: row[k] for k in keep}, "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}
@@ -248,6 +262,9 @@ def main() -> None:
         s.add_argument("--out-dir", default="outputs/quality")
         s.add_argument("--json", required=True)
         s.add_argument("--calib-samples", type=int, default=CalibrationSpec.samples, help="as sharvet compress's")
+        s.add_argument("--calib-data", default=method(DEFAULT_METHOD).calibration,
+                       help="every row of a run is calibrated on the same data (same for all methods: a fair "
+                            "comparison); default: the default method's")
     r = sub.choices["run"]
     r.add_argument("--rows", default="sharvet@0.7,basis-sharing@0.7,svd@0.7,sharvet@0.5,basis-sharing@0.5,svd@0.5")
     r.add_argument("--refine-flags", default="", help="refinement flags added to every row (then no row is default)")
@@ -256,8 +273,9 @@ def main() -> None:
     r.add_argument("--original", action="store_true", help="score the original model too")
     r.add_argument("--task-rows", default="", help="rows (and 'original') scored on the five tasks too")
     t = sub.choices["throughput"]
-    t.add_argument("--batch-sizes", default="8,16,32")
-    t.add_argument("--steps", type=int, default=8)
+    t.add_argument("--variants", default="16,32,16:compile,32:compile",
+                   help="batch sizes of the default refinement, ':compile' adds --compile")
+    t.add_argument("--steps", type=int, default=12)
     t.add_argument("--gen-sequences", type=int, default=256)
     t.add_argument("--gen-batch", type=int, default=256)
     m = sub.add_parser("summary")

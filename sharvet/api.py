@@ -14,6 +14,7 @@ from .data import calibration_batch, resolve_data_dir
 from .loading import BUNDLED_ID, LoadedModel, default_device, load_original, parse_dtype
 from .models import adapter_for
 from .config import CompressionConfig
+from .methods import method
 from .pipeline import CompressionResult, attach_plan, compress, plan_of
 from .streaming import choose_stream, collect_or_load_streamed, load_offloaded, plan_loading
 from .summary import render
@@ -75,7 +76,7 @@ def compress_pretrained(
         checkpoint.check_output(output, overwrite)
     device = default_device(device)
     start = time.perf_counter()
-    spec = calibration or CalibrationSpec()
+    spec = calibration or CalibrationSpec(method(cfg.method).calibration)
     # streamed calibration keeps the decoder layers on disk where it can (decided before any weight loads);
     # in memory, calibration moves the model to the device
     stream, device_map = plan_loading(model, parse_dtype(dtype) or torch.float32, spec.stream, spec.samples,

@@ -24,7 +24,7 @@ from .quantization.command import add_quantize_arguments
 from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
-from .methods import DEFAULT_METHOD, METHODS, VARIANTS, describe, refine_overrides
+from .methods import DEFAULT_METHOD, METHODS, VARIANTS, describe, method, refine_overrides
 from .config import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .refinement.resume import check_resume
 from .similarity import SimilarityConfig
@@ -47,7 +47,9 @@ def _common(p: argparse.ArgumentParser) -> None:
 
 def _calibration_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("calibration")
-    g.add_argument("--calib-data", default="wikitext2", help="dataset name, file or folder")
+    g.add_argument("--calib-data", default=None,
+                   help="dataset name, file or folder; several joined by '+' share the samples (default: the "
+                        "method's: wikitext2+c4 for sharvet-plus, wikitext2 for the paper's methods)")
     g.add_argument("--calib-samples", type=at_least(1), default=64)
     g.add_argument("--calib-seq-len", type=at_least(2), default=1024)
     g.add_argument("--calib-batch-size", type=at_least(1), default=DEFAULT_BATCH_SIZE)
@@ -181,7 +183,8 @@ def calibration_spec(a: argparse.Namespace):
     if a.calib_samples < 1 or a.calib_seq_len < 2:
         raise ValueError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     cache = None if a.cache_dir == "none" else (a.cache_dir or str(DEFAULT_CACHE))
-    return CalibrationSpec(a.calib_data, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache,
+    source = a.calib_data or method(getattr(a, "method", None) or "sharvet").calibration
+    return CalibrationSpec(source, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache,
                            stream=a.stream)
 
 
@@ -226,7 +229,6 @@ def cmd_compress(a: argparse.Namespace) -> int:
     if a.refine and tuning.get("refine") is False:
         raise ValueError("variant T means no refinement: drop --refine")
     if a.refine:
-        from .methods import method
         from .refinement.command import refine_config_from_args
 
         refine_cfg = refine_config_from_args(a, output_dir=refine_run_dir(a.output),
@@ -325,7 +327,6 @@ def run_refinement(a: argparse.Namespace, source: Path, output: Path, cfg) -> in
 
 def cmd_refine(a: argparse.Namespace) -> int:
     from .checkpoint import verify_checkpoint
-    from .methods import method
     from .refinement.command import refine_config_from_args
 
     config = verify_checkpoint(a.checkpoint, verify=not a.no_verify)

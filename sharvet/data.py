@@ -322,6 +322,23 @@ def pack_sequences(ids_1d: torch.Tensor, n_sequences: int, seq_len: int, seed: i
     return ids_1d[index.to(ids_1d.device)].long()
 
 
+def _mixture(source: str, tokenizer: PreTrainedTokenizerBase, n_sequences: int, seq_len: int, seed: int,
+             data_dir: str | Path | None, split: str, field: str | None, offline: bool | None) -> torch.Tensor:
+    """Sources joined by ``+`` share the windows equally (the first ones take the remainder), source ``i`` drawn
+    with ``seed + i``. Where the data dir holds some of them locally, the others are left out with a warning
+    (local data the user pointed at wins; the hub is not asked for the rest)."""
+    root = resolve_data_dir(data_dir)
+    parts = [p for p in source.split("+") if p]
+    local = [p for p in parts if _local_folder(p, root) is not None or existing_path(p, root) is not None]
+    if local and len(local) < len(parts):
+        logger.warning("calibration data: %s not in %s, left out (calibrating on %s)",
+                       ", ".join(p for p in parts if p not in local), root, "+".join(local))
+    chosen = [(i, p) for i, p in enumerate(parts) if not local or p in local]
+    counts = [n_sequences // len(chosen) + (j < n_sequences % len(chosen)) for j in range(len(chosen))]
+    return torch.cat([calibration_batch(part, tokenizer, n, seq_len, seed + i, root, split, field=field,
+                                        offline=offline) for (i, part), n in zip(chosen, counts) if n])
+
+
 def _local_folder(source: str, data_dir: Path | None) -> Path | None:
     """The local folder behind a dataset name or folder path, if there is one."""
     if source in DATASETS:
@@ -360,12 +377,16 @@ def calibration_batch(
 ) -> torch.Tensor:
     """``(n_sequences, seq_len)`` calibration windows drawn from ``source``'s ``split``.
 
+    Sources joined by ``+`` (``wikitext2+c4``) share the windows equally, each drawn as one source is.
+
     If neither the local folder nor the hub has that split but the local folder holds another one (only
     ``wiki.test.raw`` for WikiText-2, say), that split is used instead (validation before test) and a warning
     names the file once. When the data dir holds the dataset's folder, the hub is not asked at all: local
     data the user pointed at wins, and an offline machine does not wait on retries. The whole split is
     tokenised before windows are drawn.
     """
+    if "+" in source:
+        return _mixture(source, tokenizer, n_sequences, seq_len, seed, data_dir, split, field, offline)
     split = normalize_split(split)
     root = resolve_data_dir(data_dir)
     if _local_folder(source, root) is not None:

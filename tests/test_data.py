@@ -264,3 +264,35 @@ def test_calibration_batch_falls_back_to_present_split(
 def test_calibration_batch_without_any_data(tmp_path: Path, tokenizer: PreTrainedTokenizerFast) -> None:
     with pytest.raises(DataError, match="--data-dir"):
         calibration_batch("wikitext2", tokenizer, 4, 16, seed=0, data_dir=tmp_path, offline=True)
+
+
+def test_calibration_mixture_shares_the_windows_between_sources(tmp_path: Path,
+                                                                tokenizer: PreTrainedTokenizerFast) -> None:
+    """``a+b`` draws each source's share as that source alone would (seed offset by its position)."""
+    _write(tmp_path / "wikitext2" / "wiki.test.raw", "\n".join(ROWS * 10) + "\n")
+    _write(tmp_path / "notes.txt", "\n".join(reversed(ROWS * 10)) + "\n")
+    notes = str(tmp_path / "notes.txt")
+    mixed = calibration_batch(f"wikitext2+{notes}", tokenizer, 5, 16, seed=4, data_dir=tmp_path, offline=True)
+    wiki = calibration_batch("wikitext2", tokenizer, 3, 16, seed=4, data_dir=tmp_path, offline=True)
+    other = calibration_batch(notes, tokenizer, 2, 16, seed=5, data_dir=tmp_path, offline=True)
+    assert torch.equal(mixed, torch.cat([wiki, other]))
+
+
+def test_the_default_method_calibrates_on_wikitext_and_c4_the_paper_on_wikitext() -> None:
+    from sharvet.cli import build_parser, calibration_spec
+
+    parser = build_parser()
+    assert calibration_spec(parser.parse_args(["compress", "-o", "x"])).source == "wikitext2+c4"
+    assert calibration_spec(parser.parse_args(["compress", "--method", "sharvet", "-o", "x"])).source == "wikitext2"
+    assert calibration_spec(parser.parse_args(["compress", "--method", "sharvet", "--calib-data", "c4",
+                                               "-o", "x"])).source == "c4"
+    assert calibration_spec(parser.parse_args(["similarity", "--plot", "x.png"])).source == "wikitext2"
+
+
+def test_calibration_mixture_leaves_out_what_the_data_dir_lacks(tmp_path: Path, tokenizer: PreTrainedTokenizerFast,
+                                                                caplog: pytest.LogCaptureFixture) -> None:
+    _write(tmp_path / "wikitext2" / "wiki.test.raw", "\n".join(ROWS * 10) + "\n")
+    with caplog.at_level(logging.WARNING, logger=data.__name__):
+        mixed = calibration_batch("wikitext2+c4", tokenizer, 4, 16, seed=0, data_dir=tmp_path)
+    assert torch.equal(mixed, calibration_batch("wikitext2", tokenizer, 4, 16, seed=0, data_dir=tmp_path))
+    assert any("c4 not in" in r.getMessage() for r in caplog.records)

@@ -113,3 +113,23 @@ def test_text_sources_share_equally_and_warn_when_they_repeat(tmp_path, monkeypa
         ids = training_ids("c4", _Tokenizer(), 50, 40, 0, data_dir=root)
     assert ids.shape == (50, 40)
     assert any("distinct" in r.getMessage() for r in caplog.records)
+
+
+def test_static_cache_decoding_matches_generate():
+    """The teacher-text decoder (static cache, positions advanced by hand) picks what ``generate`` picks."""
+    from sharvet.decoding import LogitStep, decode, static_cache
+
+    model = tiny_llama(layers=2)
+    prompt = torch.randint(3, 128, (3, 4), generator=torch.Generator().manual_seed(0))
+    ours = decode(LogitStep(model), prompt, 6, static_cache(model, 10), lambda x: x.argmax(-1, keepdim=True))
+    theirs = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=6,
+                            min_new_tokens=6, pad_token_id=0)
+    assert torch.equal(ours, theirs)
+
+
+def test_teacher_text_never_samples_the_end_of_text():
+    model, tok = tiny_llama(layers=2), _Tokenizer()
+    eos = torch.tensor([tok.eos_token_id])  # make the end of text by far the likeliest next token
+    model.lm_head.register_forward_hook(lambda module, args, out: out.index_fill(-1, eos, 1e4))
+    ids = teacher_sequences(model, tok, 4, 12, seed=0, model_id="tiny")
+    assert tok.eos_token_id not in ids[:, 1:].tolist()

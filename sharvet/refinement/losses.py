@@ -121,8 +121,16 @@ def feature_loss(
 
 
 def l2_deviation(params: list[nn.Parameter], initial: list[torch.Tensor]) -> torch.Tensor:
-    """Summed squared distance of every trainable tensor from its starting value (0 at initialisation)."""
-    return sum(((p.float() - p0.float()) ** 2).sum() for p, p0 in zip(params, initial, strict=True))
+    """Summed squared distance of every trainable tensor from its starting value (0 at initialisation).
+
+    With foreach kernels: a handful of launches for the hundreds of small vectors (a loop of ``sub``, ``pow``
+    and ``sum`` per tensor was ~3,400 kernels a step, forward and backward, on SmolLM2).
+    """
+    if len(params) != len(initial):
+        raise ValueError(f"{len(params)} trainable tensors but {len(initial)} initial values")
+    if not params:
+        return torch.zeros(())
+    return torch.stack(torch._foreach_norm(torch._foreach_sub(params, initial))).float().pow(2).sum()
 
 
 def refinement_loss(
