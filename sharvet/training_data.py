@@ -109,17 +109,15 @@ def teacher_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     was_training = model.training
     model.eval()
     step = LogitStep(model, step_compiler(device))
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     chunks, cache = [], None
     start_gen = time.perf_counter()
-    with autocast:
-        for start in range(0, n_sequences, batch_size):
-            prompt = first[start:start + batch_size, None].to(device)
-            if cache is None or prompt.shape[0] != batch_size:  # one cache (fixed addresses) for all full batches
-                cache = static_cache(model, seq_len)
-            chunks.append(decode(step, prompt, seq_len - 1, cache, pick).cpu())
-            if progress:
-                log.info("teacher text: %d of %d sequences", min(start + batch_size, n_sequences), n_sequences)
+    for start in range(0, n_sequences, batch_size):  # in the model's own dtype: its cache has that dtype too
+        prompt = first[start:start + batch_size, None].to(device)
+        if cache is None or prompt.shape[0] != batch_size:  # one cache (fixed addresses) for all full batches
+            cache = static_cache(model, seq_len)
+        chunks.append(decode(step, prompt, seq_len - 1, cache, pick).cpu())
+        if progress:
+            log.info("teacher text: %d of %d sequences", min(start + batch_size, n_sequences), n_sequences)
     model.train(was_training)
     ids = torch.cat(chunks).long()
     seconds = time.perf_counter() - start_gen

@@ -614,22 +614,3 @@ def test_lora_trains_every_adapter_at_the_lora_rate(pair, tmp_path, monkeypatch)
     refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="lora", epochs=1, lr=3e-3))
     assert seen == [[3e-3]]
 
-
-@pytest.mark.parametrize("mode", ["both", "factors"])
-def test_compiled_refinement_trains_the_same_and_returns_a_plain_model(pair, tmp_path, monkeypatch, mode):
-    """``compile`` (regional torch.compile of student and teacher) changes speed, not the run; the result and
-    the caller's teacher carry no compiled wrapper. The aot_eager backend traces forward and backward as
-    inductor does, without its C++ build."""
-    from torch._dynamo.eval_frame import OptimizedModule
-
-    from sharvet.refinement import trainer
-
-    monkeypatch.setattr(trainer, "COMPILE_BACKEND", "aot_eager")
-    teacher, student = pair
-    runs = [refine(copy.deepcopy(student), teacher, _ids(4), _cfg(tmp_path / str(c), epochs=1, mode=mode, compile=c))
-            for c in (False, True)]
-    assert [r["loss"] for r in runs[0].history] == pytest.approx([r["loss"] for r in runs[1].history], rel=1e-4)
-    for model in (runs[1].model, teacher):
-        assert not any(isinstance(m, OptimizedModule) for m in model.modules())
-    a, b = runs[0].model.state_dict(), runs[1].model.state_dict()
-    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)

@@ -36,7 +36,7 @@ from typing import Any
 
 import torch
 from accelerate import Accelerator
-from accelerate.utils import compile_regions, set_seed
+from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
@@ -52,10 +52,8 @@ from .vectors import (ParameterSummary, VECTOR_MODES, mark_trainable, optimizer_
 log = logging.getLogger(__name__)
 
 MODES = (*VECTOR_MODES, "lora")
-#: torch.compile backend of ``RefineConfig.compile`` (tests use a cheaper one)
-COMPILE_BACKEND = "inductor"
 #: fields that do not change the trajectory, so a resumed run may change them
-_FREE_FIELDS = {"gradient_checkpointing", "compile", "teacher_device", "checkpoint_every", "max_steps", "output_dir", "progress",
+_FREE_FIELDS = {"gradient_checkpointing", "teacher_device", "checkpoint_every", "max_steps", "output_dir", "progress",
                 "cpu", "fsdp"}
 
 
@@ -97,9 +95,6 @@ class RefineConfig:
     lora_alpha: float = 16.0
     lora_dropout: float = 0.0
     gradient_checkpointing: bool = False
-    #: compile student and teacher per decoder layer (accelerate's regional compilation, torch.compile's
-    #: default backend): fused kernels, fewer launches; costs a compile before the first steps
-    compile: bool = False
     #: train on the CPU even when a GPU is present (tests, debugging)
     cpu: bool = False
     #: where the teacher runs ("cpu", "cuda:1", ...); None = the student's device
@@ -332,8 +327,6 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     if accelerator.gradient_accumulation_steps != cfg.grad_accum:
         raise ValueError("ACCELERATE_GRADIENT_ACCUMULATION_STEPS disagrees with grad_accum")
     fsdp = cfg.fsdp and accelerator.num_processes > 1
-    if cfg.compile and accelerator.num_processes > 1:
-        raise ValueError("--compile runs in a single process for now (not with DDP or --fsdp)")
     set_seed(cfg.seed, device_specific=True)
     model, downcast = _trainable_student(student, cfg, half_to_float=accelerator.mixed_precision == "bf16")
     model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
@@ -347,15 +340,11 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
         prepared, optimizer = sharding.shard(model, list(params), accelerator.device), accelerator.prepare(optimizer)
     else:
         prepared, optimizer = accelerator.prepare(model, optimizer)
-        if cfg.compile:  # each repeated decoder layer compiled once and reused: compile time does not grow with depth
-            prepared = compile_regions(prepared, backend=COMPILE_BACKEND)
     tdev = torch.device(cfg.teacher_device) if cfg.teacher_device else accelerator.device
     if teacher is not None and weights.needs_teacher:
         teacher.eval().requires_grad_(False).to(tdev)
         if fsdp and cfg.teacher_device is None:
             teacher = sharding.shard(teacher, [], accelerator.device)
-        if cfg.compile:
-            teacher = compile_regions(teacher, backend=COMPILE_BACKEND)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(cfg, ids, accelerator.num_processes)
@@ -651,7 +640,7 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     # drop DDP and accelerate's autocast wrapper of forward: later evaluation must run in the model's dtype;
     # a sharded student is put back together on the main process (the others keep theirs, sharded)
     model = (sharding.gather(run.model, run.accelerator.is_main_process) or run.model) if run.fsdp else \
-        run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False, keep_torch_compile=False)
+        run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
     summary = parameter_summary(model)  # counted while the vectors still train
     release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype
     for p, dtype in run.downcast:  # outside autocast a bf16 model needs bf16 vectors
