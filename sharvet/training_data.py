@@ -83,46 +83,38 @@ def teacher_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
                       progress: bool = True) -> torch.Tensor:
     """``(n_sequences, seq_len)`` token ids sampled from ``model`` (see the module docstring), on its device.
 
-    Decoded with a static KV cache, the one-token step compiled with CUDA graphs on a GPU
-    (:mod:`sharvet.decoding`; ``generate`` was ~5k tokens/s for SmolLM2 on an H200). Reproducible for a seed,
-    ``batch_size`` and device (a seeded generator on the model's device). ``model_id`` names the model in the
-    cache key (with the sizes, seed and sampling rule); with ``cache_dir`` the ids are read from / written
-    to ``teacher-text-<key>.safetensors`` there.
+    Reproducible for a seed and ``batch_size`` (sampling draws from the global generator batch by batch).
+    ``model_id`` names the model in the cache key (with the sizes, seed and sampling rule); with
+    ``cache_dir`` the ids are read from / written to ``teacher-text-<key>.safetensors`` there.
     """
-    from .decoding import LogitStep, decode, static_cache, step_compiler
-
     key = {"model": model_id, "n": n_sequences, "seq_len": seq_len, "seed": seed, "batch_size": batch_size,
-           "rule": "uniform-first-token/t1/static-cache"}
+           "rule": "uniform-first-token/t1"}
     cached = _cache_file(Path(cache_dir), key) if cache_dir else None
     if cached is not None and cached.is_file():
         return load_file(str(cached))["ids"]
     device = next(model.parameters()).device
-    first = _first_tokens(tokenizer, n_sequences, torch.Generator().manual_seed(seed))
-    sampler = torch.Generator(device).manual_seed(seed)
-
-    eos = torch.tensor([tokenizer.eos_token_id] if tokenizer.eos_token_id is not None else [], device=device)
-
-    def pick(logits: torch.Tensor) -> torch.Tensor:  # temperature 1, the whole vocabulary but the end of text
-        probs = torch.softmax(logits.index_fill(-1, eos, float("-inf")), dim=-1)
-        return torch.multinomial(probs, 1, generator=sampler)
-
+    generator = torch.Generator().manual_seed(seed)
+    first = _first_tokens(tokenizer, n_sequences, generator)
+    torch.manual_seed(seed)  # generate() samples from the global generator
+    eos = tokenizer.eos_token_id
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     was_training = model.training
     model.eval()
-    step = LogitStep(model, step_compiler(device))
-    chunks, cache = [], None
+    chunks = []
     start_gen = time.perf_counter()
-    for start in range(0, n_sequences, batch_size):  # in the model's own dtype: its cache has that dtype too
+    for start in range(0, n_sequences, batch_size):
         prompt = first[start:start + batch_size, None].to(device)
-        if cache is None or prompt.shape[0] != batch_size:  # one cache (fixed addresses) for all full batches
-            cache = static_cache(model, seq_len)
-        chunks.append(decode(step, prompt, seq_len - 1, cache, pick).cpu())
+        with autocast:
+            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
+                                 top_k=0, top_p=1.0, max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1,
+                                 pad_token_id=eos if eos is not None else 0)
+        chunks.append(out[:, :seq_len].cpu())
         if progress:
             log.info("teacher text: %d of %d sequences", min(start + batch_size, n_sequences), n_sequences)
     model.train(was_training)
     ids = torch.cat(chunks).long()
     seconds = time.perf_counter() - start_gen
-    log.info("teacher text: %s tokens in %.1f s (%s tokens/s)", f"{ids.numel():,}", seconds,
-             f"{ids.numel() / seconds:,.0f}")
+    log.info("teacher text: %s tokens in %.1f s", f"{ids.numel():,}", seconds)
     if cached is not None:
         cached.parent.mkdir(parents=True, exist_ok=True)
         save_file({"ids": ids.contiguous()}, str(cached), metadata={"key": json.dumps(key)})

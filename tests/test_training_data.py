@@ -115,18 +115,6 @@ def test_text_sources_share_equally_and_warn_when_they_repeat(tmp_path, monkeypa
     assert any("distinct" in r.getMessage() for r in caplog.records)
 
 
-def test_static_cache_decoding_matches_generate():
-    """The teacher-text decoder (static cache, positions advanced by hand) picks what ``generate`` picks."""
-    from sharvet.decoding import LogitStep, decode, static_cache
-
-    model = tiny_llama(layers=2)
-    prompt = torch.randint(3, 128, (3, 4), generator=torch.Generator().manual_seed(0))
-    ours = decode(LogitStep(model), prompt, 6, static_cache(model, 10), lambda x: x.argmax(-1, keepdim=True))
-    theirs = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=False, max_new_tokens=6,
-                            min_new_tokens=6, pad_token_id=0)
-    assert torch.equal(ours, theirs)
-
-
 def test_teacher_text_never_samples_the_end_of_text():
     model, tok = tiny_llama(layers=2), _Tokenizer()
     eos = torch.tensor([tok.eos_token_id])  # make the end of text by far the likeliest next token

@@ -5,7 +5,9 @@ Times come from CUDA events after warm-up (on the CPU: ``perf_counter``); the pe
 """
 from __future__ import annotations
 
+import functools
 import gc
+import inspect
 import statistics
 import time
 from dataclasses import dataclass
@@ -15,7 +17,6 @@ import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
-from ..decoding import cache_kwarg, static_cache, step_compiler
 from .records import GIB, Measurement, ModelRun
 from .traffic import stored_bytes, weight_bytes_per_token
 
@@ -76,6 +77,17 @@ def release(device: torch.device) -> None:
 
 
 # ---------------------------------------------------------------------- the step loop (shapes)
+def _cache_kwarg(model: nn.Module) -> str:
+    """transformers renamed ``past_key_values`` to ``cache`` (5.2x); use whichever this version takes."""
+    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+
+
+def _static_cache(model: nn.Module, length: int):
+    from transformers import StaticCache
+
+    return StaticCache(config=model.config, max_cache_len=length)
+
+
 def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: int) -> torch.Tensor:
     vocab = model.config.vocab_size
     g = torch.Generator().manual_seed(seed)
@@ -90,8 +102,9 @@ class StepRunner:
         """``compiler`` wraps the decode step; default: ``torch.compile(mode="reduce-overhead")`` on a GPU when
         ``settings.compile``, else eager."""
         self.model, self.settings, self.device = model, settings, device
-        self.cache_kw = cache_kwarg(model)
-        compiler = compiler or step_compiler(device, settings.compile)
+        self.cache_kw = _cache_kwarg(model)
+        if compiler is None and settings.compile and device.type == "cuda":
+            compiler = functools.partial(torch.compile, mode="reduce-overhead")
         self.step = self._step if compiler is None else compiler(self._step)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
@@ -102,7 +115,7 @@ class StepRunner:
     def prefill(self, batch: int, length: int) -> float:
         """Median seconds of a ``batch x length`` forward into an empty static cache (after one warm-up)."""
         ids = _ids(self.model, batch, length, self.device, self.settings.seed)
-        cache = static_cache(self.model, length)
+        cache = _static_cache(self.model, length)
         times = []
         for i in range(1 + self.settings.repeats):
             cache.reset()
@@ -113,7 +126,7 @@ class StepRunner:
 
     def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Prefill ``prompt`` into a static cache with room for ``new`` more tokens: (first token, position, cache)."""
-        cache = static_cache(self.model, prompt.shape[1] + new)
+        cache = _static_cache(self.model, prompt.shape[1] + new)
         pos = torch.full((1, 1), prompt.shape[1], dtype=torch.long, device=self.device)
         return self._step(prompt, None, cache), pos, cache
 
