@@ -41,8 +41,8 @@ def compressed(method: str = "sharvet", family=tiny_llama, lambdas: str = "rando
     return model, ids
 
 
-def converted(model, fuse):
-    return prepare(copy.deepcopy(model), fuse=fuse)
+def converted(model, fuse, align=8):
+    return prepare(copy.deepcopy(model), fuse=fuse, align=align)
 
 
 def linear_calls(model, ids) -> int:
@@ -106,7 +106,7 @@ def test_unequal_lambdas_stay_in_the_modules():
 def test_auto_stacks_only_what_copies_nothing():
     # Basis Sharing: consecutive groups for every type, so q, k, v of a layer always combine the same bases
     model, ids = compressed("basis-sharing")
-    fast = converted(model, "auto")
+    fast = converted(model, "auto", align=1)
     assert fast.sharvet_inference.fused_layers == {"q+k+v": 4, "gate+up": 4}
     assert fast.sharvet_inference.extra_parameters == 0
     assert stored_bytes(fast) == stored_bytes(model)
@@ -180,3 +180,24 @@ def test_refuses_bad_mode_and_lora_models():
     model.peft_config = {}
     with pytest.raises(ValueError, match="LoRA"):
         prepare(model)
+
+
+@pytest.mark.parametrize("fuse", ["never", "always"])
+def test_ranks_padded_to_the_alignment_with_zeros_change_nothing(fuse):
+    model, ids = compressed()
+    ranks = {m.rank for m in model.modules() if isinstance(m, SharedBasisLinear)}
+    assert any(r % 8 for r in ranks)  # the planner's ranks are arbitrary
+    fast = converted(model, fuse)
+    report = fast.sharvet_inference
+    assert report.ranks_padded > 0 and report.padding_parameters > 0
+    torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
+    if fuse == "never":
+        modules = [m for m in fast.modules() if isinstance(m, SharedBasisLinear)]
+        assert all(m.rank % 8 == 0 and m.basis.shape[0] == m.v.shape[1] == m.rank for m in modules)
+        bases = {id(m.basis) for m in modules}
+        originals = {id(m.basis) for m in model.modules() if isinstance(m, SharedBasisLinear)}
+        assert len(bases) == len(originals)  # a shared basis is padded once and stays shared
+    unaligned = converted(model, fuse, align=1)
+    assert unaligned.sharvet_inference.ranks_padded == unaligned.sharvet_inference.padding_parameters == 0
+    if fuse == "never":  # float32: 4 bytes per added zero
+        assert stored_bytes(fast) - stored_bytes(unaligned) == 4 * report.padding_parameters

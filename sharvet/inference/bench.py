@@ -63,7 +63,7 @@ def bench_shape(shape: str, variants: list[str], settings: BenchSettings, *, dev
     release(device)
     for ratio, fuse in parsed:
         model = compressed_random(config, plans[ratio], dtype, device, settings.seed)
-        prepare(model, fuse=fuse)
+        prepare(model, fuse=fuse, align=settings.align)
         run = measure_steps(model, f"r{ratio}", settings, device)
         run.note = model.sharvet_inference.line()
         plan = plans[ratio]
@@ -89,7 +89,7 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     model = load(folder, device=str(device), dtype=dtype, verify=verify)
     plan = plan_of(model)
     source = original or plan.settings.model_id
-    prepare(model, fuse=settings.fuse)
+    prepare(model, fuse=settings.fuse, align=settings.align)
     run = measure_generate(model, "compressed", settings, device)
     run.note = model.sharvet_inference.line()
     log(f"{run.note} ({time.perf_counter() - start:.0f} s)")

@@ -7,7 +7,7 @@ import sys
 from pathlib import Path
 
 from ..argtypes import at_least
-from .form import FUSE_MODES
+from .form import DEFAULT_ALIGN, FUSE_MODES
 
 DEFAULT_OUT = "results/inference/summary.json"
 
@@ -55,6 +55,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--method", default="sharvet", choices=("sharvet", "basis-sharing"),
                    help="whose plan --shape uses: sharvet (groups by similarity, per type) or basis-sharing "
                         "(consecutive groups, alike for every type)")
+    p.add_argument("--align", type=int, default=DEFAULT_ALIGN,
+                   help="pad every rank of the inference form to a multiple of this with zeros (1: none)")
     p.add_argument("--fuse", default="auto", choices=FUSE_MODES, help="first-stage stacking of the inference form "
                    "(auto: only where it copies no shared basis)")
     p.add_argument("--batches", type=_ints, default=(1, 16, 64))
@@ -95,7 +97,7 @@ def bench_command(a: argparse.Namespace) -> int:
     dtype = parse_dtype(a.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     settings = BenchSettings(batches=a.batches, prefill_len=a.prefill_len, decode_prompt=a.decode_prompt,
                              decode_steps=a.decode_steps, warmup=a.warmup, repeats=a.repeats,
-                             throughput=a.throughput, fuse=a.fuse, compile=not a.no_compile, seed=a.seed)
+                             throughput=a.throughput, fuse=a.fuse, align=a.align, compile=not a.no_compile, seed=a.seed)
     argv = [shlex.quote(x) for x in sys.argv]
     command = " ".join(["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
                        ["python", *argv] if sys.argv[0].endswith(".py") else argv)

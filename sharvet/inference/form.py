@@ -17,6 +17,12 @@
   ``"always"`` stacks every layer's first stage, lambda folded in, copying bases where layers combine them
   differently (the same bytes read per token, more stored); ``"never"`` keeps the matmuls apart.
 
+- **ranks padded to a multiple of** ``align`` (8 by default) with zero basis rows and zero V columns: the same
+  output, and every matmul gets tensor-core-friendly sizes. The planner's ranks are arbitrary (1433, 2229, ...);
+  a bf16 GEMM whose inner or row dimension is not a multiple of 8 misses cuBLAS's aligned kernels (the 8B-shape
+  prefill at ratio 0.7 ran at 0.28x dense with such ranks, H200, 2026-11-30). Costs at most ``align - 1`` rows per
+  basis and columns per V.
+
 Every module kind other than :class:`~sharvet.modules.SharedBasisLinear` (whole shared matrices, FiPS projections)
 is left as it is. Bytes read per token (what bounds decode) are unchanged by all of this: each layer reads its
 bases whether they are stacked or not.
@@ -35,6 +41,8 @@ from ..modules import SharedBasisLinear
 from .modules import FusedFirstStage, StageSlice
 
 FUSE_MODES = ("auto", "always", "never")
+#: ranks of the inference form are padded to a multiple of this (bf16 tensor-core GEMMs want multiples of 8)
+DEFAULT_ALIGN = 8
 
 
 @dataclass
@@ -46,6 +54,9 @@ class InferenceReport:
     lambda_into_norm: int = 0
     lambda_into_source: int = 0
     lambda_kept: int = 0
+    #: bases (and the V of each module using them) padded to a multiple of ``align``, and the zeros added
+    ranks_padded: int = 0
+    padding_parameters: int = 0
     fused_layers: dict[str, int] = field(default_factory=dict)
     #: stacked first-stage matrices stored (each replaces the bases it stacks or, for "always", copies them)
     fused_matrices: int = 0
@@ -56,7 +67,8 @@ class InferenceReport:
         fused = ", ".join(f"{k} in {n} layers" for k, n in self.fused_layers.items()) or "none"
         return (f"inference form (fuse={self.fuse}): sigma absorbed in {self.sigma_absorbed} modules; lambda folded "
                 f"into {self.lambda_into_norm} norms and {self.lambda_into_source} up projections, kept in "
-                f"{self.lambda_kept} modules; first stages fused: {fused} ({self.fused_matrices} stacked matrices, "
+                f"{self.lambda_kept} modules; {self.ranks_padded} ranks padded ({self.padding_parameters:+,} zeros); "
+                f"first stages fused: {fused} ({self.fused_matrices} stacked matrices, "
                 f"{self.extra_parameters:+,} parameters)")
 
 
@@ -121,6 +133,24 @@ def _fold_into_norms(adapter: ModelAdapter, report: InferenceReport) -> None:
             report.lambda_into_norm += 1
 
 
+def _pad_ranks(model: nn.Module, align: int, report: InferenceReport) -> None:
+    """Zero-pad every basis (once, shared by all its modules) and each module's V to a rank divisible by ``align``."""
+    padded: dict[int, nn.Parameter] = {}
+    for m in model.modules():
+        if not isinstance(m, SharedBasisLinear) or m.rank % align == 0:
+            continue
+        extra = -m.rank % align
+        key = id(m.basis)
+        if key not in padded:
+            padded[key] = _param(torch.cat([m.basis, m.basis.new_zeros(extra, m.in_features)]), m.basis)
+            report.ranks_padded += 1
+            report.padding_parameters += extra * m.in_features
+        m.basis = padded[key]
+        m.v = _param(torch.cat([m.v, m.v.new_zeros(m.out_features, extra)], dim=1), m.v)
+        m.rank += extra
+        report.padding_parameters += extra * m.out_features
+
+
 def _stack(modules: list[SharedBasisLinear]) -> nn.Parameter:
     rows = [_f32(m.basis) * (1.0 if m.scale is None else _f32(m.scale)) for m in modules]
     return _param(torch.cat(rows), modules[0].basis)
@@ -166,15 +196,18 @@ def _fuse(adapter: ModelAdapter, fuse: str, report: InferenceReport) -> None:
 
 
 @torch.no_grad()
-def prepare(model: nn.Module, *, fuse: str = "auto") -> nn.Module:
+def prepare(model: nn.Module, *, fuse: str = "auto", align: int = DEFAULT_ALIGN) -> nn.Module:
     """Rewrite a loaded sharvet model into its inference form, in place, and return it.
 
     ``generate`` and every forward keep working on any device; the logits equal the reference forward's up to
     rounding. Call it after loading and after any refinement (it absorbs sigma, which training needs apart).
-    What changed: ``model.sharvet_inference`` (an :class:`InferenceReport`).
+    ``align`` pads every rank to a multiple of it (1: no padding). What changed: ``model.sharvet_inference`` (an
+    :class:`InferenceReport`).
     """
     if fuse not in FUSE_MODES:
         raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
+    if align < 1:
+        raise ValueError(f"align must be >= 1, got {align}")
     if hasattr(model, "peft_config"):
         raise ValueError("the inference form does not take LoRA adapters (a peft model); run it as loaded")
     adapter = adapter_for(model)
@@ -186,6 +219,7 @@ def prepare(model: nn.Module, *, fuse: str = "auto") -> nn.Module:
     _fold_into_sources(adapter, report)
     _fold_into_norms(adapter, report)
     report.lambda_kept = sum(isinstance(m, SharedBasisLinear) and m.scale is not None for m in model.modules())
+    _pad_ranks(model, align, report)
     before = unique_parameter_count(model)
     _fuse(adapter, fuse, report)
     report.extra_parameters = unique_parameter_count(model) - before

@@ -17,6 +17,7 @@ import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
+from .form import DEFAULT_ALIGN
 from .records import GIB, Measurement, ModelRun
 from .traffic import stored_bytes, weight_bytes_per_token
 
@@ -34,6 +35,8 @@ class BenchSettings:
     #: Basis Sharing's throughput setting (batch, tokens), one forward; None skips it
     throughput: tuple[int, int] | None = (512, 32)
     fuse: str = "auto"
+    #: ranks padded to a multiple of this in the inference form (1: the planner's ranks as they are)
+    align: int = DEFAULT_ALIGN
     compile: bool = True
     seed: int = 0
 
