@@ -150,6 +150,12 @@ def run_phase(argv: list[str], gpus: int, work: Path, device: str) -> dict:
             "peak_host_gib": round(sum(p["peak_host_gib"] for p in parts), 2)}
 
 
+def stage_seconds(checkpoint: Path) -> dict | None:
+    """Where the compression's time went (load, calibration, planning, decomposition), as the checkpoint records it."""
+    config = json.loads((checkpoint / "config.json").read_text())
+    return config.get("sharvet", {}).get("settings", {}).get("stage_seconds")
+
+
 def check_disk(work: Path, model: Path, layers: int, shape: str, phases: str) -> None:
     """Say what the run will put on disk beside the model (statistics, checkpoints) and what is free."""
     free = shutil.disk_usage(work).free / GIB
@@ -284,6 +290,7 @@ def main(argv: list[str] | None = None) -> int:
         measured = run_phase(argv, gpus, work, a.device)
         if phase == "compress":
             extra["stats_disk_gib"] = folder_gib(cache) if cache.exists() else 0.0
+            extra["stage_seconds"] = stage_seconds(compressed) if measured["rc"] == 0 else None
             if not a.keep:
                 shutil.rmtree(cache, ignore_errors=True)
         tokens = refine_tokens_per_s(Path(f"{refined}-refine-run")) if phase == "refine" and measured["rc"] == 0 \

@@ -15,7 +15,7 @@ from .loading import BUNDLED_ID, LoadedModel, default_device, load_original, par
 from .models import adapter_for
 from .config import CompressionConfig
 from .methods import method
-from .pipeline import CompressionResult, attach_plan, compress, plan_of
+from .pipeline import STAGES, CompressionResult, attach_plan, compress, plan_of
 from .streaming import choose_stream, collect_or_load_streamed, load_offloaded, plan_loading
 from .summary import render
 
@@ -83,11 +83,14 @@ def compress_pretrained(
                                       spec.seq_len, spec.batch_size, device) \
         if cfg.needs_stats and not cfg.needs_ids else (None, None)
     loaded = load_original(model, dtype=dtype, device=None if cfg.needs_stats else device, device_map=device_map)
+    stages = {"load": round(time.perf_counter() - start, 1)}
+    mark = time.perf_counter()
     adapter = adapter_for(loaded.model)
     cfg.validate(adapter.num_layers, adapter.type_names)  # k vs layers, before the calibration pass
     ids = calibration_ids(loaded, spec, seed=cfg.seed) if cfg.needs_stats or cfg.needs_ids else None
     stats = calibrate(loaded, spec, seed=cfg.seed, device=device, progress=progress, ids=ids, stream=stream) \
         if cfg.needs_stats else None
+    stages["calibration"] = round(time.perf_counter() - mark, 1)
     if cfg.needs_ids and device is not None:  # FiPS captures its blocks' inputs with the whole model
         loaded.model.to(device)
     result = compress(loaded.model, stats, cfg, calibration_ids=ids if cfg.needs_ids else None, device=device,
@@ -98,6 +101,7 @@ def compress_pretrained(
     if calibration is not None and ids is not None:
         result.plan.settings.calibration = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
     result.plan.settings.wall_time_s = round(time.perf_counter() - start, 1)
+    result.plan.settings.records[STAGES] = {**stages, **result.plan.settings.records.get(STAGES, {})}
     attach_plan(loaded.model, result.plan)
     if output is not None:
         checkpoint.save(loaded.model, output, tokenizer=loaded.tokenizer,

@@ -5,6 +5,7 @@ kind (:mod:`sharvet.kinds`); planning is in :mod:`sharvet.planning`, building in
 """
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 import torch
@@ -18,6 +19,10 @@ from .models import adapter_for
 from .plan import CompressionPlan
 from .planning import plan_compression
 from .similarity import TypeSimilarity
+
+
+#: ``plan.settings.records`` key of the seconds each stage took (similarity + grouping + allocation = planning)
+STAGES = "stage_seconds"
 
 
 @dataclass
@@ -48,13 +53,17 @@ def compress(
         raise ValueError("this configuration needs calibration statistics (whitened SVD, weighted mean or CKA)")
     if cfg.needs_ids and calibration_ids is None:
         raise ValueError("FiPS refinement needs calibration token ids (or set its steps to 0)")
+    start = time.perf_counter()
     plan, sims = plan_compression(adapter, stats, cfg, device=device, progress=progress)
+    planned = time.perf_counter()
     types = adapter.type_names
     linear_before = linear_parameter_count(adapter, types)
     model_before = stored_parameter_count(model)
     prepared = cfg.group_kind.prepare(adapter, cfg, calibration_ids, device=device, progress=progress)
     plan.settings.records.update(build(adapter, plan, stats, cfg, prepared=prepared, device=device,
                                        progress=progress))
+    stages = plan.settings.records.setdefault(STAGES, {})
+    stages.update(planning=round(planned - start, 1), decomposition=round(time.perf_counter() - planned, 1))
     report = ParameterReport(
         linear_original=linear_before,
         linear_compressed=linear_parameter_count(adapter, types),

@@ -14,7 +14,9 @@ def test_compress_refine_info_eval(model_dir, data_dir, tmp_path, capsys):
     args = [str(model_dir), "-o", str(out), "--ratio", "0.6", "--k", "2", "--data-dir", str(data_dir),
             "--calib-samples", "4", "--calib-seq-len", "32", "--cache-dir", "none", "--no-progress"]
     assert main(["compress", *args]) == 0
-    assert "linear modules" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "linear modules" in printed
+    assert all(f"{stage} " in printed.split("wrote ")[1] for stage in ("load", "calibration", "planning", "decomposition"))
     refined = tmp_path / "refined"
     assert main(["refine", str(out), "-o", str(refined), "--data-dir", str(data_dir), "--train-samples", "4",
                  "--train-seq-len", "32", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
