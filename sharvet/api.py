@@ -15,7 +15,7 @@ from .loading import BUNDLED_ID, LoadedModel, default_device, load_original, par
 from .models import adapter_for
 from .config import CompressionConfig
 from .methods import method
-from .pipeline import STAGES, CompressionResult, attach_plan, compress, plan_of
+from .pipeline import CompressionResult, attach_plan, compress, plan_of
 from .streaming import choose_stream, collect_or_load_streamed, load_offloaded, plan_loading
 from .summary import render
 
@@ -101,7 +101,7 @@ def compress_pretrained(
     if calibration is not None and ids is not None:
         result.plan.settings.calibration = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
     result.plan.settings.wall_time_s = round(time.perf_counter() - start, 1)
-    result.plan.settings.records[STAGES] = {**stages, **result.plan.settings.records.get(STAGES, {})}
+    result.plan.settings.stage_seconds = {**stages, **(result.plan.settings.stage_seconds or {})}
     attach_plan(loaded.model, result.plan)
     if output is not None:
         checkpoint.save(loaded.model, output, tokenizer=loaded.tokenizer,

@@ -24,7 +24,6 @@ from .quantization.command import add_quantize_arguments
 from .refinement.command import add_refine_arguments
 from .decomposition.sparse import FipsConfig
 from .grouping import STRATEGIES
-from .pipeline import STAGES
 from .methods import DEFAULT_METHOD, METHODS, VARIANTS, describe, method, refine_overrides
 from .config import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .refinement.resume import check_resume
@@ -245,7 +244,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
                                        overwrite=a.overwrite, progress=not a.no_progress)
     print(result.plan.settings.budget.line())
     print("\n".join(result.report.lines()))
-    stages = result.plan.settings.records.get(STAGES, {})
+    stages = result.plan.settings.stage_seconds or {}
     print(f"wrote {out} ({result.plan.settings.wall_time_s} s: "
           + ", ".join(f"{name} {seconds} s" for name, seconds in stages.items()) + ")")
     if refine_cfg is not None:

@@ -21,10 +21,6 @@ from .planning import plan_compression
 from .similarity import TypeSimilarity
 
 
-#: ``plan.settings.records`` key of the seconds each stage took (similarity + grouping + allocation = planning)
-STAGES = "stage_seconds"
-
-
 @dataclass
 class CompressionResult:
     plan: CompressionPlan
@@ -62,8 +58,8 @@ def compress(
     prepared = cfg.group_kind.prepare(adapter, cfg, calibration_ids, device=device, progress=progress)
     plan.settings.records.update(build(adapter, plan, stats, cfg, prepared=prepared, device=device,
                                        progress=progress))
-    stages = plan.settings.records.setdefault(STAGES, {})
-    stages.update(planning=round(planned - start, 1), decomposition=round(time.perf_counter() - planned, 1))
+    plan.settings.stage_seconds = {**(plan.settings.stage_seconds or {}), "planning": round(planned - start, 1),
+                                   "decomposition": round(time.perf_counter() - planned, 1)}
     report = ParameterReport(
         linear_original=linear_before,
         linear_compressed=linear_parameter_count(adapter, types),

@@ -37,6 +37,8 @@ class PlanSettings:
     model_id: str | None = None
     calibration: dict[str, Any] | None = None
     wall_time_s: float | None = None
+    #: seconds of each stage of a compression run (load, calibration, planning, decomposition)
+    stage_seconds: dict[str, float] | None = None
     #: how the model was refined (:meth:`sharvet.refinement.RefineResult.record`)
     refinement: dict[str, Any] | None = None
     #: what a group kind recorded while building (FiPS: ``fips_reconstruction``), and any entry this
@@ -53,7 +55,7 @@ class PlanSettings:
         out.update(self.records)
         if self.parameters is not None:
             out["parameters"] = self.parameters.to_dict()
-        for key in ("model_id", "calibration", "wall_time_s", "refinement"):
+        for key in ("model_id", "calibration", "wall_time_s", "stage_seconds", "refinement"):
             if getattr(self, key) is not None:
                 out[key] = getattr(self, key)
         return out
@@ -61,7 +63,7 @@ class PlanSettings:
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "PlanSettings":
         config_keys = {f.name for f in dataclasses.fields(CompressionConfig)}
-        typed = {"budget", "parameters", "model_id", "calibration", "wall_time_s", "refinement"}
+        typed = {"budget", "parameters", "model_id", "calibration", "wall_time_s", "stage_seconds", "refinement"}
         return cls(
             config=CompressionConfig.from_dict(d) if config_keys & d.keys() else None,
             budget=BudgetReport.from_dict(d["budget"]) if "budget" in d else None,
@@ -69,6 +71,7 @@ class PlanSettings:
             model_id=d.get("model_id"),
             calibration=d.get("calibration"),
             wall_time_s=d.get("wall_time_s"),
+            stage_seconds=d.get("stage_seconds"),
             refinement=d.get("refinement"),
             records={k: v for k, v in d.items() if k not in config_keys | typed},
         )

@@ -269,11 +269,9 @@ def test_gqa_shapes_and_gpt2_fused_type():
 
 def test_compression_records_the_seconds_of_each_stage():
     """Where a long compression's time went travels with the plan (and so with the checkpoint)."""
-    from sharvet.pipeline import STAGES
-
     model = tiny_llama()
     stats = collect_stats(adapter_for(model), tokens(), progress=False)
     result = compress(model, stats, CompressionConfig(ratio=0.5, k=2), progress=False)
-    stages = result.plan.settings.records[STAGES]
+    stages = result.plan.settings.stage_seconds
     assert set(stages) == {"planning", "decomposition"} and all(s >= 0 for s in stages.values())
-    assert type(result.plan).from_dict(result.plan.to_dict()).settings.records[STAGES] == stages
+    assert type(result.plan).from_dict(result.plan.to_dict()).settings.stage_seconds == stages
