@@ -16,7 +16,8 @@ def test_compress_refine_info_eval(model_dir, data_dir, tmp_path, capsys):
     assert main(["compress", *args]) == 0
     printed = capsys.readouterr().out
     assert "linear modules" in printed
-    assert all(f"{stage} " in printed.split("wrote ")[1] for stage in ("load", "calibration", "planning", "decomposition"))
+    stages = ("load", "calibration", "planning", "decomposition")
+    assert all(f"{stage} " in printed.split("wrote ")[1] for stage in stages)
     refined = tmp_path / "refined"
     assert main(["refine", str(out), "-o", str(refined), "--data-dir", str(data_dir), "--train-samples", "4",
                  "--train-seq-len", "32", "--epochs", "1", "--batch-size", "2", "--device", "cpu",

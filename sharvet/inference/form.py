@@ -135,17 +135,17 @@ def _fold_into_norms(adapter: ModelAdapter, report: InferenceReport) -> None:
 
 def _pad_ranks(model: nn.Module, align: int, report: InferenceReport) -> None:
     """Zero-pad every basis (once, shared by all its modules) and each module's V to a rank divisible by ``align``."""
-    padded: dict[int, nn.Parameter] = {}
+    padded: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id -> (original, kept alive so ids stay unique; padded)
     for m in model.modules():
         if not isinstance(m, SharedBasisLinear) or m.rank % align == 0:
             continue
         extra = -m.rank % align
         key = id(m.basis)
         if key not in padded:
-            padded[key] = _param(torch.cat([m.basis, m.basis.new_zeros(extra, m.in_features)]), m.basis)
+            padded[key] = (m.basis, _param(torch.cat([m.basis, m.basis.new_zeros(extra, m.in_features)]), m.basis))
             report.ranks_padded += 1
             report.padding_parameters += extra * m.in_features
-        m.basis = padded[key]
+        m.basis = padded[key][1]
         m.v = _param(torch.cat([m.v, m.v.new_zeros(m.out_features, extra)], dim=1), m.v)
         m.rank += extra
         report.padding_parameters += extra * m.out_features

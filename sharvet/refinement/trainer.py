@@ -114,7 +114,8 @@ class RefineConfig:
             raise ValueError(f"unknown refinement mode {self.mode!r}; choose from {', '.join(MODES)}")
         preset(self.preset)
         positive = {"lr": self.learning_rate(), "lr_matrices": self.matrix_learning_rate(), "epochs": self.epochs,
-                    "batch_size": self.batch_size, "grad_accum": self.grad_accum, "temperature": self.temperature, "lora_rank": self.lora_rank}
+                    "batch_size": self.batch_size, "grad_accum": self.grad_accum, "temperature": self.temperature,
+                    "lora_rank": self.lora_rank}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
                                        "l2_weight": self.l2_weight, "weight_decay": self.weight_decay,
