@@ -14,8 +14,10 @@ Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-referen
 reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd`` (per-layer whitened SVD,
 ``--method basis-sharing --k 30``, + LoRA), and the rows beyond the paper listed in ``ROWS`` (``sharvet-plus``,
 the default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the ratio). ``--refine-flags`` are
-added to every row (same data, steps and search for all); a row of the default method (``sharvet-plus``) is
-marked ``default`` only when none are given.
+added to every row (same data, steps and search for all); every row of a run is calibrated on ``--calib-data``
+(default: the default method's, ``wikitext2+c4``), and a row's recorded command carries ``--calib-data`` where that
+differs from its method's own default. A row of the default method (``sharvet-plus``) is marked ``default`` only
+when no flags are added and the calibration is its own.
 """
 from __future__ import annotations
 
