@@ -7,9 +7,10 @@ with custom layers::
 
 It needs only torch and transformers. The model is the original architecture's CausalLM with the
 compressed modules swapped in, per the plan in config.json (the ``sharvet`` section; where each module
-type lives and its shapes in ``sharvet_modules``), before the weights are read. A tensor a group shares
-is stored once in ``model.safetensors``; its other names are declared tied, so transformers points every
-member at the one loaded tensor. The forwards repeat sharvet's op for op (same logits). LoRA adapters of a
+type lives and its shapes in ``sharvet_modules``), before the weights are read (``model.safetensors``, or
+the shards named by ``model.safetensors.index.json``: transformers reads either). A tensor a group shares
+is stored once; its other names are declared tied, so transformers points every member at the one loaded
+tensor. The forwards repeat sharvet's op for op (same logits). LoRA adapters of a
 refined checkpoint (``lora/``, peft's files) are applied on load, as peft's LoRA ``Linear`` computes them.
 """
 from __future__ import annotations
