@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import time
+import dataclasses
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -14,7 +15,7 @@ from .data import calibration_batch, resolve_data_dir
 from .loading import BUNDLED_ID, LoadedModel, default_device, load_original, parse_dtype
 from .models import adapter_for
 from .config import CompressionConfig
-from .methods import method
+from .methods import PAPER_CALIBRATION, method
 from .pipeline import CompressionResult, attach_plan, compress, plan_of
 from .streaming import choose_stream, collect_or_load_streamed, load_offloaded, plan_loading
 from .summary import render
@@ -24,7 +25,9 @@ DEFAULT_CACHE = Path.home() / ".cache" / "sharvet"
 
 @dataclass
 class CalibrationSpec:
-    source: str = "wikitext2"
+    #: calibration text; None: the compression method's own (``Method.calibration``), WikiText-2 where no
+    #: method is involved (similarity and grouping figures)
+    source: str | None = None
     samples: int = 64
     seq_len: int = 1024
     batch_size: int = DEFAULT_BATCH_SIZE
@@ -34,9 +37,14 @@ class CalibrationSpec:
     stream: str = "auto"
 
 
+    def for_method(self, name: str) -> "CalibrationSpec":
+        """This spec with ``source`` filled from method ``name`` when it was left to the method."""
+        return self if self.source is not None else dataclasses.replace(self, source=method(name).calibration)
+
+
 def calibration_ids(loaded: LoadedModel, spec: CalibrationSpec, *, seed: int) -> torch.Tensor:
     """The calibration set tokenised and packed into ``(samples, seq_len)``."""
-    return calibration_batch(spec.source, loaded.tokenizer, spec.samples, spec.seq_len, seed,
+    return calibration_batch(spec.source or PAPER_CALIBRATION, loaded.tokenizer, spec.samples, spec.seq_len, seed,
                              data_dir=resolve_data_dir(spec.data_dir))
 
 
@@ -76,7 +84,7 @@ def compress_pretrained(
         checkpoint.check_output(output, overwrite)
     device = default_device(device)
     start = time.perf_counter()
-    spec = calibration or CalibrationSpec(method(cfg.method).calibration)
+    spec = (calibration or CalibrationSpec()).for_method(cfg.method)
     # streamed calibration keeps the decoder layers on disk where it can (decided before any weight loads);
     # in memory, calibration moves the model to the device
     stream, device_map = plan_loading(model, parse_dtype(dtype) or torch.float32, spec.stream, spec.samples,
@@ -99,7 +107,7 @@ def compress_pretrained(
         load_offloaded(loaded.model)  # what stayed on disk (the norms) comes in: the model is a plain one again
     result.plan.settings.model_id = loaded.model_id
     if calibration is not None and ids is not None:
-        result.plan.settings.calibration = {k: v for k, v in vars(calibration).items() if k != "cache_dir"}
+        result.plan.settings.calibration = {k: v for k, v in vars(spec).items() if k != "cache_dir"}
     result.plan.settings.wall_time_s = round(time.perf_counter() - start, 1)
     result.plan.settings.stage_seconds = {**stages, **(result.plan.settings.stage_seconds or {})}
     attach_plan(loaded.model, result.plan)

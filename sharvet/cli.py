@@ -183,9 +183,9 @@ def calibration_spec(a: argparse.Namespace):
     if a.calib_samples < 1 or a.calib_seq_len < 2:
         raise ValueError("--calib-samples must be >= 1 and --calib-seq-len >= 2")
     cache = None if a.cache_dir == "none" else (a.cache_dir or str(DEFAULT_CACHE))
-    source = a.calib_data or method(getattr(a, "method", None) or "sharvet").calibration
-    return CalibrationSpec(source, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache,
+    spec = CalibrationSpec(a.calib_data, a.calib_samples, a.calib_seq_len, a.calib_batch_size, a.data_dir, cache,
                            stream=a.stream)
+    return spec.for_method(getattr(a, "method", None) or "sharvet")  # commands without a method: the paper's
 
 
 def check_model_arg(model: str | None, k: int | None = None, *, compressible: bool = True) -> None:

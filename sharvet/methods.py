@@ -26,6 +26,10 @@ class Method:
     calibration: str = "wikitext2"
 
 
+#: what the paper calibrates on (and what runs without a method, e.g. the similarity figures, use)
+PAPER_CALIBRATION = Method.calibration
+
+
 METHODS: dict[str, Method] = {
     "sharvet": Method("basis", "default", {"grouping": "spectral", "allocation": "adaptive"}, "both",
                       "similarity grouping, adaptive ranks, lambda/sigma refinement (the paper)"),

@@ -296,3 +296,11 @@ def test_calibration_mixture_leaves_out_what_the_data_dir_lacks(tmp_path: Path, 
         mixed = calibration_batch("wikitext2+c4", tokenizer, 4, 16, seed=0, data_dir=tmp_path)
     assert torch.equal(mixed, calibration_batch("wikitext2", tokenizer, 4, 16, seed=0, data_dir=tmp_path))
     assert any("c4 not in" in r.getMessage() for r in caplog.records)
+
+
+def test_a_calibration_spec_left_open_takes_the_methods_text() -> None:
+    from sharvet.api import CalibrationSpec
+
+    assert CalibrationSpec().for_method("sharvet-plus").source == "wikitext2+c4"
+    assert CalibrationSpec().for_method("basis-sharing").source == "wikitext2"
+    assert CalibrationSpec("c4").for_method("sharvet-plus").source == "c4"
