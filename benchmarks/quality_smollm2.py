@@ -154,9 +154,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         record = {"row": row, "method": name, "ratio": float(ratio), "compress_ratio": compress_ratio,
                   "realised_ratio": round(report.linear_ratio, 5),
                   "adapters_in_budget": info["refine_mode"] != "lora" or bool(ROWS[name][1].get(IN_BUDGET)),
-                  "default": name == DEFAULT_METHOD and not extra
-                  and a.calib_data == method(DEFAULT_METHOD).calibration,
-                  "calib_data": a.calib_data,
+                  "default": _is_default(name, extra, a.calib_data), "calib_data": a.calib_data,
                   "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
                   **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
         res["rows"].append(record)
@@ -208,6 +206,12 @@ def cmd_throughput(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
+def _is_default(name: str, refine_flags: list[str], calib_data: str) -> bool:
+    """A row is what ``sharvet compress --refine`` runs with its defaults: the default method, no extra flags,
+    its own calibration."""
+    return name == DEFAULT_METHOD and not refine_flags and calib_data == method(DEFAULT_METHOD).calibration
+
+
 def _compress_flags(name: str, calib_data: str) -> str:
     """The ``sharvet compress`` flags a row stands for (its refinement flags are appended)."""
     meth, fields, _ = ROWS[name]
@@ -227,8 +231,7 @@ def _record(row: dict, run: dict) -> dict:
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
-            "default": row["method"] == DEFAULT_METHOD and not row["refine_flags"]
-            and calib_data == method(DEFAULT_METHOD).calibration, "calib_data": calib_data,
+            "default": _is_default(row["method"], row["refine_flags"], calib_data), "calib_data": calib_data,
             **{k: row[k] for k in keep}, "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}

@@ -71,8 +71,7 @@ def compressed_model(a: argparse.Namespace, teacher: LoadedModel) -> tuple[nn.Mo
         return model, {"source": str(Path(a.checkpoint).resolve()), "ratio": plan.get("ratio"),
                        "refined": plan.get("settings", {}).get("refinement") is not None}
     t0 = time.perf_counter()
-    spec = CalibrationSpec(method(DEFAULT_METHOD).calibration, data_dir=a.data_dir, samples=a.calib_samples,
-                           cache_dir=None)  # what `sharvet compress` calibrates on
+    spec = CalibrationSpec(data_dir=a.data_dir, samples=a.calib_samples, cache_dir=None).for_method(DEFAULT_METHOD)
     ids = calibration_ids(teacher, spec, seed=0)
     stats = calibrate(teacher, spec, seed=0, device=a.device, progress=False, ids=ids)
     student = copy.deepcopy(teacher.model)

@@ -109,7 +109,7 @@ def compress_pretrained(
     if calibration is not None and ids is not None:
         result.plan.settings.calibration = {k: v for k, v in vars(spec).items() if k != "cache_dir"}
     result.plan.settings.wall_time_s = round(time.perf_counter() - start, 1)
-    result.plan.settings.stage_seconds = {**stages, **(result.plan.settings.stage_seconds or {})}
+    result.plan.settings.stage_seconds = {**stages, **result.plan.settings.stage_seconds}
     attach_plan(loaded.model, result.plan)
     if output is not None:
         checkpoint.save(loaded.model, output, tokenizer=loaded.tokenizer,

@@ -58,7 +58,7 @@ def compress(
     prepared = cfg.group_kind.prepare(adapter, cfg, calibration_ids, device=device, progress=progress)
     plan.settings.records.update(build(adapter, plan, stats, cfg, prepared=prepared, device=device,
                                        progress=progress))
-    plan.settings.stage_seconds = {**(plan.settings.stage_seconds or {}), "planning": round(planned - start, 1),
+    plan.settings.stage_seconds = {"planning": round(planned - start, 1),
                                    "decomposition": round(time.perf_counter() - planned, 1)}
     report = ParameterReport(
         linear_original=linear_before,
