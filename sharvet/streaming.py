@@ -20,6 +20,7 @@ import sys
 import tempfile
 from collections import OrderedDict
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import psutil
@@ -50,14 +51,23 @@ def layer_file(folder: Path, layer: int) -> Path:
     return folder / f"layer-{layer:05d}.safetensors"
 
 
-def write_layer(folder: Path, layer: int, per_key: dict[str, InputStats]) -> None:
-    """One layer's statistics as a safetensors file, written to a temporary name and renamed when whole."""
+def layer_tensors(per_key: dict[str, InputStats]) -> dict[str, torch.Tensor]:
+    """One layer's statistics as host tensors named as in its file (``X^T X`` as its stored panels)."""
     tensors: dict[str, torch.Tensor] = {}
     for key, s in per_key.items():
         for start, stop in panels(len(s.xtx)):
             tensors[f"{key}.xtx.{start}"] = s.xtx[start:stop, start:].cpu().contiguous()
         tensors[f"{key}.total"] = s.total.cpu().contiguous()
         tensors[f"{key}.count"] = torch.tensor([s.count], dtype=torch.int64)
+    return tensors
+
+
+def write_layer(folder: Path, layer: int, per_key: dict[str, InputStats]) -> None:
+    """One layer's statistics as a safetensors file, written to a temporary name and renamed when whole."""
+    save_layer(folder, layer, layer_tensors(per_key))
+
+
+def save_layer(folder: Path, layer: int, tensors: dict[str, torch.Tensor]) -> None:
     path = layer_file(folder, layer)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))
@@ -213,18 +223,26 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
             rest = [send_to_device(r, device) for _, r in first]  # mask, positions, rotary cos/sin
             del first
             bar = tqdm(range(n), desc="calibration (streamed)", unit="layer", disable=not progress)
-            for layer in bar:
-                per_key = empty_layer_stats(adapter, device) if layer >= done else {}
-                handles = hook_layer(adapter, layer, per_key)
-                try:
-                    with on_device(adapter.layers[layer], device):
-                        for i, r in enumerate(rest):  # in place: one batch's outputs beside the inputs
-                            hidden[i] = adapter.run_layer(layer, hidden[i], r)
-                finally:
-                    for h in handles:
-                        h.remove()
-                if per_key:
-                    write_layer(folder, layer, per_key)
+            with ThreadPoolExecutor(max_workers=1) as writer:  # the disk writes one layer behind the device
+                written = None
+                for layer in bar:
+                    per_key = empty_layer_stats(adapter, device) if layer >= done else {}
+                    handles = hook_layer(adapter, layer, per_key)
+                    try:
+                        with on_device(adapter.layers[layer], device):
+                            for i, r in enumerate(rest):  # in place: one batch's outputs beside the inputs
+                                hidden[i] = adapter.run_layer(layer, hidden[i], r)
+                    finally:
+                        for h in handles:
+                            h.remove()
+                    if per_key:
+                        tensors = layer_tensors(per_key)  # off the device now: the next layer reuses the memory
+                        del per_key
+                        if written is not None:
+                            written.result()  # at most one layer's statistics wait in host memory
+                        written = writer.submit(save_layer, folder, layer, tensors)
+                if written is not None:
+                    written.result()
         finally:
             model.train(was_training)
     return StreamedStats(folder, n, keep=keep)

@@ -15,6 +15,7 @@
 """
 from __future__ import annotations
 
+import copy
 import hashlib
 import json
 import logging
@@ -77,6 +78,17 @@ def _first_tokens(tokenizer: PreTrainedTokenizerBase, n: int, generator: torch.G
     return allowed[torch.randint(0, len(allowed), (n,), generator=generator)]
 
 
+def _sampler(model: PreTrainedModel, device: torch.device) -> tuple[PreTrainedModel, dict]:
+    """What samples on ``device``: on a GPU the model in bfloat16 (a copy where it is held in float32) with a
+    static KV cache, which ``generate`` compiles with CUDA graphs (the dynamic cache re-dispatches every layer's
+    ops at every token: ~5k tokens/s for SmolLM2 at batch 256 on an H200); elsewhere the model as it is."""
+    if device.type != "cuda":
+        return model, {}
+    if model.dtype == torch.float32:
+        model = copy.deepcopy(model).to(torch.bfloat16)
+    return model, {"cache_implementation": "static"}
+
+
 @torch.no_grad()
 def teacher_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase, n_sequences: int, seq_len: int,
                       seed: int, *, model_id: str, batch_size: int = 256, cache_dir: str | Path | None = None,
@@ -89,6 +101,8 @@ def teacher_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     """
     key = {"model": model_id, "n": n_sequences, "seq_len": seq_len, "seed": seed, "batch_size": batch_size,
            "rule": "uniform-first-token/t1"}
+    if next(model.parameters()).device.type == "cuda":
+        key["sampler"] = "bf16/static-cache"  # not the same numbers as the float32 model's
     cached = _cache_file(Path(cache_dir), key) if cache_dir else None
     if cached is not None and cached.is_file():
         return load_file(str(cached))["ids"]
@@ -97,17 +111,16 @@ def teacher_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     first = _first_tokens(tokenizer, n_sequences, generator)
     torch.manual_seed(seed)  # generate() samples from the global generator
     eos = tokenizer.eos_token_id
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda")
     was_training = model.training
     model.eval()
+    sampler, options = _sampler(model, device)
     chunks = []
     start_gen = time.perf_counter()
     for start in range(0, n_sequences, batch_size):
         prompt = first[start:start + batch_size, None].to(device)
-        with autocast:
-            out = model.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
-                                 top_k=0, top_p=1.0, max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1,
-                                 pad_token_id=eos if eos is not None else 0)
+        out = sampler.generate(prompt, attention_mask=torch.ones_like(prompt), do_sample=True, temperature=1.0,
+                               top_k=0, top_p=1.0, max_new_tokens=seq_len - 1, min_new_tokens=seq_len - 1,
+                               pad_token_id=eos if eos is not None else 0, **options)
         chunks.append(out[:, :seq_len].cpu())
         if progress:
             log.info("teacher text: %d of %d sequences", min(start + batch_size, n_sequences), n_sequences)

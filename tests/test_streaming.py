@@ -53,20 +53,20 @@ def test_interrupted_run_resumes_from_the_last_finished_layer(tmp_path, monkeypa
     adapter = adapter_for(tiny_llama(4))
     ids = tokens(4, 16)
     written = []
-    write = streaming.write_layer
+    write = streaming.save_layer  # runs in the writer thread; what it raises reaches the caller
 
-    def write_then_stop(folder, layer, per_key):
+    def write_then_stop(folder, layer, tensors):
         if layer == 2:
             raise KeyboardInterrupt
         written.append(layer)
-        write(folder, layer, per_key)
+        write(folder, layer, tensors)
 
-    monkeypatch.setattr(streaming, "write_layer", write_then_stop)
+    monkeypatch.setattr(streaming, "save_layer", write_then_stop)
     with pytest.raises(KeyboardInterrupt):
         collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)
     assert written == [0, 1] and streaming.finished_layers(tmp_path, 4) == 2
     before = {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("layer-*")}
-    monkeypatch.setattr(streaming, "write_layer", lambda *a: (written.append(a[1]), write(*a)))
+    monkeypatch.setattr(streaming, "save_layer", lambda *a: (written.append(a[1]), write(*a)))
     resumed = collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)
     assert written == [0, 1, 2, 3]  # finished layers only ran forwards
     assert {p.name: p.stat().st_mtime_ns for p in tmp_path.glob("layer-*") if p.name in before} == before
