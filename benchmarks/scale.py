@@ -7,7 +7,8 @@ the real command line in a child process (``sharvet.cli.main``), which records i
 (``torch.cuda.max_memory_allocated`` / ``max_memory_reserved``, the largest over the GPUs) and peak host RSS;
 refinement adds tokens/s (the median of its steps after the first, from its history). Records are appended to
 ``results/scale/summary.json`` and a table is printed. For shapes run at two or more layer counts, the table
-adds the full model's time and peaks extrapolated linearly from the per-layer cost (labelled as such).
+adds the full model's time and peaks extrapolated from the two runs (labelled as such): peaks linear in layers, the
+time stage by stage, similarity by layer pairs (it scores every pair) and the rest by layers.
 
     python benchmarks/scale.py --shape llama3-8b --device cuda                    # 256 x 1024 tokens, ratio 0.7
     python benchmarks/scale.py --shape llama3-70b --layers 4 --device cuda
@@ -183,13 +184,45 @@ def refine_tokens_per_s(run_dir: Path) -> float | None:
 
 
 # ---------------------------------------------------------------------- records and the table
+#: how each stage of ``sharvet compress`` grows with the layer count: similarity scores every pair of layers
+#: (CKA needs a pair's pooled covariance), the other stages handle one layer or one group at a time
+STAGE_GROWTH = {"planning": "pairs", "calibration": "layers", "decomposition": "layers", "load": "layers"}
+
+
+def _size(growth: str, layers: int) -> float:
+    return layers * (layers - 1) / 2 if growth == "pairs" else layers
+
+
+def _line(lo: tuple[float, float], hi: tuple[float, float], x: float) -> float:
+    """The straight line through two (size, value) points, at ``x``."""
+    return hi[1] + (hi[1] - lo[1]) / (hi[0] - lo[0]) * (x - hi[0])
+
+
+def _wall(lo: dict, hi: dict, full: int) -> tuple[float, dict | None]:
+    """Full-model wall time: per stage by its growth (:data:`STAGE_GROWTH`) where both runs recorded their
+    stages, the rest of the command (start-up, model build, saving) linear in layers; else linear in layers."""
+    stages = [st for st in (lo.get("stage_seconds"), hi.get("stage_seconds")) if st]
+    if len(stages) < 2 or set(stages[0]) != set(stages[1]) or not set(stages[0]) <= set(STAGE_GROWTH):
+        return _line((lo["layers"], lo["wall_s"]), (hi["layers"], hi["wall_s"]), full), None
+    est = {}
+    for name, growth in STAGE_GROWTH.items():
+        if name in stages[0]:
+            fit = _line((_size(growth, lo["layers"]), stages[0][name]),
+                        (_size(growth, hi["layers"]), stages[1][name]), _size(growth, full))
+            est[name] = max(fit, stages[1][name])  # a stage that took less with more layers: noise, no growth
+    rest = [r["wall_s"] - sum(st.values()) for r, st in ((lo, stages[0]), (hi, stages[1]))]
+    est["rest"] = _line((lo["layers"], rest[0]), (hi["layers"], rest[1]), full)
+    return sum(est.values()), {k: round(v, 1) for k, v in est.items()}
+
+
 def extrapolate(records: list[dict]) -> list[dict]:
-    """Full-model estimates for (shape, phase, ratio, gpus) measured at two or more layer counts (linear fit)."""
+    """Full-model estimates for (shape, phase, ratio, gpus) measured at two or more layer counts: peaks linear in
+    layers, wall time by stage (:func:`_wall`)."""
     out = []
     keys = {(r["shape"], r["phase"], r["ratio"], r["gpus"]) for r in records if r["shape"] in SHAPES}
     for shape, phase, ratio, gpus in sorted(keys):
-        rows = {r["layers"]: r for r in records
-                if (r["shape"], r["phase"], r["ratio"], r["gpus"]) == (shape, phase, ratio, gpus)}
+        rows = {r["layers"]: r for r in records if r.get("rc", 0) == 0
+                and (r["shape"], r["phase"], r["ratio"], r["gpus"]) == (shape, phase, ratio, gpus)}
         full = SHAPES[shape]["num_hidden_layers"]
         if len(rows) < 2 or full in rows:
             continue
@@ -199,9 +232,13 @@ def extrapolate(records: list[dict]) -> list[dict]:
         for f in ("wall_s", "peak_gpu_gib", "peak_host_gib"):
             if lo.get(f) is None or hi.get(f) is None:
                 est[f] = None
-                continue
-            per_layer = (hi[f] - lo[f]) / (hi["layers"] - lo["layers"])
-            est[f] = round(hi[f] + per_layer * (full - hi["layers"]), 2)
+            elif f == "wall_s":
+                wall, stages = _wall(lo, hi, full)
+                est["wall_s"] = round(wall, 1)
+                if stages:
+                    est["stage_seconds"] = stages
+            else:
+                est[f] = round(_line((lo["layers"], lo[f]), (hi["layers"], hi[f]), full), 2)
         out.append(est)
     return out
 

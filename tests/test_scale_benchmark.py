@@ -26,6 +26,20 @@ def test_full_model_is_extrapolated_from_the_per_layer_cost():
     assert "llama3-70b (extrapolated)" in text and "1620.0" in text
 
 
+def test_similarity_time_is_extrapolated_by_layer_pairs():
+    lo, hi = record(4, 100.0, 12.0), record(8, 200.0, 14.0)
+    lo["stage_seconds"] = {"load": 1.0, "calibration": 30.0, "planning": 6.0, "decomposition": 40.0}  # rest 23
+    hi["stage_seconds"] = {"load": 1.0, "calibration": 50.0, "planning": 28.0, "decomposition": 80.0}  # rest 41
+    (est,) = scale.extrapolate([lo, hi])
+    pairs = 80 * 79 / 2  # 6 pairs at 4 layers, 28 at 8: 1 s a pair
+    expect = {"load": 1.0, "calibration": 50 + 5 * 72, "planning": 28 + (pairs - 28), "decomposition": 80 + 10 * 72,
+              "rest": 41 + 4.5 * 72}
+    assert est["stage_seconds"] == pytest.approx(expect)
+    assert est["wall_s"] == pytest.approx(sum(expect.values()))
+    lo["rc"] = 1  # a failed run is not fitted
+    assert scale.extrapolate([lo, hi]) == []
+
+
 @pytest.mark.parametrize("shape", ["llama3-8b", "qwen2.5-7b", "llama3-70b"])
 def test_published_shapes_have_the_published_parameter_counts(shape):
     import torch
