@@ -17,13 +17,14 @@ from sharvet.refinement import RefineConfig, refine  # noqa: E402
 from tiny import tiny_llama, tokens  # noqa: E402
 
 
-def main(out: str, fsdp: bool) -> None:
+def main(out: str, mode: str) -> None:
+    """``mode``: fsdp or ddp (under torchrun, 2 sequences a process and step), or single (one process, 4)."""
     teacher = tiny_llama(4)
     student = copy.deepcopy(teacher)
     ids = tokens(8, 32)
     compress(student, collect_stats(adapter_for(student), ids, batch_size=4, progress=False),
              CompressionConfig(ratio=0.6, k=2), progress=False)
-    cfg = RefineConfig(batch_size=2, epochs=1, cpu=True, fsdp=fsdp, gradient_checkpointing=True, progress=False,
+    cfg = RefineConfig(batch_size=4 if mode == "single" else 2, epochs=1, cpu=True, fsdp=mode == "fsdp", gradient_checkpointing=True, progress=False,
                        output_dir=str(Path(out) / "run"))
     result = refine(student, teacher, ids, cfg)
     if result.main_process:
@@ -36,4 +37,4 @@ def main(out: str, fsdp: bool) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2] == "fsdp")
+    main(sys.argv[1], sys.argv[2])

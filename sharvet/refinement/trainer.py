@@ -358,20 +358,25 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
 
 
 def _matched_weights(run: _Run, cfg: RefineConfig, ids: torch.Tensor) -> LossWeights:
-    """KD and feature weights ``LM / term`` on the first batch of epoch 0, with the untrained student.
+    """KD and feature weights ``LM / term`` on the first step's sequences of epoch 0, with the untrained student.
 
-    Measured here, before any checkpoint is restored, so a resumed run gets the same weights; every
-    process measures the same batch, so DDP processes agree.
+    Measured here, before any checkpoint is restored, so a resumed run gets the same weights. Each process
+    measures its own share of the first step and the terms are averaged over processes, so every process gets
+    the same weights and N processes of B sequences get those of one process of N x B.
     """
     order = _epoch_order(ids.shape[0], cfg.seed, 0)
+    acc = run.accelerator
     training = run.model.training
     run.model.eval()  # no dropout: the measurement neither draws random numbers nor depends on them
     try:
         with torch.no_grad():
-            batch = _micro_batch(ids, order, 0, cfg.batch_size, 0, 1)  # process 0's, on every process
-            terms = _micro_step(run, batch.to(run.accelerator.device)).floats()
+            batch = _micro_batch(ids, order, 0, cfg.batch_size, acc.process_index, acc.num_processes)
+            local = _micro_step(run, batch.to(acc.device)).floats()
     finally:
         run.model.train(training)
+    names = sorted(local)
+    means = acc.reduce(torch.tensor([local[k] for k in names], dtype=torch.float64, device=acc.device), "mean")
+    terms = dict(zip(names, means.tolist()))
     w = run.weights
 
     def matched(name: str, weight: float) -> float:
