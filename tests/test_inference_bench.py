@@ -96,3 +96,23 @@ def test_compiled_decode_steps_match_eager_across_batch_sizes():
                 prompt = torch.randint(100, config.vocab_size, (batch, 4))
                 tokens.append(runner.greedy(prompt, 5))
             assert torch.equal(tokens[0], tokens[1])
+
+
+def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
+    """--compile-mode reaches torch.compile of the decode step (on a GPU; the CPU stays eager) and the records."""
+    import torch
+
+    from sharvet.inference import bench
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import random_model, shape_config
+
+    modes = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: (modes.append(mode), fn)[1])
+    model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
+    settings = BenchSettings(compile_mode="max-autotune")
+    StepRunner(model, settings, torch.device("cuda"))  # wrapping touches no device
+    StepRunner(model, settings, torch.device("cpu"))
+    assert modes == ["max-autotune"]
+    assert bench._mode(settings, torch.device("cuda")) == "max-autotune"
+    assert bench._mode(settings, torch.device("cpu")) is None
+    assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None

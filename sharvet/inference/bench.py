@@ -34,6 +34,11 @@ from .shapes import compressed_random, plan_for, random_model, shape_config
 from .traffic import stored_bytes
 
 
+def _mode(settings: BenchSettings, device: torch.device) -> str | None:
+    """The decode step's torch.compile mode as recorded (None: eager, or the CPU, which never compiles)."""
+    return settings.compile_mode if settings.compile and device.type == "cuda" else None
+
+
 def _variant(text: str, default_fuse: str) -> tuple[float, str]:
     ratio, _, fuse = text.partition(":")
     return float(ratio), fuse or default_fuse
@@ -68,7 +73,7 @@ def bench_shape(shape: str, variants: list[str], settings: BenchSettings, *, dev
         run.note = model.sharvet_inference.line()
         plan = plans[ratio]
         rows = records(dense_run, run, shape=shape, ratio=ratio, path="step", command=command, env=env,
-                       extra={"fuse": fuse, "method": method, "groups": len(plan.groups),
+                       extra={"fuse": fuse, "compile_mode": _mode(settings, device), "method": method, "groups": len(plan.groups),
                               "plan": f"{method} planner on random weights (structural similarity)",
                               "realised_ratio": round(plan.settings.budget.realised_ratio, 4)})
         log(f"{run.note} ({time.perf_counter() - start:.0f} s)\n{table(rows)}")
@@ -102,6 +107,6 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     release(device)
     rows = records(dense_run, run, shape=f"checkpoint {Path(folder).name}", ratio=plan.ratio, path="generate",
                    command=command, env=environment(device, dtype),
-                   extra={"fuse": settings.fuse, "method": plan.method, "original": source or BUNDLED_ID})
+                   extra={"fuse": settings.fuse, "compile_mode": _mode(settings, device), "method": plan.method, "original": source or BUNDLED_ID})
     log(f"{table(rows)}\n({time.perf_counter() - start:.0f} s)")
     emit(rows)

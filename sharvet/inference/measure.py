@@ -38,6 +38,10 @@ class BenchSettings:
     #: ranks padded to a multiple of this in the inference form (1: the planner's ranks as they are)
     align: int = DEFAULT_ALIGN
     compile: bool = True
+    #: torch.compile mode of the decode step on a GPU: "reduce-overhead" (CUDA graphs) or "max-autotune" (CUDA
+    #: graphs, and inductor times its own Triton matmul kernels against cuBLAS for each shape: the skinny
+    #: two-stage matmuls of a compressed layer are where cuBLAS's defaults may not be the fastest)
+    compile_mode: str = "reduce-overhead"
     seed: int = 0
 
 
@@ -102,12 +106,12 @@ class StepRunner:
 
     def __init__(self, model: nn.Module, settings: BenchSettings, device: torch.device,
                  compiler: Callable[[Callable], Callable] | None = None) -> None:
-        """``compiler`` wraps the decode step; default: ``torch.compile(mode="reduce-overhead")`` on a GPU when
-        ``settings.compile``, else eager."""
+        """``compiler`` wraps the decode step; default: ``torch.compile(mode=settings.compile_mode)`` on a GPU
+        when ``settings.compile``, else eager."""
         self.model, self.settings, self.device = model, settings, device
         self.cache_kw = _cache_kwarg(model)
         if compiler is None and settings.compile and device.type == "cuda":
-            compiler = functools.partial(torch.compile, mode="reduce-overhead")
+            compiler = functools.partial(torch.compile, mode=settings.compile_mode)
         self.step = self._step if compiler is None else compiler(self._step)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
