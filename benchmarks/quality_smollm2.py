@@ -7,7 +7,7 @@ subset (``sharvet.training_data``; fine-tuning reads WikiText-2 *validation* and
 
     python benchmarks/quality_smollm2.py run --model smol.gguf --data-dir DATA --device cuda \
         --rows sharvet@0.7,basis-sharing@0.7,svd@0.7 --json results/quality/run.json
-    python benchmarks/quality_smollm2.py throughput --model smol.gguf --data-dir DATA --device cuda --batch-sizes 8,16,32
+    python benchmarks/quality_smollm2.py throughput --model smol.gguf --data-dir DATA --device cuda --variants 16,32 --profile
     python benchmarks/quality_smollm2.py summary results/quality/run-*.json --out results/quality/summary.json
 
 Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-reference`` (``--refine-preset
@@ -166,44 +166,75 @@ def cmd_run(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
+def _refine_variant(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str, name: str):
+    """One short default refinement of ``variant`` (``BATCH[:FLAG]``), from a fresh compression."""
+    bs, _, flag = variant.partition(":")
+    student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
+    args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
+                                        "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
+                                       + ([f"--{flag}"] if flag else []))
+    args.device = a.device
+    return refine(student, teacher.model, ids, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD)
+                                                                       .refine_mode))
+
+
+def _profile(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str) -> dict:
+    """Where a refinement step's time goes: torch.profiler over a short run, kernels by their own device time."""
+    from torch.profiler import ProfilerActivity, profile
+
+    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
+    with profile(activities=activities) as prof:
+        _refine_variant(a, teacher, stats, calib, ids, variant, "profile")
+    events = prof.key_averages()
+    own = "self_device_time_total" if a.device == "cuda" else "self_cpu_time_total"
+    total = sum(getattr(e, own, 0) for e in events) or 1
+    top = sorted(events, key=lambda e: getattr(e, own, 0), reverse=True)[:40]
+    return {"variant": variant, "steps": a.steps, "time": own, "total_ms": round(total / 1000, 1),
+            "top": [{"name": e.key, "ms": round(getattr(e, own, 0) / 1000, 2), "share": round(getattr(e, own, 0) / total, 4),
+                     "calls": e.count} for e in top]}
+
+
 def cmd_throughput(a: argparse.Namespace) -> None:
     """Tokens/s of the default refinement (teacher forward included) per batch size, and of teacher sampling.
     The first step is not counted."""
     teacher, calib, stats = _setup(a)
     res = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": torch.cuda.get_device_name()
            if a.device == "cuda" else a.device, "argv": sys.argv, "method": DEFAULT_METHOD, "refine": {}}
-    ids = training_ids("wikitext2", teacher.tokenizer, 512, 1024, 0, data_dir=a.data_dir)
+    ids = training_ids("wikitext2", teacher.tokenizer, 512, a.seq_len, 0, data_dir=a.data_dir)
     for variant in a.variants.split(","):
-        bs, _, flag = variant.partition(":")
-        student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
-        args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
-                                            "--refine-output", f"{a.out_dir}/tp-{variant.replace(':', '-')}"]
-                                           + ([f"--{flag}"] if flag else []))
-        args.device = a.device
         if a.device == "cuda":
             torch.cuda.reset_peak_memory_stats()
         t0 = time.perf_counter()
-        out = refine(student, teacher.model, ids, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD)
-                                                                          .refine_mode))
+        out = _refine_variant(a, teacher, stats, calib, ids, variant, "tp")
         res["refine"][variant] = {"tokens_per_s": out.tokens_per_s, "wall_s": round(time.perf_counter() - t0, 1),
                                   "steps": out.steps, "peak_gib": torch.cuda.max_memory_allocated() / 2**30
                                   if a.device == "cuda" else None,
                                   "refine_mode": out.config.mode}
         print(variant, res["refine"][variant], flush=True)
-        del student, out
+        del out
         torch.cuda.empty_cache() if a.device == "cuda" else None
+    if a.profile:
+        res["profile"] = _profile(a, teacher, stats, calib, ids, a.variants.split(",")[0])
+        for row in res["profile"]["top"][:25]:
+            print(f"{row['ms']:>10.1f} ms {row['share']:7.2%} {row['calls']:>7} {row['name'][:90]}", flush=True)
+    if a.gen_sequences:
+        res["teacher_text"] = _teacher_text(a, teacher)
+    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+
+
+def _teacher_text(a: argparse.Namespace, teacher) -> dict:
+    """Tokens/s of sampling teacher text (``--train-data ...+teacher``), and the start of one sample."""
     from sharvet.training_data import teacher_sequences
 
     t0 = time.perf_counter()
     gen = teacher_sequences(teacher.model, teacher.tokenizer, a.gen_sequences, 1024, 0, model_id="x",
                             batch_size=a.gen_batch)
-    res["teacher_text"] = {"tokens": gen.numel(), "seconds": time.perf_counter() - t0, "batch": a.gen_batch}
-    res["teacher_text"]["tokens_per_s"] = res["teacher_text"]["tokens"] / res["teacher_text"]["seconds"]
-    sample = teacher.tokenizer.decode(gen[0, :80])
-    res["teacher_text"]["sample"] = sample
-    print(json.dumps(res["teacher_text"]), flush=True)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+    seconds = time.perf_counter() - t0
+    out = {"tokens": gen.numel(), "seconds": seconds, "batch": a.gen_batch, "tokens_per_s": gen.numel() / seconds,
+           "sample": teacher.tokenizer.decode(gen[0, :80])}
+    print(json.dumps(out), flush=True)
+    return out
 
 
 def _is_default(name: str, refine_flags: list[str], calib_data: str) -> bool:
@@ -281,7 +312,10 @@ def main() -> None:
     t.add_argument("--variants", default="16,32",
                    help="batch sizes of the default refinement; BATCH:FLAG adds the refinement flag --FLAG")
     t.add_argument("--steps", type=int, default=12)
-    t.add_argument("--gen-sequences", type=int, default=256)
+    t.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
+    t.add_argument("--gen-sequences", type=int, default=256, help="teacher-text sequences to time (0: none)")
+    t.add_argument("--profile", action="store_true",
+                   help="also profile a run of the first variant (torch.profiler; kernels by own device time)")
     t.add_argument("--gen-batch", type=int, default=256)
     m = sub.add_parser("summary")
     m.add_argument("runs", nargs="+")
