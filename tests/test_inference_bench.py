@@ -107,12 +107,12 @@ def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
     from sharvet.inference.shapes import random_model, shape_config
 
     modes = []
-    monkeypatch.setattr(torch, "compile", lambda fn, mode=None: (modes.append(mode), fn)[1])
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: (modes.append((mode, dynamic)), fn)[1])
     model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
     settings = BenchSettings(compile_mode="max-autotune")
     StepRunner(model, settings, torch.device("cuda"))  # wrapping touches no device
     StepRunner(model, settings, torch.device("cpu"))
-    assert modes == ["max-autotune"]
+    assert modes == [("max-autotune", False)]  # specialised per batch size
     assert bench._mode(settings, torch.device("cuda")) == "max-autotune"
     assert bench._mode(settings, torch.device("cpu")) is None
     assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None

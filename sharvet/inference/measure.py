@@ -111,7 +111,9 @@ class StepRunner:
         self.model, self.settings, self.device = model, settings, device
         self.cache_kw = _cache_kwarg(model)
         if compiler is None and settings.compile and device.type == "cuda":
-            compiler = functools.partial(torch.compile, mode=settings.compile_mode)
+            # one graph per batch size, as a server captures one CUDA graph per batch size: with dynamic=None a
+            # second batch size recompiles with a symbolic batch, whose kernels may not be the specialised ones
+            compiler = functools.partial(torch.compile, mode=settings.compile_mode, dynamic=False)
         self.step = self._step if compiler is None else compiler(self._step)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
