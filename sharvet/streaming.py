@@ -62,12 +62,9 @@ def layer_tensors(per_key: dict[str, InputStats]) -> dict[str, torch.Tensor]:
     return tensors
 
 
-def write_layer(folder: Path, layer: int, per_key: dict[str, InputStats]) -> None:
-    """One layer's statistics as a safetensors file, written to a temporary name and renamed when whole."""
-    save_layer(folder, layer, layer_tensors(per_key))
-
-
 def save_layer(folder: Path, layer: int, tensors: dict[str, torch.Tensor]) -> None:
+    """One layer's statistics (:func:`layer_tensors`) as a safetensors file, written to a temporary name and
+    renamed when whole, so a file that exists is complete."""
     path = layer_file(folder, layer)
     tmp = path.with_suffix(".tmp")
     save_file(tensors, str(tmp))

@@ -44,7 +44,7 @@ def test_stored_panels_rebuild_the_matrix_bit_for_bit(tmp_path, monkeypatch):
     monkeypatch.setattr(calibration, "PANEL_WIDTH", 8)
     s = InputStats(torch.zeros(30, 30, dtype=torch.float64), torch.zeros(30, dtype=torch.float64))
     s.update(torch.randn(50, 30))
-    streaming.write_layer(tmp_path, 0, {"k": s})
+    streaming.save_layer(tmp_path, 0, streaming.layer_tensors({"k": s}))
     back = streaming.read_input(tmp_path, 0, "k")
     assert torch.equal(back.xtx, s.xtx) and torch.equal(back.total, s.total) and back.count == 50
 
