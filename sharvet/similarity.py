@@ -22,8 +22,8 @@ two 8192 x 28672 x 28672 products per pair), and float32 without tensor cores ru
 the GPU's speed. Plain TF32 (inputs rounded to 10 mantissa bits) is not accurate enough: on SmolLM2's
 statistics it moves CKA by up to 5e-4 and changes groupings (``docs/similarity_cost.md``). So on CUDA each
 float32 operand is split into a TF32-exact high part and the rest, and a product is the float32 sum of three
-TF32 products (``split_matmul``: only the low x low part, below 2^-20 of the product, is dropped), within
-float32's own error of the float32 product. Operands exact in TF32 (bf16 weights) skip their low part. TF32
+TF32 products (``split_matmul``: only the low x low part, below 2^-20 of the product, is dropped), about as
+accurate as one float32 product (tested under emulated TF32 rounding). Operands exact in TF32 (bf16 weights) skip their low part. TF32
 is switched on for the pass of pairs only (``cuda_tf32``). Other devices multiply in float32 as before.
 """
 from __future__ import annotations
