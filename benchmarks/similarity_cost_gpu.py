@@ -12,7 +12,6 @@ CKA difference of each from float64 products on the same GPU (the hardware's own
 from __future__ import annotations
 
 import argparse
-import contextlib
 import datetime
 import json
 import platform
@@ -24,12 +23,13 @@ import torch
 from scale import SHAPES
 from sharvet.calibration import CalibrationStats, InputStats
 from sharvet.models import adapter_for
-from sharvet.similarity import (CKA_MATMULS, DEVICE_BUDGET, _cka_terms, cuda_tf32, functional_similarities,
+from sharvet.similarity import (CKA_MATMULS, DEVICE_BUDGET, _cka_terms, cuda_matmul_precision,
+                                functional_similarities,
                                 pooled_covariance, split_matmul)
 from sharvet.streaming import free_bytes
 
 #: pair products timed: similarity's two ways, and plain TF32 (not accurate enough to use; its speed is the bound)
-PAIR_MODES = {"ieee": (False, torch.matmul), "split-tf32": (True, split_matmul), "tf32": (True, torch.matmul)}
+PAIR_MODES = {"ieee": ("ieee", torch.matmul), "split-tf32": ("tf32", split_matmul), "tf32": ("tf32", torch.matmul)}
 
 
 def random_model(shape: str, layers: int, device: torch.device):
@@ -40,7 +40,7 @@ def random_model(shape: str, layers: int, device: torch.device):
                                          torch_dtype="bfloat16"))
     with torch.device("meta"):
         model = AutoModelForCausalLM.from_config(config)
-    model.to_empty(device="cpu")
+    model = model.to_empty(device="cpu").to(torch.bfloat16)
     gen = torch.Generator(device).manual_seed(0)
     with torch.no_grad():
         for p in model.parameters():
@@ -77,8 +77,8 @@ def timed(fn, device: torch.device):
 def pair_seconds(adapter, types: list[str], stats, key: str, device, mode: str, repeats: int) -> float:
     """One pair's CKA products (layers 0 and 1, every type of ``key``), their operands already on the device."""
     cov = pooled_covariance(stats, key, 0, 1, device, torch.float32)[None]
-    tf32, mm = PAIR_MODES[mode]
-    with cuda_tf32(device) if tf32 else contextlib.nullcontext():
+    precision, mm = PAIR_MODES[mode]
+    with cuda_matmul_precision(device, precision):
         operands = {}
         for t in types:
             w = [adapter.weight(layer, t).to(device, torch.float32) for layer in (0, 1)]

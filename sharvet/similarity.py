@@ -24,13 +24,13 @@ statistics it moves CKA by up to 5e-4 and changes groupings (``docs/similarity_c
 float32 operand is split into a TF32-exact high part and the rest, and a product is the float32 sum of three
 TF32 products (``split_matmul``: only the low x low part, below 2^-20 of the product, is dropped), about as
 accurate as one float32 product (tested under emulated TF32 rounding). Operands exact in TF32 (bf16 weights) skip their low part. TF32
-is switched on for the pass of pairs only (``cuda_tf32``). Other devices multiply in float32 as before.
+is switched on for the pass of pairs only (``cuda_matmul_precision``). Other devices multiply in float32 as before.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager, nullcontext
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -84,17 +84,20 @@ def normalise(x: torch.Tensor, gamma: float) -> torch.Tensor:
 
 # ---------------------------------------------------------------------- TF32 tensor cores at float32 accuracy
 @contextmanager
-def cuda_tf32(device: torch.device) -> Iterator[None]:
-    """Float32 matmuls on CUDA run on TF32 tensor cores inside the block only; the previous setting is restored
-    after, also on errors, so nothing else in the process sees it. Off CUDA it changes nothing."""
+def cuda_matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """Float32 matmuls on CUDA in ``precision`` ("tf32": tensor cores, "ieee": float32) inside the block only;
+    the previous setting is restored after, also on errors, so nothing else in the process sees it (nor does a
+    process-wide TF32 setting reach the block). Off CUDA it changes nothing."""
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"CUDA matmul precision is 'tf32' or 'ieee', not {precision!r}")
     if device.type != "cuda":
         yield
         return
     flags = torch.backends.cuda.matmul
     try:  # torch >= 2.9; its legacy switch (allow_tf32) must not be mixed with it
-        name, value, previous = "fp32_precision", "tf32", flags.fp32_precision
+        name, value, previous = "fp32_precision", precision, flags.fp32_precision
     except AttributeError:  # older torch: only the legacy switch
-        name, value, previous = "allow_tf32", True, flags.allow_tf32
+        name, value, previous = "allow_tf32", precision == "tf32", flags.allow_tf32
     setattr(flags, name, value)
     try:
         yield
@@ -256,7 +259,7 @@ def functional_similarities(adapter: ModelAdapter, types: list[str], stats: Cali
     if cka_matmul not in CKA_MATMULS:
         raise ValueError(f"cka_matmul is one of {CKA_MATMULS}, not {cka_matmul!r}")
     split = cka_matmul == "split-tf32" and dtype == torch.float32
-    with cuda_tf32(device) if split else nullcontext():
+    with cuda_matmul_precision(device, "tf32" if split else "ieee"):
         return _functional_similarities(adapter, types, stats, input_key, device, dtype, budget, progress,
                                         split_matmul if split else torch.matmul)
 

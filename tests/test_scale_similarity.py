@@ -13,7 +13,7 @@ from sharvet import similarity
 from sharvet.calibration import CalibrationStats, InputStats, collect_stats
 from sharvet.grouping import GroupingRequest, make_groups
 from sharvet.models import adapter_for
-from sharvet.similarity import (SimilarityConfig, cka_from_covariance, cuda_tf32, model_similarity, pooled_covariance,
+from sharvet.similarity import (SimilarityConfig, cka_from_covariance, cuda_matmul_precision, model_similarity, pooled_covariance,
                                 split_tf32)
 
 from tiny import tiny_llama, tokens
@@ -137,25 +137,28 @@ def test_split_tf32_products_are_float32_accurate_where_plain_tf32_is_not(which,
                 make_groups("spectral", GroupingRequest(n, k, ref[t].joint, 0))
 
 
-def test_cuda_tf32_is_set_only_inside_and_restored_on_errors():
+def test_cuda_matmul_precision_is_set_only_inside_and_restored_on_errors():
     flags = torch.backends.cuda.matmul
     before = flags.fp32_precision
-    with cuda_tf32(torch.device("cpu")):
+    with cuda_matmul_precision(torch.device("cpu"), "tf32"):
         assert flags.fp32_precision == before  # off CUDA nothing changes
-    with cuda_tf32(torch.device("cuda")):
-        assert flags.fp32_precision == "tf32"
-    assert flags.fp32_precision == before
-    with pytest.raises(RuntimeError, match="inside"), cuda_tf32(torch.device("cuda")):
+    for mode in ("tf32", "ieee"):
+        with cuda_matmul_precision(torch.device("cuda"), mode):
+            assert flags.fp32_precision == mode
+        assert flags.fp32_precision == before
+    with pytest.raises(RuntimeError, match="inside"), cuda_matmul_precision(torch.device("cuda"), "tf32"):
         raise RuntimeError("inside")
     assert flags.fp32_precision == before
+    with pytest.raises(ValueError, match="tf32"), cuda_matmul_precision(torch.device("cuda"), "bf16"):
+        pass
 
 
-def test_cuda_tf32_uses_the_legacy_flag_on_older_torch(monkeypatch):
+def test_cuda_matmul_precision_uses_the_legacy_flag_on_older_torch(monkeypatch):
     class Legacy:  # torch < 2.9: only allow_tf32
         allow_tf32 = False
 
     monkeypatch.setattr(torch.backends.cuda, "matmul", Legacy())
-    with cuda_tf32(torch.device("cuda")):
+    with cuda_matmul_precision(torch.device("cuda"), "tf32"):
         assert torch.backends.cuda.matmul.allow_tf32 is True
     assert torch.backends.cuda.matmul.allow_tf32 is False
 
