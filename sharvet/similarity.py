@@ -16,11 +16,21 @@ covariances alone are 2 GiB in float32, ``down_in`` 26 GiB). Covariances are cen
 before the cast, and the pooled one is rebuilt as ``(C_i + C_j) / 2 + d d^T / 4`` with ``d = mu_i - mu_j``
 (the same matrix, without float32 cancellation against large means). Module types that read one input
 (q, k, v) share its covariances.
+
+**Tensor cores** (``cka_matmul``). At LLaMA-3-70B the CKA products are nearly all of similarity's work (``down``:
+two 8192 x 28672 x 28672 products per pair), and float32 without tensor cores runs them at a fraction of
+the GPU's speed. Plain TF32 (inputs rounded to 10 mantissa bits) is not accurate enough: on SmolLM2's
+statistics it moves CKA by up to 5e-4 and changes groupings (``docs/similarity_cost.md``). So on CUDA each
+float32 operand is split into a TF32-exact high part and the rest, and a product is the float32 sum of three
+TF32 products (``split_matmul``: only the low x low part, below 2^-20 of the product, is dropped), about as
+accurate as one float32 product (tested under emulated TF32 rounding). Operands exact in TF32 (bf16 weights) skip their low part. TF32
+is switched on for the pass of pairs only (``cuda_matmul_precision``). Other devices multiply in float32 as before.
 """
 from __future__ import annotations
 
 import math
 from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -33,6 +43,10 @@ from .streaming import free_bytes
 #: device bytes the resident blocks and one batch of pairs may take (bounds similarity's peak at any size;
 #: at most a quarter of the free memory)
 DEVICE_BUDGET = 6 * 2**30
+#: how float32 CKA products multiply: one float32 matmul, or three TF32 tensor-core matmuls (``split_matmul``)
+CKA_MATMULS = ("ieee", "split-tf32")
+#: float32 bits below TF32's 10-bit mantissa
+_TF32_DROPPED_BITS = 13
 
 
 @dataclass(frozen=True)
@@ -66,6 +80,50 @@ class TypeSimilarity:
 def normalise(x: torch.Tensor, gamma: float) -> torch.Tensor:
     """N(x) = 1 - exp(-x / gamma)."""
     return 1.0 - torch.exp(-x / gamma)
+
+
+# ---------------------------------------------------------------------- TF32 tensor cores at float32 accuracy
+@contextmanager
+def cuda_matmul_precision(device: torch.device, precision: str) -> Iterator[None]:
+    """Float32 matmuls on CUDA in ``precision`` ("tf32": tensor cores, "ieee": float32) inside the block only;
+    the previous setting is restored after, also on errors, so nothing else in the process sees it (nor does a
+    process-wide TF32 setting reach the block). Off CUDA it changes nothing."""
+    if precision not in ("tf32", "ieee"):
+        raise ValueError(f"CUDA matmul precision is 'tf32' or 'ieee', not {precision!r}")
+    if device.type != "cuda":
+        yield
+        return
+    flags = torch.backends.cuda.matmul
+    try:  # torch >= 2.9; its legacy switch (allow_tf32) must not be mixed with it
+        name, value, previous = "fp32_precision", precision, flags.fp32_precision
+    except AttributeError:  # older torch: only the legacy switch
+        name, value, previous = "allow_tf32", precision == "tf32", flags.allow_tf32
+    setattr(flags, name, value)
+    try:
+        yield
+    finally:
+        setattr(flags, name, previous)
+
+
+def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Float32 ``x`` as ``hi + lo``: ``hi`` keeps TF32's bits (exact in TF32), ``lo`` the rest, exactly
+    (None where it is all zero, as for bf16 weights)."""
+    hi = (x.view(torch.int32) & -(1 << _TF32_DROPPED_BITS)).view(torch.float32)
+    lo = x - hi
+    return hi, lo if bool(lo.any()) else None
+
+
+def split_matmul(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """``a @ b`` for float32 ``a, b`` as ``a_hi b_hi + a_hi b_lo + a_lo b_hi`` (``split_tf32``): with TF32
+    matmuls, ``hi`` parts multiply exactly and ``lo`` parts lose 2^-11 of themselves, so the result is float32-
+    accurate; only ``a_lo b_lo`` (below 2^-20 of the product) is left out."""
+    (a_hi, a_lo), (b_hi, b_lo) = split_tf32(a), split_tf32(b)
+    out = a_hi @ b_hi
+    if b_lo is not None:
+        out += a_hi @ b_lo
+    if a_lo is not None:
+        out += a_lo @ b_hi
+    return out
 
 
 # ---------------------------------------------------------------------- pairs over resident blocks of layers
@@ -175,24 +233,40 @@ def cka_from_covariance(w_i: torch.Tensor, w_j: torch.Tensor, cov: torch.Tensor,
 
 
 def _cka_terms(w_i: torch.Tensor | None, w_j: torch.Tensor | None, cov: torch.Tensor,
-               grams: tuple[torch.Tensor, torch.Tensor] | None) -> tuple[torch.Tensor, ...]:
-    """Numerator and the two denominator terms of CKA for a batch of pairs (leading dimension).
+               grams: tuple[torch.Tensor, torch.Tensor] | None,
+               mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = torch.matmul) -> tuple[torch.Tensor, ...]:
+    """Numerator and the two denominator terms of CKA for a batch of pairs (leading dimension), products by ``mm``.
 
     With ``grams`` (tall weights): ``tr(C G_i C G_j)`` etc. in input space; else in output space.
     """
     if grams is not None:
-        p, q = cov @ grams[0], cov @ grams[1]
+        p, q = mm(cov, grams[0]), mm(cov, grams[1])
         pt, qt = p.transpose(1, 2), q.transpose(1, 2)
         return (p * qt).sum((1, 2)), (p * pt).sum((1, 2)), (q * qt).sum((1, 2))
-    a_i, a_j = w_i @ cov, w_j @ cov
-    return ((a_j @ w_i.transpose(1, 2)).square().sum((1, 2)), (a_i @ w_i.transpose(1, 2)).square().sum((1, 2)),
-            (a_j @ w_j.transpose(1, 2)).square().sum((1, 2)))
+    a_i, a_j = mm(w_i, cov), mm(w_j, cov)
+    return (mm(a_j, w_i.transpose(1, 2)).square().sum((1, 2)), mm(a_i, w_i.transpose(1, 2)).square().sum((1, 2)),
+            mm(a_j, w_j.transpose(1, 2)).square().sum((1, 2)))
 
 
 def functional_similarities(adapter: ModelAdapter, types: list[str], stats: CalibrationStats, input_key: str,
                             device: torch.device, dtype: torch.dtype, *, budget: int,
-                            progress: bool = True) -> dict[str, torch.Tensor]:
-    """CKA matrices (float64, CPU) of every type in ``types``, all reading ``input_key``, from one pass of pairs."""
+                            progress: bool = True, cka_matmul: str | None = None) -> dict[str, torch.Tensor]:
+    """CKA matrices (float64, CPU) of every type in ``types``, all reading ``input_key``, from one pass of pairs.
+
+    ``cka_matmul`` (``CKA_MATMULS``) is how float32 products multiply; None: "split-tf32" on CUDA, else "ieee".
+    """
+    cka_matmul = cka_matmul or ("split-tf32" if device.type == "cuda" else "ieee")
+    if cka_matmul not in CKA_MATMULS:
+        raise ValueError(f"cka_matmul is one of {CKA_MATMULS}, not {cka_matmul!r}")
+    split = cka_matmul == "split-tf32" and dtype == torch.float32
+    with cuda_matmul_precision(device, "tf32" if split else "ieee"):
+        return _functional_similarities(adapter, types, stats, input_key, device, dtype, budget, progress,
+                                        split_matmul if split else torch.matmul)
+
+
+def _functional_similarities(adapter: ModelAdapter, types: list[str], stats: CalibrationStats, input_key: str,
+                             device: torch.device, dtype: torch.dtype, budget: int, progress: bool,
+                             mm: Callable[[torch.Tensor, torch.Tensor], torch.Tensor]) -> dict[str, torch.Tensor]:
     n = adapter.num_layers
     shapes = {t: adapter.shape(t) for t in types}
     tall = {t: d_out >= d_in for t, (d_in, d_out) in shapes.items()}
@@ -207,12 +281,14 @@ def functional_similarities(adapter: ModelAdapter, types: list[str], stats: Cali
         del cov
         for t in types:
             w = adapter.weight(layer, t).to(device, dtype)
-            out[t] = w.T @ w if tall[t] else w  # tall: input-space Gram W^T W
+            out[t] = mm(w.T, w) if tall[t] else w  # tall: input-space Gram W^T W
         return out
 
     per_layer = size * (d * d + sum(d * d if tall[t] else d_out * d for t, (_, d_out) in shapes.items()))
-    # a pair's work: C, and per type two products as large as C (tall) or two (d_out, d) and the inputs
-    per_pair = size * (4 * d * d + 4 * max(d * d if tall[t] else shapes[t][1] * d for t in types))
+    # a pair's work: C, and per type two products as large as C (tall) or two (d_out, d) and the inputs; split
+    # products add both operands' two parts
+    work = 6 if mm is split_matmul else 4
+    per_pair = size * (work * d * d + work * max(d * d if tall[t] else shapes[t][1] * d for t in types))
     out = {t: torch.eye(n, dtype=torch.float64) for t in types}
     bar = tqdm(total=n * (n - 1) // 2, desc=f"CKA {input_key}", unit="pair", disable=not progress, leave=False)
     for pairs, resident in block_pairs(n, per_layer, budget, load):
@@ -222,7 +298,7 @@ def functional_similarities(adapter: ModelAdapter, types: list[str], stats: Cali
                 + 0.25 * delta[:, :, None] * delta[:, None, :]
             for t in types:
                 a, b = _stack(resident, I, t), _stack(resident, J, t)
-                num, den_i, den_j = _cka_terms(a, b, cov, (a, b) if tall[t] else None)
+                num, den_i, den_j = _cka_terms(a, b, cov, (a, b) if tall[t] else None, mm)
                 cka = (num.double() / torch.sqrt(den_i.double().clamp_min(1e-30) * den_j.double().clamp_min(1e-30)))
                 cka = cka.cpu()
                 out[t][I, J] = out[t][J, I] = cka
@@ -251,11 +327,13 @@ def model_similarity(
     device: torch.device | str = "cpu",
     progress: bool = True,
     precision: torch.dtype = torch.float32,
+    cka_matmul: str | None = None,
 ) -> dict[str, TypeSimilarity]:
     """Similarity matrices of every type in ``types``; CKA of the types reading one input in one pass.
 
     ``precision`` is the dtype of the pair products (float32 agrees with float64 to ~1e-6 on SmolLM2-like
-    statistics: ``tests/test_scale_similarity.py``).
+    statistics: ``tests/test_scale_similarity.py``); ``cka_matmul`` how float32 CKA products multiply
+    (``functional_similarities``; by default on TF32 tensor cores at float32 accuracy on CUDA).
     """
     device = torch.device(device)
     budget = min(DEVICE_BUDGET, free_bytes(device) // 4)
@@ -268,7 +346,7 @@ def model_similarity(
             by_input.setdefault(adapter.module_type(t).input_key, []).append(t)
         for key, members in by_input.items():
             functional.update(functional_similarities(adapter, members, stats, key, device, precision,
-                                                      budget=budget, progress=progress))
+                                                      budget=budget, progress=progress, cka_matmul=cka_matmul))
     out = {}
     for t in tqdm(types, desc="similarity", unit="type", disable=not progress):
         cos, inv = cosine_and_distance(adapter, t, device, precision, budget)
