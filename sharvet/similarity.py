@@ -23,8 +23,10 @@ the GPU's speed. Plain TF32 (inputs rounded to 10 mantissa bits) is not accurate
 statistics it moves CKA by up to 5e-4 and changes groupings (``docs/similarity_cost.md``). So on CUDA each
 float32 operand is split into a TF32-exact high part and the rest, and a product is the float32 sum of three
 TF32 products (``split_matmul``: only the low x low part, below 2^-20 of the product, is dropped), about as
-accurate as one float32 product (tested under emulated TF32 rounding). Operands exact in TF32 (bf16 weights) skip their low part. TF32
-is switched on for the pass of pairs only (``cuda_matmul_precision``). Other devices multiply in float32 as before.
+accurate as one float32 product (tested under emulated TF32 rounding). Operands exact in TF32 (bf16 weights)
+skip their low part. TF32 is switched on for the pass of pairs only (``cuda_matmul_precision``). It is opt-in
+(``cka_matmul="split-tf32"``) until it has run on a GPU: as of 2026-11-30 its speed and its CUDA path are
+unmeasured, so every device multiplies in float32 by default.
 """
 from __future__ import annotations
 
@@ -253,9 +255,9 @@ def functional_similarities(adapter: ModelAdapter, types: list[str], stats: Cali
                             progress: bool = True, cka_matmul: str | None = None) -> dict[str, torch.Tensor]:
     """CKA matrices (float64, CPU) of every type in ``types``, all reading ``input_key``, from one pass of pairs.
 
-    ``cka_matmul`` (``CKA_MATMULS``) is how float32 products multiply; None: "split-tf32" on CUDA, else "ieee".
+    ``cka_matmul`` (``CKA_MATMULS``) is how float32 products multiply; None: "ieee" (see the module docstring).
     """
-    cka_matmul = cka_matmul or ("split-tf32" if device.type == "cuda" else "ieee")
+    cka_matmul = cka_matmul or "ieee"
     if cka_matmul not in CKA_MATMULS:
         raise ValueError(f"cka_matmul is one of {CKA_MATMULS}, not {cka_matmul!r}")
     split = cka_matmul == "split-tf32" and dtype == torch.float32

@@ -1,5 +1,5 @@
 """Similarity at scale: float32 pairs in batches over resident blocks of layers agree with the float64 definition;
-split TF32 products (CUDA's default, tensor-core rounding emulated) are as accurate and keep every grouping."""
+split TF32 products (opt-in on CUDA, tensor-core rounding emulated) are as accurate and keep every grouping."""
 from __future__ import annotations
 
 import math
@@ -182,7 +182,8 @@ def test_cuda_split_tf32_similarity_matches_float64():
     stats = llm_like_stats(adapter)
     before = torch.backends.cuda.matmul.fp32_precision
     ref = model_similarity(adapter, TYPES, stats, SimilarityConfig(), progress=False, precision=torch.float64)
-    got = model_similarity(adapter, TYPES, stats, SimilarityConfig(), progress=False, device="cuda")
+    got = model_similarity(adapter, TYPES, stats, SimilarityConfig(), progress=False, device="cuda",
+                           cka_matmul="split-tf32")
     assert torch.backends.cuda.matmul.fp32_precision == before
     for t in TYPES:
         torch.testing.assert_close(got[t].functional, ref[t].functional, rtol=1e-5, atol=1e-6)
