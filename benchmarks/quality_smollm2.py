@@ -187,10 +187,11 @@ def _profile(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, va
         _refine_variant(a, teacher, stats, calib, ids, variant, "profile")
     events = prof.key_averages()
     own = "self_device_time_total" if a.device == "cuda" else "self_cpu_time_total"
-    total = sum(getattr(e, own, 0) for e in events) or 1
-    top = sorted(events, key=lambda e: getattr(e, own, 0), reverse=True)[:40]
+    us = {e.key: getattr(e, own, 0) for e in events}  # microseconds of each operation's own time
+    total = sum(us.values()) or 1
+    top = sorted(events, key=lambda e: us[e.key], reverse=True)[:40]
     return {"variant": variant, "steps": a.steps, "time": own, "total_ms": round(total / 1000, 1),
-            "top": [{"name": e.key, "ms": round(getattr(e, own, 0) / 1000, 2), "share": round(getattr(e, own, 0) / total, 4),
+            "top": [{"name": e.key, "ms": round(us[e.key] / 1000, 2), "share": round(us[e.key] / total, 4),
                      "calls": e.count} for e in top]}
 
 

@@ -29,22 +29,20 @@ from sharvet.calibration import collect_stats
 from sharvet.grouping import GroupingRequest, make_groups
 from sharvet.loading import load_original
 from sharvet.models import adapter_for
-from sharvet.similarity import SimilarityConfig, TypeSimilarity, model_similarity
+from sharvet.similarity import TF32_DROPPED_BITS, SimilarityConfig, TypeSimilarity, model_similarity
 
 MATMULS = {torch.matmul, torch.Tensor.matmul, torch.Tensor.__matmul__, torch.Tensor.__rmatmul__,
            torch.mm, torch.Tensor.mm, torch.bmm, torch.Tensor.bmm}
-#: the 13 low mantissa bits float32 has and TF32 has not
-_DROPPED = 13
 
 
 def to_tf32(x: torch.Tensor, rounding: str = "nearest") -> torch.Tensor:
     """``x`` (float32) rounded to TF32's 10-bit mantissa: to nearest (ties to even) or towards zero ("truncate")."""
     bits = x.contiguous().view(torch.int32)
     if rounding == "nearest":
-        bits = bits + ((1 << (_DROPPED - 1)) - 1 + ((bits >> _DROPPED) & 1))
+        bits = bits + ((1 << (TF32_DROPPED_BITS - 1)) - 1 + ((bits >> TF32_DROPPED_BITS) & 1))
     elif rounding != "truncate":
         raise ValueError(f"rounding is 'nearest' or 'truncate', not {rounding!r}")
-    return (bits & -(1 << _DROPPED)).view(torch.float32)
+    return (bits & -(1 << TF32_DROPPED_BITS)).view(torch.float32)
 
 
 class EmulatedTF32(TorchFunctionMode):

@@ -15,13 +15,14 @@ import argparse
 import datetime
 import json
 import platform
-import time
 from pathlib import Path
 
 import torch
 
 from scale import SHAPES
 from sharvet.calibration import CalibrationStats, InputStats
+from sharvet.inference import shapes
+from sharvet.inference.measure import elapsed
 from sharvet.models import adapter_for
 from sharvet.similarity import (CKA_MATMULS, DEVICE_BUDGET, _cka_terms, cuda_matmul_precision,
                                 functional_similarities,
@@ -33,19 +34,11 @@ PAIR_MODES = {"ieee": ("ieee", torch.matmul), "split-tf32": ("tf32", split_matmu
 
 
 def random_model(shape: str, layers: int, device: torch.device):
-    """The shape's model with random bf16 weights (std 0.02, as benchmarks/scale.py writes them) on the host."""
-    from transformers import AutoConfig, AutoModelForCausalLM
+    """The shape's model with random bf16 weights (transformers' initialisation, run on ``device``) on the host."""
+    from transformers import AutoConfig
 
-    config = AutoConfig.for_model(**dict(SHAPES[shape], num_hidden_layers=layers, vocab_size=256,
-                                         torch_dtype="bfloat16"))
-    with torch.device("meta"):
-        model = AutoModelForCausalLM.from_config(config)
-    model = model.to_empty(device="cpu").to(torch.bfloat16)
-    gen = torch.Generator(device).manual_seed(0)
-    with torch.no_grad():
-        for p in model.parameters():
-            p.copy_((torch.randn(p.shape, generator=gen, device=device) * 0.02).to(p.dtype).cpu())
-    return model
+    config = AutoConfig.for_model(**dict(SHAPES[shape], num_hidden_layers=layers, vocab_size=256))
+    return shapes.random_model(config, torch.bfloat16, device, 0).cpu()
 
 
 def random_stats(adapter, tokens: int, device: torch.device) -> CalibrationStats:
@@ -66,12 +59,10 @@ def random_stats(adapter, tokens: int, device: torch.device) -> CalibrationStats
 
 
 def timed(fn, device: torch.device):
-    sync = torch.cuda.synchronize if device.type == "cuda" else lambda: None
-    sync()
-    start = time.perf_counter()
-    out = fn()
-    sync()
-    return out, time.perf_counter() - start
+    """``fn()`` and the seconds it took on ``device``."""
+    box = []
+    seconds = elapsed(lambda: box.append(fn()), device)
+    return box[0], seconds
 
 
 def pair_seconds(adapter, types: list[str], stats, key: str, device, mode: str, repeats: int) -> float:

@@ -48,7 +48,7 @@ DEVICE_BUDGET = 6 * 2**30
 #: how float32 CKA products multiply: one float32 matmul, or three TF32 tensor-core matmuls (``split_matmul``)
 CKA_MATMULS = ("ieee", "split-tf32")
 #: float32 bits below TF32's 10-bit mantissa
-_TF32_DROPPED_BITS = 13
+TF32_DROPPED_BITS = 13
 
 
 @dataclass(frozen=True)
@@ -110,7 +110,7 @@ def cuda_matmul_precision(device: torch.device, precision: str) -> Iterator[None
 def split_tf32(x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Float32 ``x`` as ``hi + lo``: ``hi`` keeps TF32's bits (exact in TF32), ``lo`` the rest, exactly
     (None where it is all zero, as for bf16 weights)."""
-    hi = (x.view(torch.int32) & -(1 << _TF32_DROPPED_BITS)).view(torch.float32)
+    hi = (x.view(torch.int32) & -(1 << TF32_DROPPED_BITS)).view(torch.float32)
     lo = x - hi
     return hi, lo if bool(lo.any()) else None
 
