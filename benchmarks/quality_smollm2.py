@@ -42,6 +42,7 @@ from sharvet.models import adapter_for
 from sharvet.config import CompressionConfig
 from sharvet.experiment import refined_model
 from sharvet.pipeline import compress
+from sharvet.profiling import lines, profiler, top_operations
 from sharvet.refinement import add_refine_arguments, refine, refine_config_from_args
 from sharvet.training_data import training_ids
 
@@ -57,6 +58,7 @@ ROWS = {
     "sharvet-plus": ("sharvet-plus", {}, []),
     "sharvet-plus-rel1e-2": ("sharvet-plus", {}, ["--lr-matrices", "1e-2"]),
     "sharvet-plus-rel1e-3": ("sharvet-plus", {}, ["--lr-matrices", "1e-3"]),
+    "sharvet-all": ("sharvet-plus", {}, ["--refine-mode", "all"]),  # the shared bases trained too
     # the LoRA baselines with their adapters counted inside the ratio (compressed to ratio - LoRA's share)
     "basis-sharing-in-budget": ("basis-sharing", {IN_BUDGET: True}, []),
     "svd-in-budget": ("basis-sharing", {"k": 30, IN_BUDGET: True}, []),
@@ -180,19 +182,9 @@ def _refine_variant(a: argparse.Namespace, teacher, stats, calib, ids: torch.Ten
 
 def _profile(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str) -> dict:
     """Where a refinement step's time goes: torch.profiler over a short run, kernels by their own device time."""
-    from torch.profiler import ProfilerActivity, profile
-
-    activities = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if a.device == "cuda" else [])
-    with profile(activities=activities) as prof:
+    with profiler(a.device) as prof:
         _refine_variant(a, teacher, stats, calib, ids, variant, "profile")
-    events = prof.key_averages()
-    own = "self_device_time_total" if a.device == "cuda" else "self_cpu_time_total"
-    us = {e.key: getattr(e, own, 0) for e in events}  # microseconds of each operation's own time
-    total = sum(us.values()) or 1
-    top = sorted(events, key=lambda e: us[e.key], reverse=True)[:40]
-    return {"variant": variant, "steps": a.steps, "time": own, "total_ms": round(total / 1000, 1),
-            "top": [{"name": e.key, "ms": round(us[e.key] / 1000, 2), "share": round(us[e.key] / total, 4),
-                     "calls": e.count} for e in top]}
+    return {"variant": variant, "steps": a.steps, **top_operations(prof, a.device)}
 
 
 def cmd_throughput(a: argparse.Namespace) -> None:
@@ -216,8 +208,7 @@ def cmd_throughput(a: argparse.Namespace) -> None:
         torch.cuda.empty_cache() if a.device == "cuda" else None
     if a.profile:
         res["profile"] = _profile(a, teacher, stats, calib, ids, a.variants.split(",")[0])
-        for row in res["profile"]["top"][:25]:
-            print(f"{row['ms']:>10.1f} ms {row['share']:7.2%} {row['calls']:>7} {row['name'][:90]}", flush=True)
+        print("\n".join(lines(res["profile"])), flush=True)
     if a.gen_sequences:
         res["teacher_text"] = _teacher_text(a, teacher)
     Path(a.json).parent.mkdir(parents=True, exist_ok=True)

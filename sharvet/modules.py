@@ -44,12 +44,24 @@ class SharedBasisLinear(nn.Module):
         return w if self.scale is None else w * self.scale
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Each vector scales whichever side is smaller, the same product either way: lambda scales x
+        # (tokens x d_in) or the basis's columns (r x d_in), sigma scales h (tokens x r) or V's columns
+        # (d_out x r). Decoding a few tokens scales the activations; a training batch of thousands of tokens
+        # scales the weights, which saves the elementwise passes over (and the stored copies of) its activations.
+        tokens = x.numel() // self.in_features
+        basis, v = self.basis, self.v
         if self.scale is not None:
-            x = x * self.scale
-        h = F.linear(x, self.basis)
+            if tokens > self.rank:
+                basis = basis * self.scale
+            else:
+                x = x * self.scale
+        h = F.linear(x, basis)
         if self.sigma is not None:
-            h = h * self.sigma
-        return F.linear(h, self.v, self.bias)
+            if tokens > self.out_features:
+                v = v * self.sigma
+            else:
+                h = h * self.sigma
+        return F.linear(h, v, self.bias)
 
     @torch.no_grad()
     def absorb_sigma(self) -> None:

@@ -6,6 +6,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from safetensors import safe_open
 
 from sharvet import checkpoint
@@ -131,6 +132,25 @@ def test_adaptive_gives_dissimilar_groups_more_rank():
     assert ranks[1] > ranks[0]
     uniform = allocate_ranks([[0, 1, 2], [3, 4, 5]], 0.5, 64, 64, LayerLayout(), adaptive=False)
     assert abs(uniform[0] - uniform[1]) <= 1  # the flooring remainder goes to one group
+
+
+@pytest.mark.parametrize("tokens", [1, 3, 200])
+def test_shared_basis_forward_scales_either_side_alike(tokens):
+    """Few tokens scale the activations, many scale the weights: the same output and gradients either way."""
+    g = torch.Generator().manual_seed(0)
+    basis = torch.nn.Parameter(torch.randn(8, 16, generator=g))
+    m = SharedBasisLinear(basis, torch.randn(12, 8, generator=g), sigma=torch.rand(8, generator=g) + 0.5,
+                          scale=torch.rand(16, generator=g) + 0.5, bias=torch.randn(12, generator=g))
+    for p in (m.scale, m.sigma, m.v):
+        p.requires_grad_(True)
+    x = torch.randn(tokens, 16, generator=g, dtype=torch.float64)
+    m.double()
+    y = m(x)
+    reference = F.linear(F.linear(x * m.scale, m.basis) * m.sigma, m.v, m.bias)
+    assert torch.allclose(y, reference, atol=1e-12)
+    grads = torch.autograd.grad(y.square().sum(), (m.scale, m.sigma, m.v))
+    expected = torch.autograd.grad(reference.square().sum(), (m.scale, m.sigma, m.v))
+    assert all(torch.allclose(a, b, atol=1e-10) for a, b in zip(grads, expected))
 
 
 @pytest.mark.parametrize("family", MODELS)

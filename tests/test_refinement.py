@@ -594,6 +594,23 @@ def test_factors_mode_trains_every_layers_v_at_its_own_rate(pair, tmp_path):
     assert result.parameters.trainable == sum(m.v.numel() + m.sigma.numel() + m.scale.numel() for m in modules)
 
 
+def test_all_mode_trains_each_shared_basis_once(pair, tmp_path):
+    """Mode all adds the groups' bases: one trained tensor per basis however many layers share it, and the
+    refined model still shares it (the budget is unchanged)."""
+    teacher, student = pair
+    modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
+    bases = {id(m.basis): m.basis for m in modules}
+    assert len(bases) < len(modules)  # the fixture shares bases across layers
+    params = mark_trainable(copy.deepcopy(student), "all")
+    assert len(params) == 3 * len(modules) + len(bases)
+    before = {n: p.detach().clone() for n, p in student.named_parameters()}
+    result = refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="all", epochs=2, lr_matrices=1e-3))
+    after = dict(result.model.named_parameters())
+    assert all(not torch.equal(before[n], after[n]) for n in before if n.endswith((".v", ".basis")))
+    refined = [m for m in result.model.modules() if isinstance(m, SharedBasisLinear)]
+    assert len({id(m.basis) for m in refined}) == len(bases)
+
+
 def test_factors_mode_trains_what_the_layout_stores():
     student = _compressed(_teacher(), LayerLayout(sigma=True, scale=False))  # Basis Sharing's layout
     params = mark_trainable(student, "factors")

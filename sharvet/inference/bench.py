@@ -36,7 +36,9 @@ from .traffic import stored_bytes
 
 def _mode(settings: BenchSettings, device: torch.device) -> str | None:
     """The decode step's torch.compile mode as recorded (None: eager, or the CPU, which never compiles)."""
-    return settings.compile_mode if settings.compile and device.type == "cuda" else None
+    if not (settings.compile and device.type == "cuda"):
+        return None
+    return settings.compile_mode + ("+coordinate-descent" if settings.coordinate_descent else "")
 
 
 def _variant(text: str, default_fuse: str) -> tuple[float, str]:

@@ -42,6 +42,10 @@ class BenchSettings:
     #: graphs, and inductor times its own Triton matmul kernels against cuBLAS for each shape: the skinny
     #: two-stage matmuls of a compressed layer are where cuBLAS's defaults may not be the fastest)
     compile_mode: str = "reduce-overhead"
+    #: inductor's coordinate-descent tuning (gpt-fast's setting): a decode matmul with one row becomes a
+    #: reduction kernel, tuned per shape and fused with its neighbours (the lambda multiply, the norm) instead of
+    #: a cuBLAS GEMV launch of its own
+    coordinate_descent: bool = False
     seed: int = 0
 
 
@@ -114,6 +118,8 @@ class StepRunner:
             # one graph per batch size, as a server captures one CUDA graph per batch size: with dynamic=None a
             # second batch size recompiles with a symbolic batch, whose kernels may not be the specialised ones
             compiler = functools.partial(torch.compile, mode=settings.compile_mode, dynamic=False)
+            # read when the step compiles (its first call, within this runner's use), so set for the process
+            torch._inductor.config.coordinate_descent_tuning = settings.coordinate_descent
         self.step = self._step if compiler is None else compiler(self._step)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:

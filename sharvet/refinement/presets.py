@@ -17,7 +17,7 @@ class RefinePreset:
     #: learning rate of the vectors (modes both / lambda / sigma) and of LoRA adapters
     lr_vectors: float
     lr_lora: float
-    #: learning rate of the per-layer V matrices (mode ``factors``), relative: times each matrix's RMS
+    #: learning rate of the trained matrices (modes ``factors``, ``all``), relative: times each matrix's RMS
     lr_matrices: float
     weights: LossWeights
     #: replace the KD and feature weights by ``LM / term`` measured once before training (paper, App. D)

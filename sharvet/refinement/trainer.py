@@ -46,8 +46,8 @@ from .guard import NonFiniteLossError, require_finite
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
 from .losses import LossOutput, LossWeights, refinement_loss
 from .presets import preset
-from .vectors import (ParameterSummary, VECTOR_MODES, mark_trainable, optimizer_groups, parameter_summary,
-                      release_sigma)
+from .vectors import (MATRIX_MODES, ParameterSummary, VECTOR_MODES, mark_trainable, optimizer_groups,
+                      parameter_summary, release_sigma)
 
 log = logging.getLogger(__name__)
 
@@ -66,7 +66,7 @@ class RefineConfig:
     #: ``default`` (matched loss weights, relative sigma) or ``reference`` (the authors' code)
     preset: str = "default"
     lr: float | None = None
-    #: learning rate of the V matrices in mode ``factors`` (None: the preset's)
+    #: learning rate of the matrices in modes ``factors`` and ``all`` (None: the preset's)
     lr_matrices: float | None = None
     #: two passes over the training windows in steps of 16 sequences (41k tokens/s on an H200 at 1,024 tokens)
     epochs: int = 2
@@ -332,7 +332,7 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     model, downcast = _trainable_student(student, cfg, half_to_float=accelerator.mixed_precision == "bf16")
     model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
-    lr_matrices = cfg.matrix_learning_rate() if cfg.mode == "factors" else None
+    lr_matrices = cfg.matrix_learning_rate() if cfg.mode in MATRIX_MODES else None
     optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), lr_matrices),
                                   weight_decay=cfg.weight_decay)
     schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)

@@ -24,15 +24,19 @@ from ..modules import SharedBasisLinear
 
 #: mode -> attribute names of SharedBasisLinear that train (paper Appendix G.3: both, Lambda only, Sigma only;
 #: beyond the paper, ``factors``: the vectors and every layer's own V, which the budget already stores, so the
-#: model trains far more without storing one number more than the vectors' mode)
+#: model trains far more without storing one number more than the vectors' mode; ``all``: every stored factor,
+#: the groups' shared bases too, each trained once however many layers read it)
 VECTOR_MODES: dict[str, tuple[str, ...]] = {
     "both": ("scale", "sigma"),
     "lambda": ("scale",),
     "sigma": ("sigma",),
     "factors": ("scale", "sigma", "v"),
+    "all": ("scale", "sigma", "v", "basis"),
 }
+#: modes that train matrices (at a rate relative to each matrix's RMS, see :func:`optimizer_groups`)
+MATRIX_MODES = ("factors", "all")
 #: vectors a mode trains only where the layout stores them (Basis Sharing's has no lambda)
-OPTIONAL: dict[str, set[str]] = {"factors": {"scale", "sigma"}}
+OPTIONAL: dict[str, set[str]] = {m: {"scale", "sigma"} for m in MATRIX_MODES}
 
 
 def shared_basis_modules(model: nn.Module) -> list[tuple[str, SharedBasisLinear]]:
@@ -87,15 +91,16 @@ def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool
             )
         if attr == "sigma" and relative_sigma:
             vectors = [_relative(m) for _, m in modules]
-        trainable += vectors
+        trainable += [v for v in vectors if v is not None]
+    trainable = list({id(p): p for p in trainable}.values())  # a shared basis trains once
     for p in trainable:
         p.requires_grad_(True)
     return trainable
 
 
 def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float | None) -> list[dict]:
-    """AdamW parameter groups: everything at ``lr``, except, with ``lr_matrices`` (mode ``factors``), each matrix
-    (a layer's V) at ``lr_matrices`` times its own RMS.
+    """AdamW parameter groups: everything at ``lr``, except, with ``lr_matrices`` (modes ``factors`` and ``all``),
+    each matrix (a layer's V, a group's basis) at ``lr_matrices`` times its own RMS.
 
     Adam moves every entry by about its group's rate per step, so one absolute rate cannot suit both the vectors
     (lambda near 1, sigma's delta near 0: scale-free) and V, nor V of different scales: SharVeT's V is orthonormal

@@ -1,0 +1,84 @@
+"""Benchmark (issue 17): where a decode step's time goes, dense against compressed, kernel by kernel.
+
+Builds a published shape with random weights (dense, then the SharVeT planner's groups and ranks at ``--ratio``,
+in the inference form), compiles the decode step as ``sharvet bench`` does, and runs ``--steps`` steps under
+torch.profiler after warm-up. Prints and writes, per model: seconds per step, device busy time per step (the
+rest is the GPU waiting), kernels per step, and the kernels with the most device time. Decode at batch 1 is the
+row furthest from its bytes-read bound; this says whether the missing time is in the matmuls (bandwidth not
+reached), in many small kernels (launch and tail latency), or between kernels.
+
+    python benchmarks/decode_profile.py --shape llama3-8b --ratio 0.5 --out /tmp/decode_profile.json
+    python benchmarks/decode_profile.py --shape tiny --device cpu --out /tmp/p.json     # a CPU check in seconds
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharvet.inference.form import FUSE_MODES, prepare  # noqa: E402
+from sharvet.inference.measure import BenchSettings, StepRunner, release  # noqa: E402
+from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
+from sharvet.inference.traffic import weight_bytes_per_token  # noqa: E402
+from sharvet.profiling import lines, profiler, top_operations  # noqa: E402
+
+
+def profile_decode(model: torch.nn.Module, settings: BenchSettings, device: torch.device, batch: int) -> dict:
+    """One untimed decode run (compiles), one timed, then one under the profiler; per-step figures."""
+    runner = StepRunner(model, settings, device)
+    runner.decode(batch)
+    per_step, _ = runner.decode(batch)
+    steps = settings.warmup + settings.decode_steps  # the profiled call runs its warm-up steps too
+    with profiler(device.type) as prof:
+        runner.decode(batch)
+        torch.cuda.synchronize(device) if device.type == "cuda" else None
+    summary = top_operations(prof, device.type, n=30)
+    return {"step_ms": round(per_step * 1000, 4), "busy_ms_per_step": round(summary["total_ms"] / steps, 4),
+            "kernels_per_step": round(summary["calls_with_time"] / steps, 1), "bytes_per_token":
+            weight_bytes_per_token(model), "profile": summary}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--shape", default="llama3-8b")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--fuse", default="auto", choices=FUSE_MODES)
+    p.add_argument("--batch", type=int, default=1)
+    p.add_argument("--steps", type=int, default=16, help="decode steps per run")
+    p.add_argument("--compile-mode", default="reduce-overhead", choices=("reduce-overhead", "max-autotune", "default"),
+                   help="default: compiled without CUDA graphs (every kernel launched from the host)")
+    p.add_argument("--coordinate-descent", action="store_true", help="as sharvet bench's")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    device = torch.device(a.device)
+    dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    settings = BenchSettings(batches=(a.batch,), decode_steps=a.steps, compile_mode=a.compile_mode,
+                             coordinate_descent=a.coordinate_descent, throughput=None)
+    config = shape_config(a.shape)
+    dense = random_model(config, dtype, device, settings.seed)
+    plan = plan_for(dense, a.ratio, device, "sharvet")
+    result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv, "torch": torch.__version__,
+              "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "models": {}}
+    result["models"]["dense"] = profile_decode(dense, settings, device, a.batch)
+    del dense
+    release(device)
+    model = prepare(compressed_random(config, plan, dtype, device, settings.seed), fuse=a.fuse)
+    result["models"][f"r{a.ratio}"] = {**profile_decode(model, settings, device, a.batch),
+                                       "form": model.sharvet_inference.line()}
+    for name, r in result["models"].items():
+        print(f"== {name}: {r['step_ms']} ms a step, device busy {r['busy_ms_per_step']} ms, "
+              f"{r['kernels_per_step']} kernels a step, {r['bytes_per_token'] / 2**30:.2f} GiB of weights a token")
+        print("\n".join(lines(r["profile"], 20)))
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(result, indent=1))
+
+
+if __name__ == "__main__":
+    main()
