@@ -611,6 +611,23 @@ def test_all_mode_trains_each_shared_basis_once(pair, tmp_path):
     assert len({id(m.basis) for m in refined}) == len(bases)
 
 
+def test_training_on_padded_ranks_follows_the_unpadded_trajectory(pair, tmp_path):
+    """Ranks padded to a multiple of 8 while training (exact zeros) give the model that unpadded training
+    gives, trimmed back to the planned ranks and shapes (relative sigma and V included)."""
+    teacher, student = pair
+    ranks = [m.rank for m in student.modules() if isinstance(m, SharedBasisLinear)]
+    assert any(r % 8 for r in ranks)  # the fixture has ranks that get padded
+    models = {align: refine(copy.deepcopy(student), teacher, _ids(4, 16),
+                            _cfg(tmp_path / str(align), mode="factors", epochs=2, lr_matrices=1e-3,
+                                 align=align)).model for align in (1, 8)}
+    assert [m.rank for m in models[8].modules() if isinstance(m, SharedBasisLinear)] == ranks
+    plain, padded = (dict(models[a].named_parameters()) for a in (1, 8))
+    assert plain.keys() == padded.keys()
+    for name, p in plain.items():
+        assert p.shape == padded[name].shape, name
+        assert torch.allclose(p, padded[name], rtol=1e-4, atol=1e-6), name
+
+
 def test_factors_mode_trains_what_the_layout_stores():
     student = _compressed(_teacher(), LayerLayout(sigma=True, scale=False))  # Basis Sharing's layout
     params = mark_trainable(student, "factors")

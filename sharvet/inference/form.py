@@ -38,11 +38,10 @@ from torch import nn
 from ..accounting import unique_parameter_count
 from ..models import ModelAdapter, adapter_for
 from ..modules import SharedBasisLinear
+from ..rank_padding import DEFAULT_ALIGN, pad_ranks
 from .modules import FusedFirstStage, StageSlice
 
 FUSE_MODES = ("auto", "always", "never")
-#: ranks of the inference form are padded to a multiple of this (bf16 tensor-core GEMMs want multiples of 8)
-DEFAULT_ALIGN = 8
 
 
 @dataclass
@@ -133,24 +132,6 @@ def _fold_into_norms(adapter: ModelAdapter, report: InferenceReport) -> None:
             report.lambda_into_norm += 1
 
 
-def _pad_ranks(model: nn.Module, align: int, report: InferenceReport) -> None:
-    """Zero-pad every basis (once, shared by all its modules) and each module's V to a rank divisible by ``align``."""
-    padded: dict[int, tuple[nn.Parameter, nn.Parameter]] = {}  # id -> (original, kept alive so ids stay unique; padded)
-    for m in model.modules():
-        if not isinstance(m, SharedBasisLinear) or m.rank % align == 0:
-            continue
-        extra = -m.rank % align
-        key = id(m.basis)
-        if key not in padded:
-            padded[key] = (m.basis, _param(torch.cat([m.basis, m.basis.new_zeros(extra, m.in_features)]), m.basis))
-            report.ranks_padded += 1
-            report.padding_parameters += extra * m.in_features
-        m.basis = padded[key][1]
-        m.v = _param(torch.cat([m.v, m.v.new_zeros(m.out_features, extra)], dim=1), m.v)
-        m.rank += extra
-        report.padding_parameters += extra * m.out_features
-
-
 def _stack(modules: list[SharedBasisLinear]) -> nn.Parameter:
     rows = [_f32(m.basis) * (1.0 if m.scale is None else _f32(m.scale)) for m in modules]
     return _param(torch.cat(rows), modules[0].basis)
@@ -219,7 +200,8 @@ def prepare(model: nn.Module, *, fuse: str = "auto", align: int = DEFAULT_ALIGN)
     _fold_into_sources(adapter, report)
     _fold_into_norms(adapter, report)
     report.lambda_kept = sum(isinstance(m, SharedBasisLinear) and m.scale is not None for m in model.modules())
-    _pad_ranks(model, align, report)
+    padding = pad_ranks(model, align)
+    report.ranks_padded, report.padding_parameters = padding.bases, padding.zeros
     before = unique_parameter_count(model)
     _fuse(adapter, fuse, report)
     report.extra_parameters = unique_parameter_count(model) - before

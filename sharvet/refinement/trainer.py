@@ -45,6 +45,7 @@ from . import state as ckpt
 from .guard import NonFiniteLossError, require_finite
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
 from .losses import LossOutput, LossWeights, refinement_loss
+from ..rank_padding import DEFAULT_ALIGN, Padding, pad_ranks, trim_ranks
 from .presets import preset
 from .vectors import (MATRIX_MODES, ParameterSummary, VECTOR_MODES, mark_trainable, optimizer_groups,
                       parameter_summary, release_sigma)
@@ -78,6 +79,9 @@ class RefineConfig:
     lr_end_factor: float = 0.8
     grad_clip: float = 1.0
     seed: int = 0
+    #: ranks padded with zeros to a multiple of this while training (``sharvet.rank_padding``: exact, and the
+    #: matmuls get tensor-core-friendly sizes); 1 for none. Part of the trajectory: checkpoints hold padded tensors
+    align: int = DEFAULT_ALIGN
     #: LM loss only (ablation SharVeT_L): no teacher needed
     lm_only: bool = False
     #: explicit eq. 13 weights; set, they are used as given (no matching unless ``match_loss_scales``)
@@ -115,7 +119,7 @@ class RefineConfig:
         preset(self.preset)
         positive = {"lr": self.learning_rate(), "lr_matrices": self.matrix_learning_rate(), "epochs": self.epochs,
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "temperature": self.temperature,
-                    "lora_rank": self.lora_rank}
+                    "lora_rank": self.lora_rank, "align": self.align}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
         bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
                                        "l2_weight": self.l2_weight, "weight_decay": self.weight_decay,
@@ -219,6 +223,8 @@ class _Run:
     downcast: list[tuple[nn.Parameter, torch.dtype]]
     #: student (and teacher) sharded by :mod:`sharding`; the vectors' gradients are averaged here
     fsdp: bool = False
+    #: the student's ranks as padded for training (trimmed back before the result)
+    padding: Padding = field(default_factory=Padding)
 
 
 class _StopRequest:
@@ -333,8 +339,12 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     model.to(accelerator.device)  # before cloning the initial values, which must live beside the vectors
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     lr_matrices = cfg.matrix_learning_rate() if cfg.mode in MATRIX_MODES else None
+    fused = all(p.is_cuda and p.is_floating_point() for p in params)  # one kernel per group, not one per tensor
     optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), lr_matrices),
-                                  weight_decay=cfg.weight_decay)
+                                  weight_decay=cfg.weight_decay, fused=fused or None)
+    # after the groups (whose rates follow each matrix's RMS as planned), before anything copies the parameters;
+    # FSDP shards flattened parameters, so its ranks stay as planned
+    padding = pad_ranks(model, cfg.align) if cfg.align > 1 and not fsdp else Padding()
     schedule = _schedule(ids.shape[0], cfg, accelerator.num_processes)
     scheduler = torch.optim.lr_scheduler.LinearLR(optimizer, 1.0, cfg.lr_end_factor, total_iters=schedule.total)
     if fsdp:  # our own wrapping (sharding.py): accelerate would DDP-wrap the model, or shard the shared bases
@@ -351,7 +361,7 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     fingerprint = _fingerprint(cfg, ids, accelerator.num_processes)
     run = _Run(accelerator, prepared, teacher if weights.needs_teacher else None, tdev, list(names),
                list(params), [p.detach().clone() for p in params], optimizer, scheduler, schedule, weights,
-               fingerprint, out, downcast, fsdp)
+               fingerprint, out, downcast, fsdp, padding)
     if cfg.matches_loss_scales() and weights.needs_teacher:
         run.weights = _matched_weights(run, cfg, ids)
     return run
@@ -647,6 +657,7 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     # a sharded student is put back together on the main process (the others keep theirs, sharded)
     model = (sharding.gather(run.model, run.accelerator.is_main_process) or run.model) if run.fsdp else \
         run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    trim_ranks(run.padding)
     summary = parameter_summary(model)  # counted while the vectors still train
     release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype
     for p, dtype in run.downcast:  # outside autocast a bf16 model needs bf16 vectors
