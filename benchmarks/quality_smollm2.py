@@ -168,22 +168,28 @@ def cmd_run(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
-def _refine_variant(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str, name: str):
-    """One short default refinement of ``variant`` (``BATCH[:FLAG]``), from a fresh compression."""
+def _variant_setup(a: argparse.Namespace, teacher, stats, calib, variant: str, name: str):
+    """A fresh compression and the default refinement's config for ``variant`` (``BATCH[:FLAG]``), short."""
     bs, _, flag = variant.partition(":")
     student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
     args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
                                         "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
                                        + ([f"--{flag}"] if flag else []))
     args.device = a.device
-    return refine(student, teacher.model, ids, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD)
-                                                                       .refine_mode))
+    return student, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
+
+
+def _refine_variant(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str, name: str):
+    student, cfg = _variant_setup(a, teacher, stats, calib, variant, name)
+    return refine(student, teacher.model, ids, cfg)
 
 
 def _profile(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str) -> dict:
-    """Where a refinement step's time goes: torch.profiler over a short run, kernels by their own device time."""
+    """Where a refinement's time goes: torch.profiler over a short run (its set-up and first step included, the
+    compression not), kernels by their own device time."""
+    student, cfg = _variant_setup(a, teacher, stats, calib, variant, "profile")
     with profiler(a.device) as prof:
-        _refine_variant(a, teacher, stats, calib, ids, variant, "profile")
+        refine(student, teacher.model, ids, cfg)
     return {"variant": variant, "steps": a.steps, **top_operations(prof, a.device)}
 
 

@@ -276,6 +276,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--stream", default="on", choices=("auto", "on", "off"),
                    help="on (default): the path meant for 24 GB cards; auto picks in memory where it fits")
+    p.add_argument("--cka-matmul", default="ieee", choices=("ieee", "split-tf32"), help="as sharvet compress's")
     p.add_argument("--calib-samples", type=int, default=None, help="default 256 (tiny: 8)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="default 1024 (tiny: 128)")
     p.add_argument("--refine-steps", type=int, default=6, help="optimizer steps (tokens/s: median after the first)")
@@ -310,8 +311,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(cache, ignore_errors=True)  # measure the calibration pass, not a cache hit
             argv = ["compress", str(model), "-o", str(compressed), "--overwrite", "--ratio", str(a.ratio),
                     "--calib-samples", str(samples), "--calib-seq-len", str(seq_len), "--stream", a.stream,
-                    "--cache-dir", str(cache)] + common
-            gpus, extra = 1, {"calib_tokens": samples * seq_len, "stream": a.stream}
+                    "--cache-dir", str(cache), "--cka-matmul", a.cka_matmul] + common
+            gpus, extra = 1, {"calib_tokens": samples * seq_len, "stream": a.stream, "cka_matmul": a.cka_matmul}
         else:
             gpus, _, sharding = setup.partition("-")
             gpus = int(gpus)

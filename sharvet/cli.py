@@ -27,7 +27,7 @@ from .grouping import STRATEGIES
 from .methods import DEFAULT_METHOD, METHODS, VARIANTS, describe, method, refine_overrides
 from .config import ALLOCATIONS, DECOMPOSITIONS, CompressionConfig
 from .refinement.resume import check_resume
-from .similarity import SimilarityConfig
+from .similarity import CKA_MATMULS, SimilarityConfig
 
 #: reported as one line with exit code 2: bad values, unknown names, files missing / damaged / not writable
 USER_ERRORS = (ValueError, KeyError, OSError)
@@ -67,6 +67,9 @@ def _similarity_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-cka", action="store_true")
     g.add_argument("--gamma-cos", type=float, default=1.0)
     g.add_argument("--gamma-dist", type=float, default=None, help="default: median inverse distance")
+    g.add_argument("--cka-matmul", default="ieee", choices=CKA_MATMULS,
+                   help="how CKA's float32 products multiply on a GPU: ieee (float32), or split-tf32 (three TF32 "
+                        "tensor-core products; ~3x faster at 70B shapes, CKA within 3e-6 of float64; opt-in)")
 
 
 class _Parser(argparse.ArgumentParser):
@@ -174,7 +177,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def similarity_config(a: argparse.Namespace) -> SimilarityConfig:
     return SimilarityConfig(use_cosine=not a.no_cosine, use_frobenius=not a.no_frobenius, use_cka=not a.no_cka,
-                            gamma_cos=a.gamma_cos, gamma_dist=a.gamma_dist)
+                            gamma_cos=a.gamma_cos, gamma_dist=a.gamma_dist, cka_matmul=a.cka_matmul)
 
 
 def calibration_spec(a: argparse.Namespace):

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from torch.autograd import DeviceType
 from torch.profiler import ProfilerActivity, profile
 
 
@@ -16,17 +17,21 @@ def profiler(device_type: str) -> profile:
 
 
 def top_operations(prof: profile, device_type: str, n: int = 40) -> dict[str, Any]:
-    """The ``n`` operations with the most own time (device time on a GPU), with each one's share and calls.
+    """The ``n`` operations with the most own time, with each one's share and calls.
 
-    ``total_ms`` sums every operation's own time; on a GPU it is the busy time of the device (kernels and copies),
-    which, set against the wall time, says how much the GPU idles (launch and host overhead)."""
-    events = prof.key_averages()
+    On a GPU these are the device's own events (kernels, copies): the operators that launch them carry the same
+    time again, and so do annotations such as ``Optimizer.step``, so both are left out and
+    ``total_ms`` is the device's busy time, which set against the wall time says how long the GPU waited (launch
+    and host overhead). On the CPU: operators by their own CPU time."""
+    events = list(prof.key_averages())
+    if device_type == "cuda":  # as torch's own profiler table sums device time
+        events = [e for e in events if e.device_type == DeviceType.CUDA and not getattr(e, "is_user_annotation", False)]
     own = "self_device_time_total" if device_type == "cuda" else "self_cpu_time_total"
     us = {e.key: getattr(e, own, 0) for e in events}  # microseconds of each operation's own time
     total = sum(us.values()) or 1
     top = sorted(events, key=lambda e: us[e.key], reverse=True)[:n]
-    kernels = sum(e.count for e in events if us[e.key] > 0)
-    return {"time": own, "total_ms": round(total / 1000, 3), "calls_with_time": kernels,
+    return {"time": own, "total_ms": round(total / 1000, 3), "calls_with_time": sum(e.count for e in events
+                                                                                      if us[e.key] > 0),
             "top": [{"name": e.key, "ms": round(us[e.key] / 1000, 3), "share": round(us[e.key] / total, 4),
                      "calls": e.count} for e in top]}
 

@@ -34,6 +34,14 @@ def test_compress_refine_info_eval(model_dir, data_dir, tmp_path, capsys):
     assert row["status"] == "ok" and 1 < row["ppl"] < 1000 and row["n_tokens"] > 0
 
 
+def test_cka_matmul_flag_reaches_the_saved_plan(model_dir, data_dir, tmp_path):
+    out = tmp_path / "ck"
+    assert main(["compress", str(model_dir), "-o", str(out), "--ratio", "0.6", "--k", "2", "--data-dir",
+                 str(data_dir), "--calib-samples", "4", "--calib-seq-len", "32", "--cache-dir", "none", "--no-progress",
+                 "--cka-matmul", "split-tf32"]) == 0
+    assert load(out).config.sharvet["settings"]["similarity"]["cka_matmul"] == "split-tf32"
+
+
 @pytest.mark.parametrize("argv, message", [
     (["compress", "-o", "X", "--ratio", "0"], "--ratio must be in (0, 1]"),
     (["compress", "-o", "X", "--ratio", "1.5"], "--ratio must be in (0, 1]"),

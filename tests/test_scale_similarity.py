@@ -176,6 +176,18 @@ def test_cpu_similarity_multiplies_in_float32_and_leaves_the_cuda_flag_alone(mon
                          cka_matmul="tf32")
 
 
+def test_the_similarity_config_chooses_split_products(monkeypatch):
+    """``SimilarityConfig.cka_matmul`` (``sharvet compress --cka-matmul``) reaches the CKA products."""
+    seen, real = [], similarity._cka_terms
+    monkeypatch.setattr(similarity, "_cka_terms", lambda *a: seen.append(a[-1]) or real(*a))
+    adapter = adapter_for(tiny_llama(3))
+    model_similarity(adapter, ["q"], llm_like_stats(adapter), SimilarityConfig(cka_matmul="split-tf32"),
+                     progress=False)
+    assert seen and set(seen) == {similarity.split_matmul}
+    with pytest.raises(ValueError, match="cka_matmul"):
+        SimilarityConfig(cka_matmul="tf32")
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="TF32 tensor cores need CUDA")
 def test_cuda_split_tf32_similarity_matches_float64():
     adapter = adapter_for(tiny_llama(5))

@@ -48,12 +48,21 @@ class SharedBasisLinear(nn.Module):
         self.bias = nn.Parameter(torch.zeros(d_out, **kw)) if bias else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # as sharvet's own: each vector scales the smaller side (activations for few tokens, weights for many)
+        tokens = x.numel() // self.in_features
+        basis, v = self.basis, self.v
         if self.scale is not None:
-            x = x * self.scale
-        h = F.linear(x, self.basis)
+            if tokens > self.rank:
+                basis = basis * self.scale
+            else:
+                x = x * self.scale
+        h = F.linear(x, basis)
         if self.sigma is not None:
-            h = h * self.sigma
-        return F.linear(h, self.v, self.bias)
+            if tokens > self.out_features:
+                v = v * self.sigma
+            else:
+                h = h * self.sigma
+        return F.linear(h, v, self.bias)
 
 
 class SparseProjectionLinear(nn.Module):

@@ -5,6 +5,7 @@ Times come from CUDA events after warm-up (on the CPU: ``perf_counter``); the pe
 """
 from __future__ import annotations
 
+import contextlib
 import functools
 import gc
 import inspect
@@ -160,9 +161,9 @@ class StepRunner:
         self._steps(token, pos, cache, new - 1, out)
         return torch.cat(out, dim=1)
 
-    def decode(self, batch: int) -> tuple[float, float]:
+    def decode(self, batch: int, watch: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
         """Seconds per decode step after ``decode_prompt`` tokens, and the seconds the warm-up steps took (they
-        compile and record the CUDA graph)."""
+        compile and record the CUDA graph). ``watch`` (e.g. a profiler) is entered around the timed steps only."""
         s = self.settings
         token, pos, cache = self._start(_ids(self.model, batch, s.decode_prompt, self.device, s.seed),
                                         s.warmup + s.decode_steps)
@@ -171,7 +172,9 @@ class StepRunner:
         token = self._steps(token, pos, cache, s.warmup)
         _sync(self.device)
         warmup = time.perf_counter() - start
-        return elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device) / s.decode_steps, warmup
+        with watch or contextlib.nullcontext():
+            seconds = elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device)
+        return seconds / s.decode_steps, warmup
 
 
 @torch.no_grad()
