@@ -168,28 +168,37 @@ def cmd_run(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
+#: a throughput variant flag that is not a refinement flag: frozen weights and activations in bf16 (the trained
+#: tensors stay float32 while training, as the refinement keeps half-precision vectors)
+BF16 = "bf16"
+
+
 def _variant_setup(a: argparse.Namespace, teacher, stats, calib, variant: str, name: str):
-    """A fresh compression and the default refinement's config for ``variant`` (``BATCH[:FLAG]``), short."""
+    """A fresh compression, the teacher to train against and the default refinement's config for ``variant``
+    (``BATCH[:FLAG]``: ``--FLAG`` added to the refinement flags, or ``bf16``), short."""
     bs, _, flag = variant.partition(":")
     student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
+    teacher_model = teacher.model
+    if flag == BF16:
+        student, teacher_model, flag = student.to(torch.bfloat16), copy.deepcopy(teacher.model).bfloat16(), ""
     args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
                                         "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
                                        + ([f"--{flag}"] if flag else []))
     args.device = a.device
-    return student, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
+    return student, teacher_model, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
 
 
 def _refine_variant(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str, name: str):
-    student, cfg = _variant_setup(a, teacher, stats, calib, variant, name)
-    return refine(student, teacher.model, ids, cfg)
+    student, teacher_model, cfg = _variant_setup(a, teacher, stats, calib, variant, name)
+    return refine(student, teacher_model, ids, cfg)
 
 
 def _profile(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str) -> dict:
     """Where a refinement's time goes: torch.profiler over a short run (its set-up and first step included, the
     compression not), kernels by their own device time."""
-    student, cfg = _variant_setup(a, teacher, stats, calib, variant, "profile")
+    student, teacher_model, cfg = _variant_setup(a, teacher, stats, calib, variant, "profile")
     with profiler(a.device) as prof:
-        refine(student, teacher.model, ids, cfg)
+        refine(student, teacher_model, ids, cfg)
     return {"variant": variant, "steps": a.steps, **top_operations(prof, a.device)}
 
 
@@ -308,7 +317,8 @@ def main() -> None:
     r.add_argument("--task-rows", default="", help="rows (and 'original') scored on the five tasks too")
     t = sub.choices["throughput"]
     t.add_argument("--variants", default="16,32",
-                   help="batch sizes of the default refinement; BATCH:FLAG adds the refinement flag --FLAG")
+                   help="batch sizes of the default refinement; BATCH:FLAG adds the refinement flag --FLAG, "
+                        "BATCH:bf16 runs student and teacher in bf16 (trained tensors in float32)")
     t.add_argument("--steps", type=int, default=12)
     t.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
     t.add_argument("--gen-sequences", type=int, default=256, help="teacher-text sequences to time (0: none)")

@@ -18,10 +18,10 @@ def test_profile_ranks_operations_by_their_own_time(monkeypatch):
             x = x + 1
         return x @ torch.randn(256, 2048)
 
-    monkeypatch.setattr(quality, "_variant_setup", lambda *_args: (None, None))  # the compression is not profiled
+    monkeypatch.setattr(quality, "_variant_setup", lambda *_args: (None, None, None))  # compression not profiled
     monkeypatch.setattr(quality, "refine", work)
     a = argparse.Namespace(device="cpu", steps=3)
-    out = quality._profile(a, argparse.Namespace(model=None), None, None, None, "16")
+    out = quality._profile(a, None, None, None, None, "16")
     names = [row["name"] for row in out["top"]]
     assert out["variant"] == "16" and out["time"] == "self_cpu_time_total" and out["total_ms"] > 0
     assert "aten::add" in names and "aten::mm" in names

@@ -40,12 +40,12 @@ from accelerate.utils import set_seed
 from torch import nn
 from tqdm.auto import tqdm
 
+from ..rank_padding import DEFAULT_ALIGN, Padding, pad_ranks, trim_ranks
 from . import sharding
 from . import state as ckpt
 from .guard import NonFiniteLossError, require_finite
 from .history import HISTORY, PLOT, HistoryWriter, plot_history
 from .losses import LossOutput, LossWeights, refinement_loss
-from ..rank_padding import DEFAULT_ALIGN, Padding, pad_ranks, trim_ranks
 from .presets import preset
 from .vectors import (MATRIX_MODES, ParameterSummary, VECTOR_MODES, mark_trainable, optimizer_groups,
                       parameter_summary, release_sigma)
