@@ -108,14 +108,18 @@ def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
                        cache_dir=DEFAULT_CACHE)
     data_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    out = refine(student, teacher.model, ids, cfg)
+    teacher_model = teacher.model
+    if a.train_dtype == "bfloat16":  # frozen weights and activations in bf16 (trained tensors float32 meanwhile)
+        student, teacher_model = student.bfloat16(), copy.deepcopy(teacher.model).bfloat16()
+    out = refine(student, teacher_model, ids, cfg)
     refine_s = time.perf_counter() - t0
-    model = refined_model(out)
+    model = refined_model(out).float()  # scored in float32 like every row (a bf16 run keeps bf16 values)
     info = {"refine_mode": cfg.mode, "preset": cfg.preset, "lr": cfg.learning_rate(), "steps": out.steps,
             "train_data": args.train_data, "train_tokens": int(ids.numel()) * cfg.epochs,
             "distinct_train_sequences": int(ids.shape[0]), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "tokens_per_s": out.tokens_per_s, "data_s": round(data_s, 1), "refine_s": round(refine_s, 1),
-            "trainable": out.parameters.trainable, "loss_weights": out.loss_weights, "final_losses": out.final}
+            "trainable": out.parameters.trainable, "loss_weights": out.loss_weights, "final_losses": out.final,
+            "train_dtype": a.train_dtype}
     return model, info
 
 
@@ -156,7 +160,8 @@ def cmd_run(a: argparse.Namespace) -> None:
         record = {"row": row, "method": name, "ratio": float(ratio), "compress_ratio": compress_ratio,
                   "realised_ratio": round(report.linear_ratio, 5),
                   "adapters_in_budget": info["refine_mode"] != "lora" or bool(ROWS[name][1].get(IN_BUDGET)),
-                  "default": _is_default(name, extra, a.calib_data), "calib_data": a.calib_data,
+                  "default": _is_default(name, extra, a.calib_data) and a.train_dtype == "float32",
+                  "calib_data": a.calib_data,
                   "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
                   **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
         res["rows"].append(record)
@@ -264,13 +269,16 @@ def _record(row: dict, run: dict) -> dict:
     calib_data = row.get("calib_data", "wikitext2")  # runs before 2026-11-30 calibrated on WikiText-2
     command = (f"sharvet compress --ratio {ratio}{_compress_flags(row['method'], calib_data)} --refine{flags} "
                f"--device cuda --data-dir DATA -o OUT")
+    bf16 = row.get("train_dtype", "float32") == "bfloat16"
+    if bf16:  # no one command: compressed in float32, then student and teacher cast to bf16 for the refinement
+        command += " (refined in bf16: quality_smollm2.py run --train-dtype bfloat16)"
     keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
             "tokens_per_s", "trainable", "loss_weights")
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
-            "default": _is_default(row["method"], row["refine_flags"], calib_data), "calib_data": calib_data,
-            **{k: row[k] for k in keep}, "compress_ratio": row.get("compress_ratio", row["ratio"]),
+            "default": _is_default(row["method"], row["refine_flags"], calib_data) and not bf16,
+            "calib_data": calib_data, "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep}, "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}
 
@@ -312,6 +320,8 @@ def main() -> None:
     r.add_argument("--rows", default="sharvet@0.7,basis-sharing@0.7,svd@0.7,sharvet@0.5,basis-sharing@0.5,svd@0.5")
     r.add_argument("--refine-flags", default="", help="refinement flags added to every row (then no row is default)")
     r.add_argument("--ppl", default="wikitext2,c4")
+    r.add_argument("--train-dtype", default="float32", choices=("float32", "bfloat16"),
+                   help="refine with student and teacher in bf16 (the throughput bench's BATCH:bf16): its quality")
     r.add_argument("--max-eval-tokens", type=int, default=None, help="score only the first N tokens (smoke runs)")
     r.add_argument("--original", action="store_true", help="score the original model too")
     r.add_argument("--task-rows", default="", help="rows (and 'original') scored on the five tasks too")

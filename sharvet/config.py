@@ -109,7 +109,10 @@ class CompressionConfig:
         return self.group_kind.needs_ids(self)
 
     def to_dict(self) -> dict:
-        return dataclasses.asdict(self)
+        d = dataclasses.asdict(self)
+        if d["similarity"]["cka_matmul"] == "ieee":  # added after format 1: written only when not the default
+            del d["similarity"]["cka_matmul"]
+        return d
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CompressionConfig":
