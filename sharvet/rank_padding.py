@@ -2,7 +2,7 @@
 
 The planner's ranks are arbitrary (1433, 2229, ...). A bf16 GEMM whose inner or row dimension is not a multiple of 8
 misses cuBLAS's aligned kernels: the 8B-shape prefill at ratio 0.7 ran at 0.28x dense with such ranks (H200,
-2026-11-30), and a SmolLM2 refinement step spent ~14 % of its device time in CUTLASS's ``align1`` fallbacks.
+2026-11-30), and CUTLASS's ``align1`` fallbacks were among the largest kernels of a SmolLM2 refinement step.
 Padding a basis with zero rows, each V with zero columns and sigma with zeros adds ``r' - r`` components that are
 exactly zero: the output is unchanged, and in training their gradients are exactly zero too (their activations are
 zero), so AdamW leaves them at zero and the trajectory is the unpadded one up to summation order.
