@@ -33,13 +33,24 @@ class SharedBasisLinear(nn.Module):
         self.basis = basis
         self.v = nn.Parameter(v, requires_grad=False)
         self.sigma = None if sigma is None else nn.Parameter(sigma.reshape(rank), requires_grad=False)
+        #: while refining with a relative sigma: the trained ``delta`` of ``sigma (1 + delta)`` (sigma frozen);
+        #: a plain attribute of this class, not a parametrization, so every layer stays one class (``torch.compile``
+        #: compiles one graph for all of them)
+        self.register_parameter("sigma_delta", None)
         self.scale = None if scale is None else nn.Parameter(scale.reshape(d_in), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.reshape(d_out), requires_grad=False)
+
+    def current_sigma(self) -> torch.Tensor | None:
+        """sigma, or ``sigma (1 + delta)`` while a relative sigma trains (computed in float32, in sigma's dtype)."""
+        if self.sigma_delta is None:
+            return self.sigma
+        return (self.sigma.float() * (1 + self.sigma_delta.float())).to(self.sigma.dtype)
 
     @property
     def weight(self) -> torch.Tensor:
         """The dense ``(d_out, d_in)`` weight this module represents (for analysis, never in forward)."""
-        coeff = self.v if self.sigma is None else self.v * self.sigma
+        sigma = self.current_sigma()
+        coeff = self.v if sigma is None else self.v * sigma
         w = coeff @ self.basis
         return w if self.scale is None else w * self.scale
 
@@ -48,19 +59,20 @@ class SharedBasisLinear(nn.Module):
         # (tokens x d_in) or the basis's columns (r x d_in), sigma scales h (tokens x r) or V's columns
         # (d_out x r). Decoding a few tokens scales the activations; a training batch of thousands of tokens
         # scales the weights, which saves the elementwise passes over (and the stored copies of) its activations.
-        tokens = x.numel() // self.in_features
         basis, v = self.basis, self.v
+        tokens = x.numel() // basis.shape[1]  # sizes from the tensors: symbolic when compiled with dynamic shapes
         if self.scale is not None:
-            if tokens > self.rank:
+            if tokens > basis.shape[0]:
                 basis = basis * self.scale
             else:
                 x = x * self.scale
         h = F.linear(x, basis)
-        if self.sigma is not None:
-            if tokens > self.out_features:
-                v = v * self.sigma
+        sigma = self.current_sigma()
+        if sigma is not None:
+            if tokens > v.shape[0]:
+                v = v * sigma
             else:
-                h = h * self.sigma
+                h = h * sigma
         return F.linear(h, v, self.bias)
 
     @torch.no_grad()
@@ -68,6 +80,8 @@ class SharedBasisLinear(nn.Module):
         """Fold sigma into v (V' = Sigma V^T): one multiply fewer per forward, r parameters fewer."""
         if self.sigma is None:
             return
+        if self.sigma_delta is not None:
+            raise RuntimeError("a relative sigma is still training: release it first (refinement.vectors)")
         self.v = nn.Parameter(self.v * self.sigma.to(self.v.dtype), requires_grad=False)
         self.sigma = None
 

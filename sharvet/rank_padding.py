@@ -8,8 +8,8 @@ exactly zero: the output is unchanged, and in training their gradients are exact
 zero), so AdamW leaves them at zero and the trajectory is the unpadded one up to summation order.
 
 Padding is in place (``.data``), so Parameter objects, their sharing between layers and an optimizer built on them
-stay valid; :func:`trim_ranks` undoes it. A relative sigma (``sigma0 (1 + delta)``, ``refinement.vectors``) is padded
-in both its trained ``delta`` and its ``sigma0``.
+stay valid; :func:`trim_ranks` undoes it. A relative sigma (``sigma (1 + delta)``, ``refinement.vectors``) is padded
+in both its frozen sigma and its trained ``delta``.
 """
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ from dataclasses import dataclass, field
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from .modules import SharedBasisLinear
 
@@ -46,12 +45,9 @@ def _resize(t: torch.Tensor, size: int, dim: int) -> None:
 
 
 def _resize_sigma(m: SharedBasisLinear, size: int) -> None:
-    if parametrize.is_parametrized(m, "sigma"):
-        p = m.parametrizations.sigma
-        _resize(p.original, size, 0)
-        _resize(p[0].sigma0, size, 0)
-    elif m.sigma is not None:
-        _resize(m.sigma, size, 0)
+    for t in (m.sigma, m.sigma_delta):
+        if t is not None:
+            _resize(t, size, 0)
 
 
 @torch.no_grad()

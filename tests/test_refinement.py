@@ -97,7 +97,7 @@ def _grads_after_backward(teacher, student, mode):
 
 def _trained_tensor(module: SharedBasisLinear, attr: str) -> torch.nn.Parameter:
     """lambda itself; for sigma its relative change delta (``sigma = sigma0 (1 + delta)``)."""
-    return module.parametrizations.sigma.original if attr == "sigma" else getattr(module, attr)
+    return module.sigma_delta if attr == "sigma" else getattr(module, attr)
 
 
 # --- trainable vectors ------------------------------------------------------------------------------
@@ -482,9 +482,9 @@ def test_relative_sigma_leaves_a_plain_sigma_that_resumes_and_saves(pair, tmp_pa
     teacher, student = pair
     result = refine(student, teacher, _ids(4), _cfg(tmp_path, mode="both", epochs=1, batch_size=2, max_steps=1))
     names = {n for n, _ in result.model.named_parameters()}
-    assert not any("parametrizations" in n for n in names) and any(n.endswith(".sigma") for n in names)
+    assert not any("sigma_delta" in n for n in names) and any(n.endswith(".sigma") for n in names)
     saved = ckpt_state.read_vectors(ckpt_state.latest_checkpoint(result.output_dir), "vectors")
-    delta = [v for k, v in saved.items() if k.endswith("parametrizations.sigma.original")]
+    delta = [v for k, v in saved.items() if k.endswith(".sigma_delta")]
     assert delta and all(d.abs().max() > 0 for d in delta)  # the checkpoint holds delta, moved from 0
     assert type(next(m for m in result.model.modules() if isinstance(m, SharedBasisLinear))) is SharedBasisLinear
     modules = [m for m in result.model.modules() if isinstance(m, SharedBasisLinear)]
@@ -626,6 +626,35 @@ def test_training_on_padded_ranks_follows_the_unpadded_trajectory(pair, tmp_path
     for name, p in plain.items():
         assert p.shape == padded[name].shape, name
         assert torch.allclose(p, padded[name], rtol=1e-4, atol=1e-6), name
+
+
+def test_compiled_layers_share_graphs_and_train_as_eager(tmp_path):
+    """``compile=True``: layers of different ranks share their graphs (fewer graphs than distinct rank sets,
+    where static shapes compile one per layer), the run ends where eager does, and the model and the teacher
+    come back eager."""
+    from torch._dynamo.utils import counters
+
+    torch.manual_seed(0)
+    teacher = LlamaForCausalLM(LlamaConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=10,
+                                           num_attention_heads=4, num_key_value_heads=2, vocab_size=VOCAB)).eval()
+    student = copy.deepcopy(teacher)
+    ids = _ids(4, 16)
+    compress(student, collect_stats(adapter_for(student), ids, progress=False), CompressionConfig(ratio=0.5, k=5),
+             progress=False)
+    rank_sets = {tuple(m.rank for m in layer.modules() if isinstance(m, SharedBasisLinear))
+                 for layer in student.model.layers}
+    torch._dynamo.reset()
+    counters.clear()
+    cfg = dict(mode="factors", epochs=1, lr_matrices=1e-3, gradient_checkpointing=True)
+    compiled = refine(copy.deepcopy(student), teacher, ids, _cfg(tmp_path / "c", compile=True, **cfg))
+    graphs = counters["stats"]["unique_graphs"]
+    eager = refine(copy.deepcopy(student), teacher, ids, _cfg(tmp_path / "e", **cfg))
+    assert 0 < graphs < len(rank_sets)
+    plain = dict(eager.model.named_parameters())
+    for name, p in compiled.model.named_parameters():
+        assert torch.allclose(p, plain[name], rtol=1e-4, atol=1e-6), name
+    assert all(layer._compiled_call_impl is None for layer in [*compiled.model.model.layers, *teacher.model.layers])
+    torch._dynamo.reset()
 
 
 def test_factors_mode_trains_what_the_layout_stores():

@@ -61,6 +61,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--refine-output", default=None, help="folder for checkpoints, history.jsonl and loss.png")
     g.add_argument("--max-steps", type=int, default=None, help="stop after this many optimizer steps")
     g.add_argument("--gradient-checkpointing", action="store_true")
+    g.add_argument("--compile", action="store_true", help="torch.compile every decoder layer of student and teacher "
+                   "(one graph for layers of different ranks; compile time first, faster steps after)")
     g.add_argument("--teacher-device", default=None, help="device of the teacher (default: the student's)")
     g.add_argument("--fsdp", action="store_true", help="under accelerate launch with several processes: shard the "
                    "frozen weights of student and teacher per decoder layer (FSDP) instead of a copy per GPU")
@@ -99,6 +101,7 @@ def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None 
         temperature=args.temperature, feature_layers=_layers(args.feature_layers), lora_rank=args.lora_rank,
         lora_alpha=args.lora_alpha, lora_dropout=args.lora_dropout,
         gradient_checkpointing=args.gradient_checkpointing, teacher_device=args.teacher_device, fsdp=args.fsdp,
+        compile=args.compile,
         checkpoint_every=args.checkpoint_every, max_steps=args.max_steps,
         output_dir=args.refine_output or output_dir or _DEFAULTS.output_dir,
         progress=not getattr(args, "no_progress", False), cpu=getattr(args, "device", None) == "cpu",

@@ -55,7 +55,7 @@ log = logging.getLogger(__name__)
 MODES = (*VECTOR_MODES, "lora")
 #: fields that do not change the trajectory, so a resumed run may change them
 _FREE_FIELDS = {"gradient_checkpointing", "teacher_device", "checkpoint_every", "max_steps", "output_dir", "progress",
-                "cpu", "fsdp"}
+                "cpu", "fsdp", "compile"}
 
 
 
@@ -106,6 +106,9 @@ class RefineConfig:
     #: with several processes, shard the frozen weights of student and teacher with FSDP (``sharding.py``)
     #: instead of a whole copy per process (DDP)
     fsdp: bool = False
+    #: compile every decoder layer of student and teacher (``torch.compile``, dynamic shapes, parameter sizes
+    #: included, so layers of different ranks share a graph): fused element-wise work; costs compile time first
+    compile: bool = False
     #: save a resumable checkpoint every this many optimizer steps (0 = only at the end / on Ctrl-C)
     checkpoint_every: int = 0
     #: stop (with a checkpoint) after this many optimizer steps in total; the schedule still spans all epochs
@@ -128,6 +131,8 @@ class RefineConfig:
             raise ValueError(f"invalid refinement settings: {', '.join(bad)}")
         if not 0 < self.lr_end_factor <= 1:
             raise ValueError(f"lr_end_factor must be in (0, 1], got {self.lr_end_factor}")
+        if self.compile and self.fsdp:
+            raise ValueError("compile and fsdp do not go together yet: choose one")
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else preset(self.preset).lr(self.mode)
@@ -356,6 +361,8 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
         teacher.eval().requires_grad_(False).to(tdev)
         if fsdp and cfg.teacher_device is None:
             teacher = sharding.shard(teacher, [], accelerator.device)
+    if cfg.compile:
+        compile_layers(model, teacher if weights.needs_teacher else None)
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
     fingerprint = _fingerprint(cfg, ids, accelerator.num_processes)
@@ -419,6 +426,24 @@ def _trainable_student(student: nn.Module, cfg: RefineConfig, *,
     if cfg.progress:  # Table 1's accounting, shown to the user before training starts
         tqdm.write(parameter_summary(model).line())
     return model, downcast
+
+
+def compile_layers(*models: nn.Module | None, on: bool = True) -> None:
+    """Compile every decoder layer of ``models`` in place, or (``on=False``) drop the compiled forward again.
+
+    Dynamic shapes with parameter sizes symbolic too, and no duck sizing (two sizes that happen to be equal in
+    one layer would otherwise be guarded equal): the layers of a compressed model differ only in their ranks, so
+    they share their graphs (a handful in all, whatever the layer count: the first layer's input needs no
+    gradient, the teacher's layers are plain), where static shapes compile one per layer and hit dynamo's
+    recompile limit. Set for the process: both settings are read whenever a graph compiles."""
+    torch._dynamo.config.force_parameter_static_shapes = not on
+    torch.fx.experimental._config.use_duck_shape = not on
+    for model in filter(None, models):
+        for layer in (m for m in model.modules() if type(m) in sharding.layer_classes(model)):
+            if on:
+                layer.compile(dynamic=True)
+            else:
+                layer._compiled_call_impl = None
 
 
 def _activation_checkpointing(model: nn.Module, on: bool) -> None:
@@ -657,6 +682,7 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     # a sharded student is put back together on the main process (the others keep theirs, sharded)
     model = (sharding.gather(run.model, run.accelerator.is_main_process) or run.model) if run.fsdp else \
         run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
+    compile_layers(model, run.teacher, on=False)
     trim_ranks(run.padding)
     summary = parameter_summary(model)  # counted while the vectors still train
     release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype

@@ -7,9 +7,11 @@ Sigma is trained **relative to its start**: ``sigma = sigma0 * (1 + delta)`` wit
 tensor (initially 0). Whitening builds sigma from token-summed ``X^T X``, so its entries run from ~10^2
 to ~10^5 on SmolLM2; Adam moves a parameter by about ``lr`` per step whatever its size, so an absolute
 sigma would change by well under 1 % in a whole run (the reference's behaviour, kept as
-``relative_sigma=False``). ``delta`` is scale-free like lambda (which starts at 1). The
-parametrisation (``torch.nn.utils.parametrize``) lives only while training: :func:`release_sigma`
-writes ``sigma0 * (1 + delta)`` back as a plain ``sigma`` so the saved format does not change.
+``relative_sigma=False``). ``delta`` is scale-free like lambda (which starts at 1). It lives only while
+training, as ``SharedBasisLinear.sigma_delta`` beside the frozen sigma (a plain parameter rather than a
+``torch.nn.utils.parametrize`` parametrisation, which makes a class per module and so a compiled graph per
+layer): :func:`release_sigma` writes ``sigma0 * (1 + delta)`` back as a plain ``sigma`` so the saved format does
+not change.
 """
 from __future__ import annotations
 
@@ -17,7 +19,6 @@ from typing import NamedTuple
 
 import torch
 from torch import nn
-from torch.nn.utils import parametrize
 
 from ..accounting import unique_parameters
 from ..modules import SharedBasisLinear
@@ -42,24 +43,6 @@ OPTIONAL: dict[str, set[str]] = {m: {"scale", "sigma"} for m in MATRIX_MODES}
 def shared_basis_modules(model: nn.Module) -> list[tuple[str, SharedBasisLinear]]:
     """Every compressed linear module with its qualified name, in module order."""
     return [(name, m) for name, m in model.named_modules() if isinstance(m, SharedBasisLinear)]
-
-
-class RelativeSigma(nn.Module):
-    """``sigma = sigma0 * (1 + delta)``: the trained ``delta`` moves sigma by a fraction, not an absolute step."""
-
-    def __init__(self, sigma0: torch.Tensor) -> None:
-        super().__init__()
-        self.register_buffer("sigma0", sigma0.detach().float().clone())
-        self.dtype = sigma0.dtype
-
-    def forward(self, delta: torch.Tensor) -> torch.Tensor:
-        # computed in float32, returned in sigma's own dtype (a bf16 model keeps bf16 sigma; parametrize requires it)
-        return (self.sigma0 * (1 + delta.float())).to(self.dtype)
-
-    def right_inverse(self, sigma: torch.Tensor) -> torch.Tensor:
-        """The ``delta`` of a given sigma (0 at registration); a zero sigma0 keeps delta at 0."""
-        safe = torch.where(self.sigma0 == 0, torch.ones_like(self.sigma0), self.sigma0)
-        return torch.where(self.sigma0 == 0, torch.zeros_like(self.sigma0), sigma.float() / safe - 1).to(sigma.dtype)
 
 
 def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool = True) -> list[nn.Parameter]:
@@ -118,19 +101,20 @@ def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float |
 
 
 def _relative(module: SharedBasisLinear) -> nn.Parameter:
-    if not parametrize.is_parametrized(module, "sigma"):
-        parametrize.register_parametrization(module, "sigma", RelativeSigma(module.sigma))
-    return module.parametrizations.sigma.original
+    """``sigma = sigma0 (1 + delta)``: the trained ``delta`` moves sigma by a fraction, not an absolute step
+    (``SharedBasisLinear.current_sigma``; sigma itself stays frozen as sigma0)."""
+    if module.sigma_delta is None:
+        module.sigma_delta = nn.Parameter(torch.zeros_like(module.sigma))
+    return module.sigma_delta
 
 
 @torch.no_grad()
 def release_sigma(model: nn.Module) -> None:
     """Write every relative sigma back as a plain, frozen ``sigma = sigma0 (1 + delta)`` in its first dtype."""
     for _, m in shared_basis_modules(model):
-        if parametrize.is_parametrized(m, "sigma"):
-            dtype = m.parametrizations.sigma[0].dtype
-            value = m.sigma.detach().to(dtype)
-            parametrize.remove_parametrizations(m, "sigma", leave_parametrized=False)
+        if m.sigma_delta is not None:
+            value = m.current_sigma().detach()
+            m.sigma_delta = None
             m.sigma = nn.Parameter(value, requires_grad=False)
 
 
