@@ -33,18 +33,19 @@ class SharedBasisLinear(nn.Module):
         self.basis = basis
         self.v = nn.Parameter(v, requires_grad=False)
         self.sigma = None if sigma is None else nn.Parameter(sigma.reshape(rank), requires_grad=False)
-        #: while refining with a relative sigma: the trained ``delta`` of ``sigma (1 + delta)`` (sigma frozen);
-        #: a plain attribute of this class, not a parametrization, so every layer stays one class (``torch.compile``
-        #: compiles one graph for all of them)
+        #: while refining with a relative sigma: ``sigma0 (1 + sigma_delta)`` with ``sigma_delta`` trained and
+        #: ``sigma0`` a buffer (a copy of sigma that FSDP does not shard). Plain attributes of this class, not a
+        #: parametrization, so every layer stays one class (``torch.compile`` compiles one graph for all of them)
         self.register_parameter("sigma_delta", None)
+        self.register_buffer("sigma0", None)
         self.scale = None if scale is None else nn.Parameter(scale.reshape(d_in), requires_grad=False)
         self.bias = None if bias is None else nn.Parameter(bias.reshape(d_out), requires_grad=False)
 
     def current_sigma(self) -> torch.Tensor | None:
-        """sigma, or ``sigma (1 + delta)`` while a relative sigma trains (computed in float32, in sigma's dtype)."""
+        """sigma, or ``sigma0 (1 + delta)`` while a relative sigma trains (computed in float32, in sigma's dtype)."""
         if self.sigma_delta is None:
             return self.sigma
-        return (self.sigma.float() * (1 + self.sigma_delta.float())).to(self.sigma.dtype)
+        return (self.sigma0 * (1 + self.sigma_delta.float())).to(self.sigma.dtype)
 
     @property
     def weight(self) -> torch.Tensor:

@@ -9,7 +9,7 @@ zero), so AdamW leaves them at zero and the trajectory is the unpadded one up to
 
 Padding is in place (``.data``), so Parameter objects, their sharing between layers and an optimizer built on them
 stay valid; :func:`trim_ranks` undoes it. A relative sigma (``sigma (1 + delta)``, ``refinement.vectors``) is padded
-in both its frozen sigma and its trained ``delta``.
+in its sigma, its ``sigma0`` and its trained ``delta``.
 """
 from __future__ import annotations
 
@@ -45,7 +45,7 @@ def _resize(t: torch.Tensor, size: int, dim: int) -> None:
 
 
 def _resize_sigma(m: SharedBasisLinear, size: int) -> None:
-    for t in (m.sigma, m.sigma_delta):
+    for t in (m.sigma, m.sigma0, m.sigma_delta):
         if t is not None:
             _resize(t, size, 0)
 

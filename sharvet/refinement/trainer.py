@@ -682,7 +682,8 @@ def _result(run: _Run, cfg: RefineConfig, position: ckpt.DataPosition, finished:
     # a sharded student is put back together on the main process (the others keep theirs, sharded)
     model = (sharding.gather(run.model, run.accelerator.is_main_process) or run.model) if run.fsdp else \
         run.accelerator.unwrap_model(run.model, keep_fp32_wrapper=False)
-    compile_layers(model, run.teacher, on=False)
+    if cfg.compile:
+        compile_layers(model, run.teacher, on=False)
     trim_ranks(run.padding)
     summary = parameter_summary(model)  # counted while the vectors still train
     release_sigma(model)  # sigma0 (1 + delta) back into a plain sigma, in the model's dtype

@@ -8,7 +8,7 @@ tensor (initially 0). Whitening builds sigma from token-summed ``X^T X``, so its
 to ~10^5 on SmolLM2; Adam moves a parameter by about ``lr`` per step whatever its size, so an absolute
 sigma would change by well under 1 % in a whole run (the reference's behaviour, kept as
 ``relative_sigma=False``). ``delta`` is scale-free like lambda (which starts at 1). It lives only while
-training, as ``SharedBasisLinear.sigma_delta`` beside the frozen sigma (a plain parameter rather than a
+training, as ``SharedBasisLinear.sigma_delta`` with a ``sigma0`` buffer (plain attributes rather than a
 ``torch.nn.utils.parametrize`` parametrisation, which makes a class per module and so a compiled graph per
 layer): :func:`release_sigma` writes ``sigma0 * (1 + delta)`` back as a plain ``sigma`` so the saved format does
 not change.
@@ -102,8 +102,10 @@ def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float |
 
 def _relative(module: SharedBasisLinear) -> nn.Parameter:
     """``sigma = sigma0 (1 + delta)``: the trained ``delta`` moves sigma by a fraction, not an absolute step
-    (``SharedBasisLinear.current_sigma``; sigma itself stays frozen as sigma0)."""
+    (``SharedBasisLinear.current_sigma``; sigma0 is a float32 copy of sigma, which stays as it is until
+    :func:`release_sigma`)."""
     if module.sigma_delta is None:
+        module.sigma0 = module.sigma.detach().float().clone()
         module.sigma_delta = nn.Parameter(torch.zeros_like(module.sigma))
     return module.sigma_delta
 
@@ -114,7 +116,7 @@ def release_sigma(model: nn.Module) -> None:
     for _, m in shared_basis_modules(model):
         if m.sigma_delta is not None:
             value = m.current_sigma().detach()
-            m.sigma_delta = None
+            m.sigma_delta, m.sigma0 = None, None
             m.sigma = nn.Parameter(value, requires_grad=False)
 
 
