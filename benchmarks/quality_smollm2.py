@@ -59,6 +59,7 @@ ROWS = {
     "sharvet-plus-rel1e-2": ("sharvet-plus", {}, ["--lr-matrices", "1e-2"]),
     "sharvet-plus-rel1e-3": ("sharvet-plus", {}, ["--lr-matrices", "1e-3"]),
     "sharvet-all": ("sharvet-plus", {}, ["--refine-mode", "all"]),  # the shared bases trained too
+    "sharvet-plus-balanced": ("sharvet-plus", {"grouping": "spectral-balanced"}, []),  # groups of equal size
     # the LoRA baselines with their adapters counted inside the ratio (compressed to ratio - LoRA's share)
     "basis-sharing-in-budget": ("basis-sharing", {IN_BUDGET: True}, []),
     "svd-in-budget": ("basis-sharing", {"k": 30, IN_BUDGET: True}, []),

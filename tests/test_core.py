@@ -266,6 +266,22 @@ def test_similarity_switches_and_spectral_groups_similar_layers():
     assert groups == [[0, 1, 2], [3, 4, 5]]
 
 
+def test_balanced_spectral_keeps_balanced_clusters_and_splits_unbalanced_ones():
+    """Clusters that are already of equal size come back as spectral finds them; a big cluster beside
+    outliers is split so that every group has floor(L / k) or one more layers."""
+    block = torch.full((6, 6), 0.05)
+    block[:3, :3] = block[3:, 3:] = 0.95
+    assert make_groups("spectral-balanced", GroupingRequest(6, 2, block, 0)) == [[0, 1, 2], [3, 4, 5]]
+    skewed = torch.full((8, 8), 0.05)
+    skewed[:6, :6] = 0.95  # six similar layers and two outliers
+    skewed.fill_diagonal_(1.0)
+    free = make_groups("spectral", GroupingRequest(8, 4, skewed, 0))
+    balanced = make_groups("spectral-balanced", GroupingRequest(8, 4, skewed, 0))
+    assert max(map(len, free)) > 2  # free sizes: the six stay (mostly) together
+    assert sorted(map(len, balanced)) == [2, 2, 2, 2]
+    assert sorted(map(len, make_groups("spectral-balanced", GroupingRequest(8, 3, skewed, 0)))) == [2, 3, 3]
+
+
 def test_cycle_layer_to_set_maps():
     assert make_groups("cycle", GroupingRequest(6, 3)) == [[0, 3], [1, 4], [2, 5]]
     assert make_groups("cycle-rev", GroupingRequest(6, 3)) == [[0, 5], [1, 4], [2, 3]]
