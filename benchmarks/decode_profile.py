@@ -23,6 +23,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharvet.inference.form import FUSE_MODES, prepare  # noqa: E402
+from sharvet.inference.command import COMPILE_MODES  # noqa: E402
 from sharvet.inference.measure import BenchSettings, StepRunner, release  # noqa: E402
 from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
 from sharvet.inference.traffic import weight_bytes_per_token  # noqa: E402
@@ -50,7 +51,7 @@ def main() -> None:
     p.add_argument("--fuse", default="auto", choices=FUSE_MODES)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=16, help="decode steps profiled")
-    p.add_argument("--compile-mode", default="reduce-overhead", choices=("reduce-overhead", "max-autotune", "default"),
+    p.add_argument("--compile-mode", default="reduce-overhead", choices=(*COMPILE_MODES, "default"),
                    help="default: compiled without CUDA graphs (every kernel launched from the host)")
     p.add_argument("--coordinate-descent", action="store_true", help="as sharvet bench's")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

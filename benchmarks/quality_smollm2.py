@@ -99,6 +99,12 @@ def _compressed(teacher, stats, calib, name: str, ratio: float, device: str):
     return student, result.report, round(ratio, 5)
 
 
+def _in_bf16(student, teacher):
+    """The student and a copy of the teacher in bf16: frozen weights and activations in bf16 (the refinement keeps
+    the trained tensors in float32 meanwhile)."""
+    return student.bfloat16(), copy.deepcopy(teacher.model).bfloat16()
+
+
 def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
     args = _refine_parser().parse_args(flags + ["--refine-output", out_dir])
     args.device = a.device
@@ -109,9 +115,7 @@ def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
                        cache_dir=DEFAULT_CACHE)
     data_s = time.perf_counter() - t0
     t0 = time.perf_counter()
-    teacher_model = teacher.model
-    if a.train_dtype == "bfloat16":  # frozen weights and activations in bf16 (trained tensors float32 meanwhile)
-        student, teacher_model = student.bfloat16(), copy.deepcopy(teacher.model).bfloat16()
+    student, teacher_model = _in_bf16(student, teacher) if a.train_dtype == "bfloat16" else (student, teacher.model)
     out = refine(student, teacher_model, ids, cfg)
     refine_s = time.perf_counter() - t0
     model = refined_model(out).float()  # scored in float32 like every row (a bf16 run keeps bf16 values)
@@ -186,7 +190,7 @@ def _variant_setup(a: argparse.Namespace, teacher, stats, calib, variant: str, n
     student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
     teacher_model = teacher.model
     if flag == BF16:
-        student, teacher_model, flag = student.to(torch.bfloat16), copy.deepcopy(teacher.model).bfloat16(), ""
+        (student, teacher_model), flag = _in_bf16(student, teacher), ""
     args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
                                         "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
                                        + ([f"--{flag}"] if flag else []))
@@ -279,7 +283,8 @@ def _record(row: dict, run: dict) -> dict:
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
             "default": _is_default(row["method"], row["refine_flags"], calib_data) and not bf16,
-            "calib_data": calib_data, "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep}, "compress_ratio": row.get("compress_ratio", row["ratio"]),
+            "calib_data": calib_data, "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
+            "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}
 

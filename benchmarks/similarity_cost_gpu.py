@@ -24,10 +24,8 @@ from sharvet.calibration import CalibrationStats, InputStats
 from sharvet.inference import shapes
 from sharvet.inference.measure import elapsed
 from sharvet.models import adapter_for
-from sharvet.similarity import (CKA_MATMULS, DEVICE_BUDGET, _cka_terms, cuda_matmul_precision,
-                                functional_similarities,
-                                pooled_covariance, split_matmul)
-from sharvet.streaming import free_bytes
+from sharvet.similarity import (CKA_MATMULS, _cka_terms, cuda_matmul_precision, device_budget,
+                                functional_similarities, pooled_covariance, split_matmul)
 
 #: pair products timed: similarity's two ways, and plain TF32 (not accurate enough to use; its speed is the bound)
 PAIR_MODES = {"ieee": ("ieee", torch.matmul), "split-tf32": ("tf32", split_matmul), "tf32": ("tf32", torch.matmul)}
@@ -97,7 +95,7 @@ def main() -> None:
     device = torch.device(a.device)
     adapter = adapter_for(random_model(a.shape, a.layers, device))
     stats = random_stats(adapter, a.tokens, device)
-    budget = min(DEVICE_BUDGET, free_bytes(device) // 4)
+    budget = device_budget(device)
     by_key: dict[str, list[str]] = {}
     for t in adapter.type_names:
         by_key.setdefault(adapter.module_type(t).input_key, []).append(t)

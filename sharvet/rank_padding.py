@@ -44,10 +44,19 @@ def _resize(t: torch.Tensor, size: int, dim: int) -> None:
         t.data = t.data.narrow(dim, 0, size).clone()
 
 
-def _resize_sigma(m: SharedBasisLinear, size: int) -> None:
+def _resize_module(m: SharedBasisLinear, size: int, seen: set[int]) -> bool:
+    """Resize ``m``'s rank to ``size``: its basis once (``seen`` holds the bases done), its V and sigma; True
+    when the basis was resized now."""
+    first = id(m.basis) not in seen
+    if first:
+        seen.add(id(m.basis))
+        _resize(m.basis, size, 0)
+    _resize(m.v, size, 1)
     for t in (m.sigma, m.sigma0, m.sigma_delta):
         if t is not None:
             _resize(t, size, 0)
+    m.rank = size
+    return first
 
 
 @torch.no_grad()
@@ -58,17 +67,13 @@ def pad_ranks(model: nn.Module, align: int = DEFAULT_ALIGN) -> Padding:
     for m in model.modules():
         if not isinstance(m, SharedBasisLinear) or m.rank % align == 0:
             continue
-        size = m.rank + (-m.rank % align)
-        if id(m.basis) not in seen:
-            seen.add(id(m.basis))
-            _resize(m.basis, size, 0)
+        rank = m.rank
+        extra = -rank % align
+        padding.ranks[m] = rank
+        if _resize_module(m, rank + extra, seen):
             padding.bases += 1
-            padding.zeros += (size - m.rank) * m.in_features
-        _resize(m.v, size, 1)
-        _resize_sigma(m, size)
-        padding.zeros += (size - m.rank) * m.out_features
-        padding.ranks[m] = m.rank
-        m.rank = size
+            padding.zeros += extra * m.in_features
+        padding.zeros += extra * m.out_features
     return padding
 
 
@@ -77,9 +82,4 @@ def trim_ranks(padding: Padding) -> None:
     """Cut every module padded by :func:`pad_ranks` back to its first rank (values trained since are kept)."""
     seen: set[int] = set()
     for m, rank in padding.ranks.items():
-        if id(m.basis) not in seen:
-            seen.add(id(m.basis))
-            _resize(m.basis, rank, 0)
-        _resize(m.v, rank, 1)
-        _resize_sigma(m, rank)
-        m.rank = rank
+        _resize_module(m, rank, seen)

@@ -69,8 +69,18 @@ class SimilarityConfig:
     def __post_init__(self) -> None:
         if not (self.use_cosine or self.use_frobenius or self.use_cka):
             raise ValueError("similarity needs at least one of cosine, Frobenius distance, CKA")
-        if self.cka_matmul not in CKA_MATMULS:
-            raise ValueError(f"cka_matmul is one of {CKA_MATMULS}, not {self.cka_matmul!r}")
+        check_cka_matmul(self.cka_matmul)
+
+
+def check_cka_matmul(name: str) -> None:
+    if name not in CKA_MATMULS:
+        raise ValueError(f"cka_matmul is one of {CKA_MATMULS}, not {name!r}")
+
+
+def device_budget(device: torch.device) -> int:
+    """Bytes the resident blocks and one batch of pairs may take on ``device``: ``DEVICE_BUDGET``, at most a
+    quarter of its free memory."""
+    return min(DEVICE_BUDGET, free_bytes(device) // 4)
 
 
 @dataclass
@@ -257,14 +267,12 @@ def _cka_terms(w_i: torch.Tensor | None, w_j: torch.Tensor | None, cov: torch.Te
 
 def functional_similarities(adapter: ModelAdapter, types: list[str], stats: CalibrationStats, input_key: str,
                             device: torch.device, dtype: torch.dtype, *, budget: int,
-                            progress: bool = True, cka_matmul: str | None = None) -> dict[str, torch.Tensor]:
+                            progress: bool = True, cka_matmul: str = "ieee") -> dict[str, torch.Tensor]:
     """CKA matrices (float64, CPU) of every type in ``types``, all reading ``input_key``, from one pass of pairs.
 
-    ``cka_matmul`` (``CKA_MATMULS``) is how float32 products multiply; None: "ieee" (see the module docstring).
+    ``cka_matmul`` (``CKA_MATMULS``) is how float32 products multiply (see the module docstring).
     """
-    cka_matmul = cka_matmul or "ieee"
-    if cka_matmul not in CKA_MATMULS:
-        raise ValueError(f"cka_matmul is one of {CKA_MATMULS}, not {cka_matmul!r}")
+    check_cka_matmul(cka_matmul)
     split = cka_matmul == "split-tf32" and dtype == torch.float32
     with cuda_matmul_precision(device, "tf32" if split else "ieee"):
         return _functional_similarities(adapter, types, stats, input_key, device, dtype, budget, progress,
@@ -344,7 +352,7 @@ def model_similarity(
     """
     cka_matmul = cka_matmul or cfg.cka_matmul
     device = torch.device(device)
-    budget = min(DEVICE_BUDGET, free_bytes(device) // 4)
+    budget = device_budget(device)
     if cfg.use_cka and stats is None:
         raise ValueError("CKA needs calibration statistics")
     functional: dict[str, torch.Tensor] = {}

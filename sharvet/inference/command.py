@@ -9,6 +9,9 @@ from pathlib import Path
 from ..argtypes import at_least
 from .form import DEFAULT_ALIGN, FUSE_MODES
 
+#: torch.compile modes of the decode step on a GPU (both with CUDA graphs)
+COMPILE_MODES = ("reduce-overhead", "max-autotune")
+
 DEFAULT_OUT = "results/inference/summary.json"
 
 
@@ -68,7 +71,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--throughput", type=_throughput, default=(512, 32),
                    help="Basis Sharing's throughput setting BATCHxTOKENS, one forward (--shape only; none skips)")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile / CUDA graphs)")
-    p.add_argument("--compile-mode", default="reduce-overhead", choices=("reduce-overhead", "max-autotune"),
+    p.add_argument("--compile-mode", default="reduce-overhead", choices=COMPILE_MODES,
                    help="torch.compile mode of the decode step on a GPU (max-autotune also times inductor's own "
                         "matmul kernels; compiling takes longer)")
     p.add_argument("--coordinate-descent", action="store_true",

@@ -23,12 +23,13 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
                    help="; ".join(f"{k}: {v.description}" for k, v in PRESETS.items()))
     g.add_argument("--refine-mode", choices=MODES, default=None,
                    help="what trains: both = lambda and sigma (the paper), lambda, sigma, factors = both plus every "
-                        "layer's V (beyond the paper, nothing added to the budget), all = factors plus the groups' shared bases, or LoRA adapters; default: the "
-                        "method's (both for sharvet, lora for the baselines)")
+                        "layer's V (beyond the paper, nothing added to the budget), all = factors plus the groups' "
+                        "shared bases, or LoRA adapters; default: the method's (both for sharvet, lora for the "
+                        "baselines)")
     g.add_argument("--lr", type=float, default=None, help="default: the preset's for the mode")
     g.add_argument("--lr-matrices", type=float, default=None,
-                   help="learning rate of the per-layer V matrices in --refine-mode factors / all, relative to each matrix's "
-                        "RMS (default: the preset's)")
+                   help="learning rate of the trained matrices in --refine-mode factors / all, relative to each "
+                        "matrix's RMS (default: the preset's)")
     g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
     g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
