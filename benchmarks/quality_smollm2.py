@@ -118,7 +118,9 @@ def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
     student, teacher_model = _in_bf16(student, teacher) if a.train_dtype == "bfloat16" else (student, teacher.model)
     out = refine(student, teacher_model, ids, cfg)
     refine_s = time.perf_counter() - t0
-    model = refined_model(out).float()  # scored in float32 like every row (a bf16 run keeps bf16 values)
+    # scored in float32 like every row (a bf16 run keeps bf16 values); .to, since transformers' .float() refuses
+    # a GGUF-loaded model (is_quantized)
+    model = refined_model(out).to(torch.float32)
     info = {"refine_mode": cfg.mode, "preset": cfg.preset, "lr": cfg.learning_rate(), "steps": out.steps,
             "train_data": args.train_data, "train_tokens": int(ids.numel()) * cfg.epochs,
             "distinct_train_sequences": int(ids.shape[0]), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
