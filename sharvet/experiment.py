@@ -27,7 +27,7 @@ from sharvet.evaluation.task_runner import run_tasks
 from sharvet.methods import method, refine_overrides
 from sharvet.config import CompressionConfig
 from sharvet.pipeline import compress
-from sharvet.refinement import RefineConfig, RefineResult, finalize, parameter_summary, refine
+from sharvet.refinement import RefineConfig, RefineResult, finalize, refine
 
 
 @dataclass(frozen=True)
@@ -129,7 +129,7 @@ def run_row(spec: RowSpec, teacher: nn.Module, stats: CalibrationStats, scoring:
         return row
     t0 = time.perf_counter()
     out = refine(student, teacher, train_ids, rcfg)
-    summary = parameter_summary(out.model)
+    summary = out.parameters  # counted while training: sigma's relative delta is gone from the returned model
     model = refined_model(out)
     row.refine_s = round(time.perf_counter() - t0, 1)
     row.refine_mode, row.lm_only, row.steps = rcfg.mode, rcfg.lm_only, out.steps

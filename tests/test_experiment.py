@@ -54,6 +54,16 @@ def test_refined_row_measures_the_final_model(setup, tmp_path, row_text):
     assert row.history == f"{tmp_path / row_text}/history.jsonl"
 
 
+def test_trainable_counts_what_trained(setup, tmp_path):
+    """Sigma trains as a relative delta that is folded back after training: it must still be counted."""
+    teacher, ids, stats, scoring = setup
+    rows = {v: run_row(RowSpec.parse(f"sharvet:{v}", 0.5), teacher, stats, scoring, calibration_ids=ids,
+                       train_ids=ids, refine_base=base(tmp_path, v), device="cpu") for v in ("lambda", "sigma")}
+    both = run_row(RowSpec("sharvet", 0.5), teacher, stats, scoring, calibration_ids=ids, train_ids=ids,
+                   refine_base=base(tmp_path, "both"), device="cpu")
+    assert rows["sigma"].trainable > 0 and both.trainable == rows["lambda"].trainable + rows["sigma"].trainable
+
+
 def test_unrefined_rows_and_their_round_trip(setup, tmp_path):
     teacher, ids, stats, scoring = setup
     t_row = run_row(RowSpec.parse("sharvet:T", 0.5), teacher, stats, scoring, calibration_ids=ids, train_ids=ids,

@@ -65,9 +65,9 @@ def render_study(results_dir: Path, figures_dir: Path, doc_dir: Path, discussion
         "### Figures",
         f"Figure 1 (joint similarity per module type): ![Figure 1]({fig}/similarity_smollm2.png)",
         f"Figure 3 (LM loss on the training batches, lr {fig3_lr:g}, same data and steps): SharVeT's compressed model "
-        "refined by its vectors and by LoRA, Basis Sharing's model with LoRA, and SharVeT's vectors with eq. 13's "
-        "weights matched to the LM loss's scale (variant M, the paper's rule for the weights; the reference's "
-        "fixed weights elsewhere):",
+        "refined by its vectors and by LoRA, Basis Sharing's model with LoRA, and SharVeT's vectors with variant M "
+        "(eq. 13's weights matched to the LM loss's scale: the default preset already does so, so M repeats the "
+        "plain row and the pair shows the run-to-run spread):",
         *[f"![Figure 3, ratio {r:g}]({fig}/figure3_loss_r{r:g}.png)" for r in curves],
         refinement_table(rows + extra, fig3_lr, tasks),
         f"Figure 4 (intra-group joint similarity S by grouping strategy): ![Figure 4]({fig}/figure4_grouping.png)",

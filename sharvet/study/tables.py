@@ -153,14 +153,23 @@ def setup_section(first: RunRecord, lrs: list[float]) -> str:
         f"{a['seq_len']} calibration tokens and the fine-tuning set: **{a['train_samples']} windows of "
         f"{a['seq_len']} tokens ({tokens:,} tokens), {a['epochs']} epochs, batch {a['batch_size']} = {steps} "
         f"optimizer steps, the same for every method**. Learning-rate search: "
-        f"{', '.join(f'{lr:g}' for lr in lrs)} (the ends of the paper's range) for every method. SharVeT trains "
-        f"its lambda/sigma vectors with eq. 13 (LM + distillation + feature + L2, the reference's weights); the "
-        f"baselines train LoRA adapters (rank {a['lora_rank']}) on the same loss. Seeds fixed (0). Accuracy: "
+        f"{', '.join(f'{lr:g}' for lr in lrs)} for every method. SharVeT trains its lambda/sigma vectors with "
+        f"eq. 13 (LM + distillation + feature + L2; {loss_weights_text(first)}); the baselines train LoRA "
+        f"adapters (rank {a['lora_rank']}) on the same loss. Seeds fixed (0). Accuracy: "
         "lm-eval 0.4.13, 0-shot, full validation/test sets: PIQA from the shared data folder, COPA, WinoGrande, "
         "ARC-Easy and LAMBADA written by `sharvet fetch-data` (see \"Evaluation data\" above)."
         + "".join(f" {PPL_SETS[n]} perplexity: the first {k:,} tokens of its local evaluation file, same windows."
                   for n, k in first.ppl_tokens.items())
     )
+
+
+def loss_weights_text(run: RunRecord) -> str:
+    """How eq. 13 was weighted in a run: the authors' fixed weights or the default preset's matched ones."""
+    weights = next((r.loss_weights for r in run.rows if r.loss_weights), None) or {}
+    if weights.get("kd_per_sequence"):
+        return "the reference's weights: KD 0.001 summed over positions, feature x5, sigma trained as an absolute value"
+    return ("the default refinement preset: KD and feature weights matched to the LM loss's scale before training, "
+            "the paper's rule, and sigma trained relative to its start")
 
 
 def table2_section(runs: list[RunRecord], best: dict[tuple[float, str], ResultRow], caption: str) -> str:
