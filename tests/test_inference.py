@@ -58,7 +58,7 @@ def linear_calls(model, ids) -> int:
     return sum(v for k, v in counts.items() if "linear" in k)
 
 
-@pytest.mark.parametrize("fuse", ["auto", "always", "never"])
+@pytest.mark.parametrize("fuse", ["auto", "always", "never", "grouped"])
 @pytest.mark.parametrize("lambdas", ["random", "equal", "ones"])
 def test_float32_logits_equal_reference(fuse, lambdas):
     model, ids = compressed(lambdas=lambdas)

@@ -16,6 +16,9 @@
   Sharing's consecutive groups; types grouped alike). ``fuse="auto"`` stacks only such combinations;
   ``"always"`` stacks every layer's first stage, lambda folded in, copying bases where layers combine them
   differently (the same bytes read per token, more stored); ``"never"`` keeps the matmuls apart.
+- ``fuse="grouped"``: the modules reading one input run, for a one-token step on a GPU, as two grouped Triton
+  launches (all first stages, then all second stages; :mod:`.grouped`), lambda applied inside the kernel and no
+  basis copied; other steps take each module's own forward.
 
 - **ranks padded to a multiple of** ``align`` (8 by default) with zero basis rows and zero V columns: the same
   output, and every matmul gets tensor-core-friendly sizes. The planner's ranks are arbitrary (1433, 2229, ...);
@@ -39,9 +42,10 @@ from ..accounting import unique_parameter_count
 from ..models import ModelAdapter, adapter_for
 from ..modules import SharedBasisLinear
 from ..rank_padding import DEFAULT_ALIGN, pad_ranks
+from .grouped import GroupedSlice, GroupedStages
 from .modules import FusedFirstStage, StageSlice
 
-FUSE_MODES = ("auto", "always", "never")
+FUSE_MODES = ("auto", "always", "never", "grouped")
 
 
 @dataclass
@@ -176,6 +180,20 @@ def _fuse(adapter: ModelAdapter, fuse: str, report: InferenceReport) -> None:
         report.fused_matrices += 1
 
 
+def _group(adapter: ModelAdapter, report: InferenceReport) -> None:
+    """Every layer input's compressed modules behind one :class:`GroupedStages` (``fuse="grouped"``)."""
+    for layer in range(adapter.num_layers):
+        for types in _consumers(adapter).values():
+            modules = [adapter.get_module(layer, t) for t in types]
+            if not all(isinstance(m, SharedBasisLinear) for m in modules):
+                continue
+            group = GroupedStages(modules)
+            for i, t in enumerate(types):
+                adapter.set_module(layer, t, GroupedSlice(group, i))
+            name = "+".join(types)
+            report.fused_layers[name] = report.fused_layers.get(name, 0) + 1
+
+
 @torch.no_grad()
 def prepare(model: nn.Module, *, fuse: str = "auto", align: int = DEFAULT_ALIGN) -> nn.Module:
     """Rewrite a loaded sharvet model into its inference form, in place, and return it.
@@ -203,7 +221,10 @@ def prepare(model: nn.Module, *, fuse: str = "auto", align: int = DEFAULT_ALIGN)
     padding = pad_ranks(model, align)
     report.ranks_padded, report.padding_parameters = padding.bases, padding.zeros
     before = unique_parameter_count(model)
-    _fuse(adapter, fuse, report)
+    if fuse == "grouped":
+        _group(adapter, report)
+    else:
+        _fuse(adapter, fuse, report)
     report.extra_parameters = unique_parameter_count(model) - before
     model.sharvet_inference = report
     return model.eval()

@@ -1,0 +1,161 @@
+"""Grouped decode kernels: one launch for the first stages and one for the second stages of every compressed module
+that reads the same input (q, k, v; gate, up; o and down alone), when a step carries one token.
+
+Why: a decode step of a compressed model is memory-bound, yet each module is two skinny GEMVs, so a layer launches
+about twice dense's kernels on matrices 2-5x smaller, which cuBLAS serves at ~2.3 TB/s against dense's ~3.5
+(``benchmarks/decode_profile.py``, H200, 2026-11-30). Here one Triton kernel computes every module's
+``h_i = (x * lambda_i) U_i^T`` of a layer input, reading each (shared) basis where it lies through a table of
+pointers (nothing is copied, unlike ``fuse="always"``), and a second one every ``y_i = h_i V_i^T``. lambda is
+applied on the fly. Programs own ``BLOCK_N`` output rows each, so the small matrices of a layer fill the GPU
+together.
+
+Steps of more than one token, CPU tensors, and machines without Triton take the modules' own forward (the
+reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests).
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+from torch import nn
+
+from ..modules import SharedBasisLinear
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # CPU wheels of torch come without Triton: the reference forward runs instead
+    triton = None
+
+INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+BLOCK_N, BLOCK_K = 16, 256
+
+
+def available() -> bool:
+    return triton is not None
+
+
+if triton is not None:
+    @triton.jit
+    def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
+                      G: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """``y[y_off_g + rows] = W_g[rows] @ (x[x_off_g:] * s_g)`` for the group ``g`` owning this program's rows."""
+        pid = tl.program_id(0)
+        g = 0
+        for i in tl.static_range(1, G):
+            g += (pid >= tl.load(block_starts + i)).to(tl.int32)
+        n = tl.load(n_sizes + g)
+        k = tl.load(k_sizes + g)
+        w = tl.load(w_ptrs + g).to(tl.pointer_type(y_ptr.dtype.element_ty))
+        x = x_ptr + tl.load(x_offsets + g)
+        s = tl.load(s_ptrs + g).to(tl.pointer_type(y_ptr.dtype.element_ty))  # the weights' table if unscaled
+        rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
+        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        for k0 in range(0, k, BLOCK_K):
+            cols = k0 + tl.arange(0, BLOCK_K)
+            xv = tl.load(x + cols, mask=cols < k, other=0.0).to(tl.float32)
+            if HAS_SCALE:
+                xv = xv * tl.load(s + cols, mask=cols < k, other=0.0).to(tl.float32)
+            wv = tl.load(w + rows[:, None] * k + cols[None, :], mask=(rows[:, None] < n) & (cols[None, :] < k),
+                         other=0.0)
+            acc += tl.sum(wv.to(tl.float32) * xv[None, :], axis=1)
+        tl.store(y_ptr + tl.load(y_offsets + g) + rows, acc.to(y_ptr.dtype.element_ty), mask=rows < n)
+
+
+def _offsets(sizes: list[int]) -> list[int]:
+    out, total = [], 0
+    for s in sizes:
+        out.append(total)
+        total += s
+    return out
+
+
+class _Launch:
+    """One grouped GEMV: the weights' pointer table and sizes (int64 tensors on the weights' device), the grid."""
+
+    def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int]) -> None:
+        device = weights[0].device
+        blocks = [-(-w.shape[0] // BLOCK_N) for w in weights]
+        table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
+        self.grid = (sum(blocks),)
+        self.w = table([w.data_ptr() for w in weights])
+        self.s = table([s.data_ptr() for s in scales]) if scales else self.w
+        self.n, self.k = table([w.shape[0] for w in weights]), table([w.shape[1] for w in weights])
+        self.starts, self.x_off = table(_offsets(blocks)), table(x_offsets)
+        self.y_off = table(_offsets([w.shape[0] for w in weights]))
+        self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        y = torch.empty(self.rows, dtype=x.dtype, device=x.device)
+        _grouped_gemv[self.grid](self.w, self.n, self.k, self.starts, x, self.x_off, self.s, y, self.y_off,
+                                 G=self.groups, HAS_SCALE=self.scaled, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+        return y
+
+
+class GroupedStages(nn.Module):
+    """The compressed modules reading one input of one layer, run by two grouped launches for a one-token step.
+
+    Holds the modules themselves (their parameters stay where they are, shared bases included); the pointer tables
+    are rebuilt whenever the module is moved (``_apply``), so they never point at freed memory."""
+
+    def __init__(self, modules: list[SharedBasisLinear]) -> None:
+        super().__init__()
+        self.parts = nn.ModuleList(modules)
+        self._memo: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
+        self._build()
+
+    def _build(self) -> None:
+        mods = list(self.parts)
+        for m in mods:  # the kernels index rows by ``row * k``: contiguous storage
+            m.basis.data, m.v.data = m.basis.data.contiguous(), m.v.data.contiguous()
+        scaled = any(m.scale is not None for m in mods)
+        ones = [torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
+        self._ones = ones  # kept alive: the pointer table points at them
+        scales = [m.scale if m.scale is not None else one for m, one in zip(mods, ones)] if scaled else None
+        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods))
+        self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]))
+        self.sizes = [m.out_features for m in mods]
+
+    def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
+        out = super()._apply(fn, recurse)
+        self._build()
+        return out
+
+    def __setstate__(self, state: dict) -> None:  # a deep copy: its tables must point at its own tensors
+        super().__setstate__(state)
+        self._build()
+
+    def fast(self, x: torch.Tensor) -> bool:
+        """A one-token step on a GPU (or the Triton interpreter), in the weights' dtype."""
+        return (triton is not None and (x.is_cuda or INTERPRET) and x.numel() == x.shape[-1]
+                and x.dtype == self.parts[0].basis.dtype)
+
+    def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
+        if self._memo is None or self._memo[0] is not x:
+            h = self.first(x.reshape(-1).contiguous())
+            y = self.second(h)
+            self._memo = (x, list(y.split(self.sizes)), len(self.sizes))
+        source, parts, left = self._memo
+        out = parts[index]
+        self._memo = None if left == 1 else (source, parts, left - 1)
+        bias = self.parts[index].bias
+        out = out if bias is None else out + bias
+        return out.reshape(*x.shape[:-1], out.shape[-1])
+
+
+class GroupedSlice(nn.Module):
+    """One compressed module of a :class:`GroupedStages`: grouped kernels for one token, its own forward else."""
+
+    def __init__(self, group: GroupedStages, index: int) -> None:
+        super().__init__()
+        self.group, self.index = group, index
+        module = group.parts[index]
+        self.in_features, self.out_features = module.in_features, module.out_features
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.group.fast(x):
+            return self.group.part(x, self.index)
+        return self.group.parts[self.index](x)
+
+    def extra_repr(self) -> str:
+        return f"in_features={self.in_features}, out_features={self.out_features}, slice={self.index}"

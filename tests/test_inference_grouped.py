@@ -1,0 +1,91 @@
+"""fuse="grouped": two grouped Triton launches per layer input for a one-token step, the reference otherwise.
+
+The kernels run where Triton is: on a GPU, or on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``, in
+a subprocess, since the variable is read when the kernel is defined). CPU-only machines without Triton run the
+fallback, which ``test_inference.py`` checks like every other fuse mode."""
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from sharvet.inference import prepare
+from sharvet.inference.grouped import GroupedSlice
+
+from test_inference import compressed, converted
+
+HERE = Path(__file__).parent
+needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
+
+INTERPRETED = """
+import torch
+from sharvet.inference.grouped import GroupedStages
+from test_inference import compressed, converted
+model, ids = compressed()
+fast = converted(model, "grouped")
+groups = {id(m.group): m.group for m in fast.modules() if hasattr(m, "group")}
+assert groups and all(isinstance(g, GroupedStages) for g in groups.values())
+calls = []
+for g in groups.values():
+    g.first.__class__.__call__ = (lambda f: lambda self, x: calls.append(1) or f(self, x))(g.first.__class__.__call__)
+    break
+kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
+prompt = ids[:1, :6]
+assert torch.equal(fast.generate(prompt, **kw), model.generate(prompt, **kw))
+assert calls, "the grouped kernels never ran"
+step = ids[:1, :1]
+torch.testing.assert_close(fast(step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
+print("ok", len(calls))
+"""
+
+
+def test_grouped_modules_replace_every_compressed_module():
+    model, ids = compressed()
+    fast = converted(model, "grouped")
+    slices = [m for m in fast.modules() if isinstance(m, GroupedSlice)]
+    groups = {id(m.group) for m in slices}
+    assert len(slices) == 7 * 4 and len(groups) == 4 * 4  # q+k+v, o, gate+up, down per layer
+    assert fast.sharvet_inference.fused_layers == {"q+k+v": 4, "o": 4, "gate+up": 4, "down": 4}
+    torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
+
+
+def test_pointer_tables_follow_copies_and_moves():
+    """The kernels read weights through raw pointers: a copy or a cast must rebuild them, never share stale ones."""
+    model, _ = compressed()
+    fast = converted(model, "grouped")
+
+    def tables_point_at_own_weights(m) -> bool:
+        groups = {id(s.group): s.group for s in m.modules() if isinstance(s, GroupedSlice)}.values()
+        return all(g.first.w.tolist() == [p.basis.data_ptr() for p in g.parts]
+                   and g.second.w.tolist() == [p.v.data_ptr() for p in g.parts] for g in groups)
+
+    assert tables_point_at_own_weights(fast)
+    assert tables_point_at_own_weights(__import__("copy").deepcopy(fast))
+    assert tables_point_at_own_weights(fast.to(torch.float64))
+
+
+@needs_triton
+def test_kernels_match_the_reference_in_the_interpreter():
+    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
+    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
+
+
+@needs_triton
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_bf16_decode_on_the_gpu_matches_and_compiles():
+    model, ids = compressed()
+    model = model.to("cuda", torch.bfloat16)
+    ref = prepare(__import__("copy").deepcopy(model), fuse="never")
+    fast = prepare(model, fuse="grouped")
+    step = ids[:1, :1].cuda()
+    assert all(g.fast(torch.zeros(1, 1, g.parts[0].in_features, device="cuda", dtype=torch.bfloat16))
+               for g in {id(m.group): m.group for m in fast.modules() if isinstance(m, GroupedSlice)}.values())
+    torch.testing.assert_close(fast(step).logits.float(), ref(step).logits.float(), atol=5e-2, rtol=2e-2)
+    compiled = torch.compile(fast.forward, fullgraph=True)
+    torch.testing.assert_close(compiled(input_ids=step).logits.float(), ref(step).logits.float(), atol=5e-2, rtol=2e-2)
