@@ -28,7 +28,23 @@ except ImportError:  # CPU wheels of torch come without Triton: the reference fo
     triton = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-BLOCK_N, BLOCK_K = 16, 256
+
+
+def _tiles() -> tuple[int, int, int]:
+    """Rows and columns of a program's weight tile, and its warps: ``SHARVET_GROUPED_TILES=NxKxW`` overrides them
+    (a knob for tuning on new hardware; powers of two). Small row blocks give a layer's few thousand rows enough
+    programs to keep every SM's memory pipeline busy."""
+    text = os.environ.get("SHARVET_GROUPED_TILES", "8x512x4")
+    try:
+        n, k, w = (int(v) for v in text.lower().split("x"))
+    except ValueError:
+        raise ValueError(f"SHARVET_GROUPED_TILES must look like 8x512x4, got {text!r}") from None
+    if any(v < 1 or v & (v - 1) for v in (n, k, w)):
+        raise ValueError(f"SHARVET_GROUPED_TILES needs powers of two, got {text!r}")
+    return n, k, w
+
+
+BLOCK_N, BLOCK_K, WARPS = _tiles()
 
 
 def available() -> bool:
@@ -88,7 +104,8 @@ class _Launch:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         y = torch.empty(self.rows, dtype=x.dtype, device=x.device)
         _grouped_gemv[self.grid](self.w, self.n, self.k, self.starts, x, self.x_off, self.s, y, self.y_off,
-                                 G=self.groups, HAS_SCALE=self.scaled, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K)
+                                 G=self.groups, HAS_SCALE=self.scaled, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
+                                 num_warps=WARPS)
         return y
 
 
