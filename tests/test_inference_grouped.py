@@ -89,3 +89,16 @@ def test_bf16_decode_on_the_gpu_matches_and_compiles():
     torch.testing.assert_close(fast(step).logits.float(), ref(step).logits.float(), atol=5e-2, rtol=2e-2)
     compiled = torch.compile(fast.forward, fullgraph=True)
     torch.testing.assert_close(compiled(input_ids=step).logits.float(), ref(step).logits.float(), atol=5e-2, rtol=2e-2)
+
+
+def test_matmul_benchmark_runs_on_the_cpu(tmp_path):
+    """benchmarks/grouped_gemv.py on the tiny shape: dense and cuBLAS rows (grouped rows need a GPU or the
+    interpreter), bytes read by the compressed modules below dense's."""
+    out = tmp_path / "g.json"
+    subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "grouped_gemv.py"), "--shape", "tiny",
+                    "--device", "cpu", "--repeats", "2", "--out", str(out)], check=True, capture_output=True,
+                   env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
+    record = __import__("json").loads(out.read_text())
+    rows = {r["variant"]: r for r in record["rows"]}
+    assert {"dense", "cublas"} <= set(rows) and rows["cublas"]["bytes"] < rows["dense"]["bytes"]
+    assert rows["cublas"]["bound"] == round(rows["dense"]["bytes"] / rows["cublas"]["bytes"], 3) > 1

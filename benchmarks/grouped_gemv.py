@@ -1,0 +1,132 @@
+"""Benchmark (issue 17): the matmuls of one decode token, dense against compressed, cuBLAS against grouped kernels.
+
+Every linear module of a published shape at ``--ratio`` (the SharVeT planner's groups and ranks, random weights,
+the inference form's padding), run for one token as one CUDA graph per variant, so that only the kernels count:
+
+- ``dense``: one GEMV per module (the dense model's weights);
+- ``cublas``: each compressed module's two GEMVs and its lambda multiply, as ``fuse="never"`` runs them;
+- ``grouped NxKxW``: ``fuse="grouped"``'s two Triton launches per layer input, for each tile size in ``--tiles``.
+
+Prints microseconds per token, weight bytes read, the bandwidth that implies, and the speedup over dense beside
+the bytes bound (dense bytes / compressed bytes). Attention, norms and the LM head are left out: this isolates what
+the grouped kernels change; ``sharvet bench --ratios R:grouped`` measures the whole step.
+
+    python benchmarks/grouped_gemv.py --shape llama3-8b --ratio 0.5 --tiles 8x512x4,16x256x4,4x1024x4 --out g.json
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharvet.inference import grouped  # noqa: E402
+from sharvet.inference.form import prepare  # noqa: E402
+from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
+from sharvet.models import adapter_for  # noqa: E402
+from sharvet.modules import SharedBasisLinear  # noqa: E402
+
+
+def inputs_by_key(adapter, device, dtype) -> dict[str, torch.Tensor]:
+    """One random token per layer input (hidden size, or the MLP's width for down)."""
+    sizes = {t.input_key: adapter.get_module(0, t.name).in_features for t in adapter.module_types}
+    return {k: torch.randn(1, n, device=device, dtype=dtype) for k, n in sizes.items()}
+
+
+def time_graph(fn, device: torch.device, repeats: int) -> float:
+    """Seconds per call of ``fn``: replayed as one CUDA graph on a GPU (launch overhead excluded), eager on a CPU."""
+    fn()
+    if device.type != "cuda":
+        start = time.perf_counter()
+        for _ in range(repeats):
+            fn()
+        return (time.perf_counter() - start) / repeats
+    stream = torch.cuda.Stream()
+    with torch.cuda.stream(stream):
+        fn()
+    torch.cuda.synchronize()
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        fn()
+    graph.replay()
+    torch.cuda.synchronize()
+    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+    start.record()
+    for _ in range(repeats):
+        graph.replay()
+    end.record()
+    torch.cuda.synchronize()
+    return start.elapsed_time(end) / 1e3 / repeats
+
+
+def layer_groups(adapter) -> list[tuple[str, list[SharedBasisLinear]]]:
+    """(input key, the modules reading it) for every layer, in the order the layer runs them."""
+    keys = dict.fromkeys(t.input_key for t in adapter.module_types)
+    return [(k, [adapter.get_module(layer, t.name) for t in adapter.module_types if t.input_key == k])
+            for layer in range(adapter.num_layers) for k in keys]
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shape", default="llama3-8b")
+    p.add_argument("--ratio", type=float, default=0.5)
+    p.add_argument("--tiles", default="8x512x4,16x256x4,4x1024x4")
+    p.add_argument("--repeats", type=int, default=50)
+    p.add_argument("--device", default="cuda")
+    p.add_argument("--out", default=None)
+    a = p.parse_args()
+    device, dtype = torch.device(a.device), torch.bfloat16 if a.device == "cuda" else torch.float32
+    config = shape_config(a.shape)
+    dense = random_model(config, dtype, device, seed=0)
+    dense_adapter = adapter_for(dense)
+    x = inputs_by_key(dense_adapter, device, dtype)
+    weights = [(t.input_key, dense_adapter.get_module(layer, t.name).weight)
+               for layer in range(dense_adapter.num_layers) for t in dense_adapter.module_types]
+    dense_bytes = sum(w.numel() * w.element_size() for _, w in weights)
+    rows = [dict(variant="dense", seconds=time_graph(lambda: [F.linear(x[k], w) for k, w in weights], device,
+                                                       a.repeats), bytes=dense_bytes)]
+    plan = plan_for(dense, a.ratio, device)
+    weights.clear()  # the dense model's memory back before the compressed one is built
+    del dense
+    model = prepare(compressed_random(config, plan, dtype, device, seed=0), fuse="never")
+    adapter = adapter_for(model)
+    groups = layer_groups(adapter)
+    parts = [m for _, ms in groups for m in ms]
+    seen, compressed_bytes = set(), 0
+    for m in parts:
+        for t in (m.basis, m.v, m.scale):
+            if t is not None and id(t) not in seen:
+                seen.add(id(t))
+                compressed_bytes += t.numel() * t.element_size()
+    rows.append(dict(variant="cublas", seconds=time_graph(lambda: [m(x[k]) for k, ms in groups for m in ms],
+                                                           device, a.repeats), bytes=compressed_bytes))
+    if grouped.available() and (device.type == "cuda" or grouped.INTERPRET):
+        for tile in a.tiles.split(","):
+            grouped.BLOCK_N, grouped.BLOCK_K, grouped.WARPS = (int(v) for v in tile.split("x"))
+            stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
+            run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
+            rows.append(dict(variant=f"grouped {tile}", seconds=time_graph(run, device, a.repeats),
+                             bytes=compressed_bytes))
+    base = rows[0]["seconds"]
+    bound = dense_bytes / compressed_bytes
+    print(f"{a.shape} ratio {a.ratio}, one token, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
+    print("| variant | us per token | weight MB | TB/s | speedup vs dense | bytes bound |")
+    print("|---|---|---|---|---|---|")
+    for r in rows:
+        r.update(us=round(r["seconds"] * 1e6, 1), tb_s=round(r["bytes"] / r["seconds"] / 1e12, 3),
+                 speedup=round(base / r["seconds"], 3), bound=round(bound, 3) if r["variant"] != "dense" else 1.0)
+        print(f"| {r['variant']} | {r['us']} | {r['bytes'] / 1e6:.1f} | {r['tb_s']} | {r['speedup']} | {r['bound']} |")
+    if a.out:
+        Path(a.out).write_text(json.dumps(dict(shape=a.shape, ratio=a.ratio, device=str(device), rows=rows,
+                                               command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC",
+                                                                                            time.gmtime())), indent=2))
+
+
+if __name__ == "__main__":
+    main()
