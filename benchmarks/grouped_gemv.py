@@ -76,7 +76,8 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="llama3-8b")
     p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--tiles", default="8x512x4,16x256x4,4x1024x4")
+    p.add_argument("--tiles", default="8x512x4,16x256x4,4x1024x4,8x512x4x4",
+                   help="rows x columns x warps [x first-stage split] per program (sharvet.inference.grouped)")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None)
@@ -108,7 +109,7 @@ def main() -> None:
                                                            device, a.repeats), bytes=compressed_bytes))
     if grouped.available() and (device.type == "cuda" or grouped.INTERPRET):
         for tile in a.tiles.split(","):
-            grouped.BLOCK_N, grouped.BLOCK_K, grouped.WARPS = (int(v) for v in tile.split("x"))
+            grouped.BLOCK_N, grouped.BLOCK_K, grouped.WARPS, grouped.SPLIT_K = grouped.parse_tiles(tile)
             stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
             run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
             rows.append(dict(variant=f"grouped {tile}", seconds=time_graph(run, device, a.repeats),

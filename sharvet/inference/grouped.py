@@ -30,21 +30,22 @@ except ImportError:  # CPU wheels of torch come without Triton: the reference fo
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 
 
-def _tiles() -> tuple[int, int, int]:
-    """Rows and columns of a program's weight tile, and its warps: ``SHARVET_GROUPED_TILES=NxKxW`` overrides them
-    (a knob for tuning on new hardware; powers of two). Small row blocks give a layer's few thousand rows enough
-    programs to keep every SM's memory pipeline busy."""
-    text = os.environ.get("SHARVET_GROUPED_TILES", "8x512x4")
+def parse_tiles(text: str) -> tuple[int, int, int, int]:
+    """Rows and columns of a program's weight tile, its warps, and how many programs split the first stage's long
+    reduction (over the model width): ``SHARVET_GROUPED_TILES=NxKxW[xS]`` overrides them (a knob for tuning on new
+    hardware; powers of two). Small row blocks, and a split reduction, give a layer's few thousand rows enough
+    programs to keep every SM's memory pipeline busy; a split first stage adds its partial sums in float32."""
     try:
-        n, k, w = (int(v) for v in text.lower().split("x"))
+        values = [int(v) for v in text.lower().split("x")]
+        n, k, w, split = values if len(values) == 4 else (*values, 1)
     except ValueError:
-        raise ValueError(f"SHARVET_GROUPED_TILES must look like 8x512x4, got {text!r}") from None
-    if any(v < 1 or v & (v - 1) for v in (n, k, w)):
+        raise ValueError(f"SHARVET_GROUPED_TILES must look like 8x512x4 or 8x512x4x2, got {text!r}") from None
+    if any(v < 1 or v & (v - 1) for v in (n, k, w, split)):
         raise ValueError(f"SHARVET_GROUPED_TILES needs powers of two, got {text!r}")
-    return n, k, w
+    return n, k, w, split
 
 
-BLOCK_N, BLOCK_K, WARPS = _tiles()
+BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
 
 
 def available() -> bool:
@@ -54,28 +55,39 @@ def available() -> bool:
 if triton is not None:
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
-                      G: tl.constexpr, HAS_SCALE: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """``y[y_off_g + rows] = W_g[rows] @ (x[x_off_g:] * s_g)`` for the group ``g`` owning this program's rows."""
+                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_DTYPE: tl.constexpr, SPLIT_K: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """``y[y_off_g + rows] = W_g[rows] @ (x[x_off_g:] * s_g)`` for the group ``g`` owning this program's rows;
+        with ``SPLIT_K`` > 1, program ``(i, j)`` adds the ``j``-th part of the sum into a zeroed float32 ``y``."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
             g += (pid >= tl.load(block_starts + i)).to(tl.int32)
         n = tl.load(n_sizes + g)
         k = tl.load(k_sizes + g)
-        w = tl.load(w_ptrs + g).to(tl.pointer_type(y_ptr.dtype.element_ty))
+        w = tl.load(w_ptrs + g).to(tl.pointer_type(W_DTYPE))
         x = x_ptr + tl.load(x_offsets + g)
-        s = tl.load(s_ptrs + g).to(tl.pointer_type(y_ptr.dtype.element_ty))  # the weights' table if unscaled
+        s = tl.load(s_ptrs + g).to(tl.pointer_type(W_DTYPE))  # the weights' table if unscaled
         rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
+        chunk = tl.cdiv(tl.cdiv(k, SPLIT_K), BLOCK_K) * BLOCK_K
+        k_lo = tl.program_id(1) * chunk
+        k_hi = tl.minimum(k, k_lo + chunk)
         acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
-        for k0 in range(0, k, BLOCK_K):
+        for k0 in range(k_lo, k_hi, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
-            xv = tl.load(x + cols, mask=cols < k, other=0.0).to(tl.float32)
+            xv = tl.load(x + cols, mask=cols < k_hi, other=0.0).to(tl.float32)
             if HAS_SCALE:
-                xv = xv * tl.load(s + cols, mask=cols < k, other=0.0).to(tl.float32)
-            wv = tl.load(w + rows[:, None] * k + cols[None, :], mask=(rows[:, None] < n) & (cols[None, :] < k),
-                         other=0.0)
+                xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)
+            wv = tl.load(w + rows[:, None] * k + cols[None, :],
+                         mask=(rows[:, None] < n) & (cols[None, :] < k_hi), other=0.0)
             acc += tl.sum(wv.to(tl.float32) * xv[None, :], axis=1)
-        tl.store(y_ptr + tl.load(y_offsets + g) + rows, acc.to(y_ptr.dtype.element_ty), mask=rows < n)
+        out = y_ptr + tl.load(y_offsets + g) + rows
+        if SPLIT_K == 1:
+            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=rows < n)
+        else:
+            tl.atomic_add(out, acc, mask=rows < n)
+
+    _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -87,25 +99,31 @@ def _offsets(sizes: list[int]) -> list[int]:
 
 
 class _Launch:
-    """One grouped GEMV: the weights' pointer table and sizes (int64 tensors on the weights' device), the grid."""
+    """One grouped GEMV: the weights' pointer table and sizes (int64 tensors on the weights' device), the grid.
+    Its output is in the weights' dtype, or float32 partial sums added together when ``split`` > 1."""
 
-    def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int]) -> None:
+    def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int],
+                 split: int = 1) -> None:
         device = weights[0].device
         blocks = [-(-w.shape[0] // BLOCK_N) for w in weights]
         table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
-        self.grid = (sum(blocks),)
+        self.grid, self.split = (sum(blocks), split), split
         self.w = table([w.data_ptr() for w in weights])
         self.s = table([s.data_ptr() for s in scales]) if scales else self.w
         self.n, self.k = table([w.shape[0] for w in weights]), table([w.shape[1] for w in weights])
         self.starts, self.x_off = table(_offsets(blocks)), table(x_offsets)
         self.y_off = table(_offsets([w.shape[0] for w in weights]))
         self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
+        self.dtype = weights[0].dtype
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        y = torch.empty(self.rows, dtype=x.dtype, device=x.device)
+        if self.split > 1:
+            y = torch.zeros(self.rows, dtype=torch.float32, device=x.device)
+        else:
+            y = torch.empty(self.rows, dtype=self.dtype, device=x.device)
         _grouped_gemv[self.grid](self.w, self.n, self.k, self.starts, x, self.x_off, self.s, y, self.y_off,
-                                 G=self.groups, HAS_SCALE=self.scaled, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K,
-                                 num_warps=WARPS)
+                                 G=self.groups, HAS_SCALE=self.scaled, W_DTYPE=_TL_DTYPES[self.dtype],
+                                 SPLIT_K=self.split, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=WARPS)
         return y
 
 
@@ -129,7 +147,7 @@ class GroupedStages(nn.Module):
         ones = [torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
         self._ones = ones  # kept alive: the pointer table points at them
         scales = [m.scale if m.scale is not None else one for m, one in zip(mods, ones)] if scaled else None
-        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods))
+        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), SPLIT_K)
         self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]))
         self.sizes = [m.out_features for m in mods]
 
