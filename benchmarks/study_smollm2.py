@@ -6,8 +6,9 @@ in the results folder (so a stage can run on another machine and its files be co
 * ``data`` - the data folder: the shared one (WikiText-2, PIQA) plus COPA, WinoGrande, ARC-Easy and LAMBADA
   from ``sharvet fetch-data`` (kept as is when already written, so it reruns offline);
 * ``methods-lr<LR>`` - Table 2 and Table 6: SEQ, CYCLE, CYCLE-REV, Basis Sharing, FiPS (each + LoRA) and
-  SharVeT at ratios 0.7 and 0.5, one run per learning rate of the search (the paper's 1e-4 to 1e-3);
-* ``lr-probe-<LR>`` - the same runs at learning rates beyond the paper's range (``--probe-lrs``), perplexity
+  SharVeT at ratios 0.7 and 0.5, one run per learning rate of the search (``--lrs``: 3e-3 and 1e-2, where the
+  first study's probe found LoRA and the vectors at their best; the paper searched 1e-4 to 1e-3);
+* ``lr-probe-<LR>`` - the same runs at further learning rates (``--probe-lrs``, none by default), perplexity
   only: whether the search's edge holds a method back (not used for Table 2);
 * ``variants`` - Tables 3, 7, 8, 9: the SharVeT variants at ratio 0.5 (learning rate ``--variants-lr``);
 * ``sharvet-lora`` - Figure 3: SharVeT's own model fine-tuned with LoRA instead of its vectors;
@@ -56,10 +57,10 @@ def arguments() -> argparse.Namespace:
     r.add_argument("--device", default="cuda")
     r.add_argument("--lrs", default=DEFAULT_LRS, help="learning-rate search of the methods stage")
     r.add_argument("--ratios", default="0.7,0.5", help="ratios of the methods stages")
-    r.add_argument("--probe-lrs", default="3e-3,1e-2,3e-2",
-                   help="learning rates beyond the paper's range, tried on every method (perplexity only, not used "
-                        "for Table 2): stages lr-probe-<lr>; '' for none")
-    r.add_argument("--variants-lr", default="1e-3")
+    r.add_argument("--probe-lrs", default="",
+                   help="further learning rates tried on every method (perplexity only, not used for Table 2), "
+                        "e.g. 1e-3,3e-2: stages lr-probe-<lr>")
+    r.add_argument("--variants-lr", default="1e-2", help="learning rate of the variants, LoRA and matched stages")
     r.add_argument("--variant-rows", default=VARIANT_ROWS, help="rows of the variants stage")
     r.add_argument("--table2-rows", default=TABLE2_ROWS, help="rows of the methods stages (to split them with --tag)")
     r.add_argument("--runs-dir", default=None, help="refinement folders (checkpoints, loss histories); default: "
