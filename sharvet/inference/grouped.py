@@ -55,19 +55,22 @@ def available() -> bool:
 if triton is not None:
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
-                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_DTYPE: tl.constexpr, SPLIT_K: tl.constexpr,
+                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, SPLIT_K: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
         """``y[y_off_g + rows] = W_g[rows] @ (x[x_off_g:] * s_g)`` for the group ``g`` owning this program's rows;
-        with ``SPLIT_K`` > 1, program ``(i, j)`` adds the ``j``-th part of the sum into a zeroed float32 ``y``."""
+        with ``SPLIT_K`` > 1, program ``(i, j)`` adds the ``j``-th part of the sum into a zeroed float32 ``y``.
+        The weights have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage, whose input may be
+        a split first stage's float32 sums); plain flags keep the launch simple for ``torch.compile`` to trace."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
             g += (pid >= tl.load(block_starts + i)).to(tl.int32)
         n = tl.load(n_sizes + g)
         k = tl.load(k_sizes + g)
-        w = tl.load(w_ptrs + g).to(tl.pointer_type(W_DTYPE))
+        w_ty = x_ptr.dtype.element_ty if W_LIKE_X else y_ptr.dtype.element_ty
+        w = tl.load(w_ptrs + g).to(tl.pointer_type(w_ty))
         x = x_ptr + tl.load(x_offsets + g)
-        s = tl.load(s_ptrs + g).to(tl.pointer_type(W_DTYPE))  # the weights' table if unscaled
+        s = tl.load(s_ptrs + g).to(tl.pointer_type(w_ty))  # the weights' table if unscaled
         rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
         chunk = tl.cdiv(tl.cdiv(k, SPLIT_K), BLOCK_K) * BLOCK_K
         k_lo = tl.program_id(1) * chunk
@@ -87,7 +90,27 @@ if triton is not None:
         else:
             tl.atomic_add(out, acc, mask=rows < n)
 
-    _TL_DTYPES = {torch.bfloat16: tl.bfloat16, torch.float16: tl.float16, torch.float32: tl.float32}
+
+
+    @torch.library.custom_op("sharvet::grouped_gemv", mutates_args=())
+    def grouped_gemv(x: torch.Tensor, w: torch.Tensor, n: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
+                     x_off: torch.Tensor, s: torch.Tensor, y_off: torch.Tensor, rows: int, groups: int, scaled: bool,
+                     first_stage: bool, split: int, dtype: torch.dtype, launch: list[int]) -> torch.Tensor:
+        """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
+        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps."""
+        programs, block_n, block_k, warps = launch
+        if split > 1:
+            y = torch.zeros(rows, dtype=torch.float32, device=x.device)
+        else:
+            y = torch.empty(rows, dtype=dtype, device=x.device)
+        _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, G=groups, HAS_SCALE=scaled,
+                                         W_LIKE_X=first_stage, SPLIT_K=split, BLOCK_N=block_n, BLOCK_K=block_k,
+                                         num_warps=warps)
+        return y
+
+    @grouped_gemv.register_fake
+    def _(x, w, n, k, starts, x_off, s, y_off, rows, groups, scaled, first_stage, split, dtype, launch):  # noqa: ANN
+        return x.new_empty(rows, dtype=torch.float32 if split > 1 else dtype)
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -103,7 +126,7 @@ class _Launch:
     Its output is in the weights' dtype, or float32 partial sums added together when ``split`` > 1."""
 
     def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int],
-                 split: int = 1) -> None:
+                 split: int = 1, *, first_stage: bool) -> None:
         device = weights[0].device
         blocks = [-(-w.shape[0] // BLOCK_N) for w in weights]
         table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
@@ -114,17 +137,12 @@ class _Launch:
         self.starts, self.x_off = table(_offsets(blocks)), table(x_offsets)
         self.y_off = table(_offsets([w.shape[0] for w in weights]))
         self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
-        self.dtype = weights[0].dtype
+        self.dtype, self.first_stage = weights[0].dtype, first_stage
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        if self.split > 1:
-            y = torch.zeros(self.rows, dtype=torch.float32, device=x.device)
-        else:
-            y = torch.empty(self.rows, dtype=self.dtype, device=x.device)
-        _grouped_gemv[self.grid](self.w, self.n, self.k, self.starts, x, self.x_off, self.s, y, self.y_off,
-                                 G=self.groups, HAS_SCALE=self.scaled, W_DTYPE=_TL_DTYPES[self.dtype],
-                                 SPLIT_K=self.split, BLOCK_N=BLOCK_N, BLOCK_K=BLOCK_K, num_warps=WARPS)
-        return y
+        return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, self.starts, self.x_off, self.s, self.y_off,
+                                              self.rows, self.groups, self.scaled, self.first_stage, self.split,
+                                              self.dtype, [self.grid[0], BLOCK_N, BLOCK_K, WARPS])
 
 
 class GroupedStages(nn.Module):
@@ -147,8 +165,8 @@ class GroupedStages(nn.Module):
         ones = [torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
         self._ones = ones  # kept alive: the pointer table points at them
         scales = [m.scale if m.scale is not None else one for m, one in zip(mods, ones)] if scaled else None
-        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), SPLIT_K)
-        self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]))
+        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), SPLIT_K, first_stage=True)
+        self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]), first_stage=False)
         self.sizes = [m.out_features for m in mods]
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
