@@ -28,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharvet.inference import grouped  # noqa: E402
 from sharvet.inference.form import prepare  # noqa: E402
+from sharvet.inference.measure import graph_seconds  # noqa: E402
 from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
 from sharvet.models import adapter_for  # noqa: E402
 from sharvet.modules import SharedBasisLinear  # noqa: E402
@@ -37,32 +38,6 @@ def inputs_by_key(adapter, device, dtype) -> dict[str, torch.Tensor]:
     """One random token per layer input (hidden size, or the MLP's width for down)."""
     sizes = {t.input_key: adapter.get_module(0, t.name).in_features for t in adapter.module_types}
     return {k: torch.randn(1, n, device=device, dtype=dtype) for k, n in sizes.items()}
-
-
-def time_graph(fn, device: torch.device, repeats: int) -> float:
-    """Seconds per call of ``fn``: replayed as one CUDA graph on a GPU (launch overhead excluded), eager on a CPU."""
-    fn()
-    if device.type != "cuda":
-        start = time.perf_counter()
-        for _ in range(repeats):
-            fn()
-        return (time.perf_counter() - start) / repeats
-    stream = torch.cuda.Stream()
-    with torch.cuda.stream(stream):
-        fn()
-    torch.cuda.synchronize()
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(repeats):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1e3 / repeats
 
 
 def layer_groups(adapter) -> list[tuple[str, list[SharedBasisLinear]]]:
@@ -90,7 +65,7 @@ def main() -> None:
     weights = [(t.input_key, dense_adapter.get_module(layer, t.name).weight)
                for layer in range(dense_adapter.num_layers) for t in dense_adapter.module_types]
     dense_bytes = sum(w.numel() * w.element_size() for _, w in weights)
-    rows = [dict(variant="dense", seconds=time_graph(lambda: [F.linear(x[k], w) for k, w in weights], device,
+    rows = [dict(variant="dense", seconds=graph_seconds(lambda: [F.linear(x[k], w) for k, w in weights], device,
                                                        a.repeats), bytes=dense_bytes)]
     plan = plan_for(dense, a.ratio, device)
     weights.clear()  # the dense model's memory back before the compressed one is built
@@ -105,14 +80,14 @@ def main() -> None:
             if t is not None and id(t) not in seen:
                 seen.add(id(t))
                 compressed_bytes += t.numel() * t.element_size()
-    rows.append(dict(variant="cublas", seconds=time_graph(lambda: [m(x[k]) for k, ms in groups for m in ms],
+    rows.append(dict(variant="cublas", seconds=graph_seconds(lambda: [m(x[k]) for k, ms in groups for m in ms],
                                                            device, a.repeats), bytes=compressed_bytes))
     if grouped.available() and (device.type == "cuda" or grouped.INTERPRET):
         for tile in a.tiles.split(","):
             grouped.BLOCK_N, grouped.BLOCK_K, grouped.WARPS, grouped.SPLIT_K = grouped.parse_tiles(tile)
             stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
             run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
-            rows.append(dict(variant=f"grouped {tile}", seconds=time_graph(run, device, a.repeats),
+            rows.append(dict(variant=f"grouped {tile}", seconds=graph_seconds(run, device, a.repeats),
                              bytes=compressed_bytes))
     base = rows[0]["seconds"]
     bound = dense_bytes / compressed_bytes

@@ -20,37 +20,10 @@ import torch
 import torch.nn.functional as F
 
 from sharvet.quantization import QuantizedTensor
+from sharvet.inference.measure import graph_seconds
 from sharvet.quantization.int4 import Int4Weight
 
 SHAPES_8B = {"q": (4096, 4096), "gate": (14336, 4096), "down": (4096, 14336)}
-
-
-def _time(fn, x: torch.Tensor, reps: int) -> float:
-    """Seconds per call: CUDA-graph replays timed by events on CUDA, a plain loop on the CPU."""
-    if x.device.type != "cuda":
-        fn(x)
-        t0 = time.perf_counter()
-        for _ in range(reps):
-            fn(x)
-        return (time.perf_counter() - t0) / reps
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn(x)
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(10):
-            fn(x)
-    graph.replay()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    start.record()
-    for _ in range(reps):
-        graph.replay()
-    end.record()
-    torch.cuda.synchronize()
-    return start.elapsed_time(end) / 1000 / (reps * 10)
 
 
 def matvec_rows(device: str, ratio: float, reps: int = 50) -> list[dict]:
@@ -73,7 +46,7 @@ def matvec_rows(device: str, ratio: float, reps: int = 50) -> list[dict]:
         }
         base = None
         for case, (fn, nbytes) in cases.items():
-            seconds = _time(fn, x, reps)
+            seconds = graph_seconds(lambda: fn(x), x.device, reps, inner=10)
             base = base or (seconds, nbytes)
             rows.append({"shape": f"8B {name} {d_out}x{d_in}", "case": case, "rank": rank if "fact" in case else None,
                          "us": round(seconds * 1e6, 2), "speedup_vs_dense_bf16": round(base[0] / seconds, 3),

@@ -71,6 +71,29 @@ def elapsed(fn: Callable[[], Any], device: torch.device) -> float:
     return time.perf_counter() - t
 
 
+def graph_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, inner: int = 1) -> float:
+    """Seconds per call of ``fn``, kernels only: on a GPU ``inner`` calls are recorded as one CUDA graph (after warm-up
+    on a side stream) and its replays timed by events, so launch overhead does not count; a plain loop on a CPU."""
+    if device.type != "cuda":
+        fn()
+        t = time.perf_counter()
+        for _ in range(repeats * inner):
+            fn()
+        return (time.perf_counter() - t) / (repeats * inner)
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream):
+        for _ in range(3):
+            fn()
+    torch.cuda.current_stream().wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph):
+        for _ in range(inner):
+            fn()
+    graph.replay()
+    return elapsed(lambda: [graph.replay() for _ in range(repeats)], device) / (repeats * inner)
+
+
 def _reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
