@@ -38,6 +38,8 @@ kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
 prompt = ids[:1, :6]
 assert torch.equal(fast.generate(prompt, **kw), model.generate(prompt, **kw))
 assert calls, "the grouped kernels never ran"
+batch = ids[:3, :6]  # three sequences: decode steps of three tokens take the tl.dot path
+assert torch.equal(fast.generate(batch, **kw), model.generate(batch, **kw))
 step = ids[:1, :1]
 torch.testing.assert_close(fast(step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
 with torch.no_grad():  # one graph: the grouped launch is an operator torch.compile keeps whole
@@ -81,14 +83,16 @@ def test_kernels_match_the_reference_in_the_interpreter():
 
 @needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_bf16_decode_on_the_gpu_matches_and_compiles():
+@pytest.mark.parametrize("tokens", [1, 4])
+def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens):
     model, ids = compressed()
     model = model.to("cuda", torch.bfloat16)
     ref = prepare(__import__("copy").deepcopy(model), fuse="never")
     fast = prepare(model, fuse="grouped")
-    step = ids[:1, :1].cuda()
-    assert all(g.fast(torch.zeros(1, 1, g.parts[0].in_features, device="cuda", dtype=torch.bfloat16))
-               for g in {id(m.group): m.group for m in fast.modules() if isinstance(m, GroupedSlice)}.values())
+    step = ids[:tokens, :1].cuda()
+    groups = {id(m.group): m.group for m in fast.modules() if isinstance(m, GroupedSlice)}.values()
+    assert all(g.fast(torch.zeros(tokens, 1, g.parts[0].in_features, device="cuda", dtype=torch.bfloat16))
+               for g in groups)
     torch.testing.assert_close(fast(step).logits.float(), ref(step).logits.float(), atol=5e-2, rtol=2e-2)
     with torch.no_grad():
         compiled = torch.compile(fast.forward, fullgraph=True, mode="reduce-overhead")

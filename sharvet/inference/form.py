@@ -16,9 +16,9 @@
   Sharing's consecutive groups; types grouped alike). ``fuse="auto"`` stacks only such combinations;
   ``"always"`` stacks every layer's first stage, lambda folded in, copying bases where layers combine them
   differently (the same bytes read per token, more stored); ``"never"`` keeps the matmuls apart.
-- ``fuse="grouped"``: the modules reading one input run, for a one-token step on a GPU, as two grouped Triton
-  launches (all first stages, then all second stages; :mod:`.grouped`), lambda applied inside the kernel and no
-  basis copied; other steps take each module's own forward.
+- ``fuse="grouped"``: the modules reading one input run, for a decode step (<= 16 tokens) on a GPU, as two
+  grouped Triton launches (all first stages, then all second stages; :mod:`.grouped`), lambda applied inside the
+  kernel and no basis copied; other steps take each module's own forward.
 
 - **ranks padded to a multiple of** ``align`` (8 by default) with zero basis rows and zero V columns: the same
   output, and every matmul gets tensor-core-friendly sizes. The planner's ranks are arbitrary (1433, 2229, ...);

@@ -1,5 +1,5 @@
 """Grouped decode kernels: one launch for the first stages and one for the second stages of every compressed module
-that reads the same input (q, k, v; gate, up; o and down alone), when a step carries one token.
+that reads the same input (q, k, v; gate, up; o and down alone), when a decode step carries a few tokens.
 
 Why: a decode step of a compressed model is memory-bound, yet each module is two skinny GEMVs, so a layer launches
 about twice dense's kernels on matrices 2-5x smaller, which cuBLAS serves at ~2.3 TB/s against dense's ~3.5
@@ -9,8 +9,9 @@ pointers (nothing is copied, unlike ``fuse="always"``), and a second one every `
 applied on the fly. Programs own ``BLOCK_N`` output rows each, so the small matrices of a layer fill the GPU
 together.
 
-Steps of more than one token, CPU tensors, and machines without Triton take the modules' own forward (the
-reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests).
+Each weight tile is read once for all of a step's tokens (up to :data:`MAX_TOKENS`: a batch of sequences
+decoding together). Longer steps (prefill), CPU tensors, and machines without Triton take the modules' own forward
+(the reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests).
 """
 from __future__ import annotations
 
@@ -45,6 +46,8 @@ def parse_tiles(text: str) -> tuple[int, int, int, int]:
     return n, k, w, split
 
 
+#: decode steps of up to this many tokens (a batch of sequences) take the grouped kernels
+MAX_TOKENS = 16
 BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
 
 
@@ -55,12 +58,15 @@ def available() -> bool:
 if triton is not None:
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
+                      tokens, x_stride, y_stride,
                       G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, SPLIT_K: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """``y[y_off_g + rows] = W_g[rows] @ (x[x_off_g:] * s_g)`` for the group ``g`` owning this program's rows;
-        with ``SPLIT_K`` > 1, program ``(i, j)`` adds the ``j``-th part of the sum into a zeroed float32 ``y``.
-        The weights have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage, whose input may be
-        a split first stage's float32 sums); plain flags keep the launch simple for ``torch.compile`` to trace."""
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+        """``y[t, y_off_g + rows] = W_g[rows] @ (x[t, x_off_g:] * s_g)`` for every token ``t`` and the group ``g``
+        owning this program's rows, each weight tile read once for all tokens. One token: a multiply-and-sum;
+        several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. With ``SPLIT_K`` > 1, program ``(i, j)``
+        adds the ``j``-th part of the sum into a zeroed float32 ``y``. The weights have ``x``'s dtype
+        (``W_LIKE_X``: a first stage) or ``y``'s (a second stage, whose input may be a split first stage's float32
+        sums); plain flags keep the launch simple."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
@@ -75,22 +81,26 @@ if triton is not None:
         chunk = tl.cdiv(tl.cdiv(k, SPLIT_K), BLOCK_K) * BLOCK_K
         k_lo = tl.program_id(1) * chunk
         k_hi = tl.minimum(k, k_lo + chunk)
-        acc = tl.zeros((BLOCK_N,), dtype=tl.float32)
+        t = tl.arange(0, BLOCK_M)
+        acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
-            xv = tl.load(x + cols, mask=cols < k_hi, other=0.0).to(tl.float32)
+            xv = tl.load(x + t[:, None] * x_stride + cols[None, :], mask=(t[:, None] < tokens) & (cols[None, :] < k_hi),
+                         other=0.0).to(tl.float32)
             if HAS_SCALE:
-                xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)
+                xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
             wv = tl.load(w + rows[:, None] * k + cols[None, :],
                          mask=(rows[:, None] < n) & (cols[None, :] < k_hi), other=0.0)
-            acc += tl.sum(wv.to(tl.float32) * xv[None, :], axis=1)
-        out = y_ptr + tl.load(y_offsets + g) + rows
+            if BLOCK_M == 1:
+                acc += tl.sum(wv.to(tl.float32) * xv, axis=1)[None, :]
+            else:
+                acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
+        out = y_ptr + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
+        mask = (t[:, None] < tokens) & (rows[None, :] < n)
         if SPLIT_K == 1:
-            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=rows < n)
+            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
         else:
-            tl.atomic_add(out, acc, mask=rows < n)
-
-
+            tl.atomic_add(out, acc, mask=mask)
 
     @torch.library.custom_op("sharvet::grouped_gemv", mutates_args=())
     def grouped_gemv(x: torch.Tensor, w: torch.Tensor, n: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
@@ -99,18 +109,20 @@ if triton is not None:
         """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
         graphs record the launch); ``launch`` = programs, rows and columns per tile, warps."""
         programs, block_n, block_k, warps = launch
+        tokens = x.shape[0]
         if split > 1:
-            y = torch.zeros(rows, dtype=torch.float32, device=x.device)
+            y = torch.zeros(tokens, rows, dtype=torch.float32, device=x.device)
         else:
-            y = torch.empty(rows, dtype=dtype, device=x.device)
-        _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, G=groups, HAS_SCALE=scaled,
-                                         W_LIKE_X=first_stage, SPLIT_K=split, BLOCK_N=block_n, BLOCK_K=block_k,
-                                         num_warps=warps)
+            y = torch.empty(tokens, rows, dtype=dtype, device=x.device)
+        block_m = 1 if tokens == 1 else max(16, triton.next_power_of_2(tokens))
+        _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, tokens, x.stride(0), rows,
+                                         G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, SPLIT_K=split,
+                                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
         return y
 
     @grouped_gemv.register_fake
     def _(x, w, n, k, starts, x_off, s, y_off, rows, groups, scaled, first_stage, split, dtype, launch):  # noqa: ANN
-        return x.new_empty(rows, dtype=torch.float32 if split > 1 else dtype)
+        return x.new_empty(x.shape[0], rows, dtype=torch.float32 if split > 1 else dtype)
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -128,25 +140,31 @@ class _Launch:
     def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int],
                  split: int = 1, *, first_stage: bool) -> None:
         device = weights[0].device
-        blocks = [-(-w.shape[0] // BLOCK_N) for w in weights]
         table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
-        self.grid, self.split = (sum(blocks), split), split
+        self.split = split
+        #: rows per program, programs, and each group's first program: one token, and several (``tl.dot`` needs
+        #: tiles of at least 16 rows)
+        self.layouts = {}
+        for several, block_n in ((False, BLOCK_N), (True, max(16, BLOCK_N))):
+            blocks = [-(-w.shape[0] // block_n) for w in weights]
+            self.layouts[several] = (block_n, sum(blocks), table(_offsets(blocks)))
         self.w = table([w.data_ptr() for w in weights])
         self.s = table([s.data_ptr() for s in scales]) if scales else self.w
         self.n, self.k = table([w.shape[0] for w in weights]), table([w.shape[1] for w in weights])
-        self.starts, self.x_off = table(_offsets(blocks)), table(x_offsets)
+        self.x_off = table(x_offsets)
         self.y_off = table(_offsets([w.shape[0] for w in weights]))
         self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
         self.dtype, self.first_stage = weights[0].dtype, first_stage
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, self.starts, self.x_off, self.s, self.y_off,
+        block_n, programs, starts = self.layouts[x.shape[0] > 1]
+        return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, self.split,
-                                              self.dtype, [self.grid[0], BLOCK_N, BLOCK_K, WARPS])
+                                              self.dtype, [programs, block_n, BLOCK_K, WARPS])
 
 
 class GroupedStages(nn.Module):
-    """The compressed modules reading one input of one layer, run by two grouped launches for a one-token step.
+    """The compressed modules reading one input of one layer, run by two grouped launches for a decode step.
 
     Holds the modules themselves (their parameters stay where they are, shared bases included); the pointer tables
     are rebuilt whenever the module is moved (``_apply``), so they never point at freed memory."""
@@ -179,15 +197,16 @@ class GroupedStages(nn.Module):
         self._build()
 
     def fast(self, x: torch.Tensor) -> bool:
-        """A one-token step on a GPU (or the Triton interpreter), in the weights' dtype."""
-        return (triton is not None and (x.is_cuda or INTERPRET) and x.numel() == x.shape[-1]
+        """A decode step of at most :data:`MAX_TOKENS` tokens on a GPU (or the Triton interpreter), in the weights'
+        dtype; longer steps (prefill) are compute-bound and run best as cuBLAS GEMMs."""
+        return (triton is not None and (x.is_cuda or INTERPRET) and x.numel() <= MAX_TOKENS * x.shape[-1]
                 and x.dtype == self.parts[0].basis.dtype)
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
         if self._memo is None or self._memo[0] is not x:
-            h = self.first(x.reshape(-1).contiguous())
+            h = self.first(x.reshape(-1, x.shape[-1]).contiguous())
             y = self.second(h)
-            self._memo = (x, list(y.split(self.sizes)), len(self.sizes))
+            self._memo = (x, list(y.split(self.sizes, dim=-1)), len(self.sizes))
         source, parts, left = self._memo
         out = parts[index]
         self._memo = None if left == 1 else (source, parts, left - 1)
@@ -197,7 +216,7 @@ class GroupedStages(nn.Module):
 
 
 class GroupedSlice(nn.Module):
-    """One compressed module of a :class:`GroupedStages`: grouped kernels for one token, its own forward else."""
+    """One compressed module of a :class:`GroupedStages`: grouped kernels for a decode step, its own forward else."""
 
     def __init__(self, group: GroupedStages, index: int) -> None:
         super().__init__()
