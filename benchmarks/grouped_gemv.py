@@ -34,10 +34,10 @@ from sharvet.models import adapter_for  # noqa: E402
 from sharvet.modules import SharedBasisLinear  # noqa: E402
 
 
-def inputs_by_key(adapter, device, dtype) -> dict[str, torch.Tensor]:
-    """One random token per layer input (hidden size, or the MLP's width for down)."""
+def inputs_by_key(adapter, tokens: int, device, dtype) -> dict[str, torch.Tensor]:
+    """Random tokens per layer input (hidden size, or the MLP's width for down)."""
     sizes = {t.input_key: adapter.get_module(0, t.name).in_features for t in adapter.module_types}
-    return {k: torch.randn(1, n, device=device, dtype=dtype) for k, n in sizes.items()}
+    return {k: torch.randn(tokens, n, device=device, dtype=dtype) for k, n in sizes.items()}
 
 
 def layer_groups(adapter) -> list[tuple[str, list[SharedBasisLinear]]]:
@@ -53,6 +53,7 @@ def main() -> None:
     p.add_argument("--ratio", type=float, default=0.5)
     p.add_argument("--tiles", default="8x512x4,16x256x4,4x1024x4,8x512x4x4",
                    help="rows x columns x warps [x first-stage split] per program (sharvet.inference.grouped)")
+    p.add_argument("--tokens", default="1,16", help="tokens per decode step (a batch of sequences), comma list")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None)
@@ -61,12 +62,13 @@ def main() -> None:
     config = shape_config(a.shape)
     dense = random_model(config, dtype, device, seed=0)
     dense_adapter = adapter_for(dense)
-    x = inputs_by_key(dense_adapter, device, dtype)
+    xs = {m: inputs_by_key(dense_adapter, m, device, dtype) for m in map(int, a.tokens.split(","))}
     weights = [(t.input_key, dense_adapter.get_module(layer, t.name).weight)
                for layer in range(dense_adapter.num_layers) for t in dense_adapter.module_types]
     dense_bytes = sum(w.numel() * w.element_size() for _, w in weights)
-    rows = [dict(variant="dense", seconds=graph_seconds(lambda: [F.linear(x[k], w) for k, w in weights], device,
-                                                       a.repeats), bytes=dense_bytes)]
+    rows = [dict(variant="dense", tokens=m, bytes=dense_bytes,
+                 seconds=graph_seconds(lambda: [F.linear(x[k], w) for k, w in weights], device, a.repeats))
+            for m, x in xs.items()]
     plan = plan_for(dense, a.ratio, device)
     weights.clear()  # the dense model's memory back before the compressed one is built
     del dense
@@ -80,24 +82,30 @@ def main() -> None:
             if t is not None and id(t) not in seen:
                 seen.add(id(t))
                 compressed_bytes += t.numel() * t.element_size()
-    rows.append(dict(variant="cublas", seconds=graph_seconds(lambda: [m(x[k]) for k, ms in groups for m in ms],
-                                                           device, a.repeats), bytes=compressed_bytes))
+    for m, x in xs.items():
+        rows.append(dict(variant="cublas", tokens=m, bytes=compressed_bytes,
+                         seconds=graph_seconds(lambda: [mod(x[k]) for k, ms in groups for mod in ms], device,
+                                               a.repeats)))
     if grouped.available() and (device.type == "cuda" or grouped.INTERPRET):
         for tile in a.tiles.split(","):
             grouped.BLOCK_N, grouped.BLOCK_K, grouped.WARPS, grouped.SPLIT_K = grouped.parse_tiles(tile)
             stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
-            run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
-            rows.append(dict(variant=f"grouped {tile}", seconds=graph_seconds(run, device, a.repeats),
-                             bytes=compressed_bytes))
-    base = rows[0]["seconds"]
+            for m, x in xs.items():
+                run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
+                rows.append(dict(variant=f"grouped {tile}", tokens=m, bytes=compressed_bytes,
+                                 seconds=graph_seconds(run, device, a.repeats)))
+    dense_s = {r["tokens"]: r["seconds"] for r in rows if r["variant"] == "dense"}
     bound = dense_bytes / compressed_bytes
-    print(f"{a.shape} ratio {a.ratio}, one token, {device} ({torch.cuda.get_device_name() if device.type == 'cuda' else 'cpu'})")
-    print("| variant | us per token | weight MB | TB/s | speedup vs dense | bytes bound |")
-    print("|---|---|---|---|---|---|")
+    gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
+    print(f"{a.shape} ratio {a.ratio}, the linear modules of one decode step, {device} ({gpu})")
+    print("| variant | tokens | us per step | weight MB | TB/s | speedup vs dense | bytes bound |")
+    print("|---|---|---|---|---|---|---|")
     for r in rows:
         r.update(us=round(r["seconds"] * 1e6, 1), tb_s=round(r["bytes"] / r["seconds"] / 1e12, 3),
-                 speedup=round(base / r["seconds"], 3), bound=round(bound, 3) if r["variant"] != "dense" else 1.0)
-        print(f"| {r['variant']} | {r['us']} | {r['bytes'] / 1e6:.1f} | {r['tb_s']} | {r['speedup']} | {r['bound']} |")
+                 speedup=round(dense_s[r["tokens"]] / r["seconds"], 3),
+                 bound=round(bound, 3) if r["variant"] != "dense" else 1.0)
+        print(f"| {r['variant']} | {r['tokens']} | {r['us']} | {r['bytes'] / 1e6:.1f} | {r['tb_s']} | {r['speedup']} "
+              f"| {r['bound']} |")
     if a.out:
         Path(a.out).write_text(json.dumps(dict(shape=a.shape, ratio=a.ratio, device=str(device), rows=rows,
                                                command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC",
