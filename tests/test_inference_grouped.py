@@ -59,6 +59,14 @@ def test_grouped_modules_replace_every_compressed_module():
     torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
 
 
+def test_offloaded_weights_are_refused():
+    model, _ = compressed()
+    down = model.model.layers[1].mlp.down_proj
+    down.v = torch.nn.Parameter(torch.empty_like(down.v, device="meta"), requires_grad=False)  # as offloading leaves it
+    with pytest.raises(ValueError, match="offloaded"):
+        prepare(model, fuse="grouped")
+
+
 def test_pointer_tables_follow_copies_and_moves():
     """The kernels read weights through raw pointers: a copy or a cast must rebuild them, never share stale ones."""
     model, _ = compressed()

@@ -187,6 +187,9 @@ def _group(adapter: ModelAdapter, report: InferenceReport) -> None:
             modules = [adapter.get_module(layer, t) for t in types]
             if not all(isinstance(m, SharedBasisLinear) for m in modules):
                 continue
+            if any(p.device.type == "meta" for m in modules for p in m.parameters()):
+                raise ValueError('fuse="grouped" reads weights where they lie: it does not take offloaded weights '
+                                 "(meta tensors filled in by hooks); place the whole model on the GPU first")
             group = GroupedStages(modules)
             for i, t in enumerate(types):
                 adapter.set_module(layer, t, GroupedSlice(group, i))
