@@ -187,9 +187,6 @@ def _group(adapter: ModelAdapter, report: InferenceReport) -> None:
             modules = [adapter.get_module(layer, t) for t in types]
             if not all(isinstance(m, SharedBasisLinear) for m in modules):
                 continue
-            if any(p.device.type == "meta" for m in modules for p in m.parameters()):
-                raise ValueError('fuse="grouped" reads weights where they lie: it does not take offloaded weights '
-                                 "(meta tensors filled in by hooks); place the whole model on the GPU first")
             group = GroupedStages(modules)
             for i, t in enumerate(types):
                 adapter.set_module(layer, t, GroupedSlice(group, i))
@@ -210,6 +207,9 @@ def prepare(model: nn.Module, *, fuse: str = "auto", align: int = DEFAULT_ALIGN)
         raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
     if align < 1:
         raise ValueError(f"align must be >= 1, got {align}")
+    if fuse == "grouped" and any(p.device.type == "meta" for p in model.parameters()):
+        raise ValueError('fuse="grouped" reads weights where they lie: it does not take offloaded weights (meta '
+                         "tensors filled in by hooks); place the whole model on the GPU first")
     if hasattr(model, "peft_config"):
         raise ValueError("the inference form does not take LoRA adapters (a peft model); run it as loaded")
     adapter = adapter_for(model)
