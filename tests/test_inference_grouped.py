@@ -126,6 +126,6 @@ def test_tile_sizes_parse_or_fail_in_one_line():
     from sharvet.inference.grouped import parse_tiles
 
     assert parse_tiles("8x512x4") == (8, 512, 4, 1) and parse_tiles("16X256x8x4") == (16, 256, 8, 4)
-    for bad in ("8x512", "8x512x4x2x1", "8xKx4", "6x512x4"):
+    for bad in ("8x512", "8x512x4x2x1", "8xKx4", "6x512x4", "8x8x4"):
         with pytest.raises(ValueError, match="SHARVET_GROUPED_TILES"):
             parse_tiles(bad)

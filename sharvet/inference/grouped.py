@@ -41,8 +41,8 @@ def parse_tiles(text: str) -> tuple[int, int, int, int]:
         n, k, w, split = values if len(values) == 4 else (*values, 1)
     except ValueError:
         raise ValueError(f"SHARVET_GROUPED_TILES must look like 8x512x4 or 8x512x4x2, got {text!r}") from None
-    if any(v < 1 or v & (v - 1) for v in (n, k, w, split)):
-        raise ValueError(f"SHARVET_GROUPED_TILES needs powers of two, got {text!r}")
+    if any(v < 1 or v & (v - 1) for v in (n, k, w, split)) or k < 16:
+        raise ValueError(f"SHARVET_GROUPED_TILES needs powers of two, columns >= 16 (tl.dot), got {text!r}")
     return n, k, w, split
 
 
