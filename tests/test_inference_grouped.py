@@ -1,4 +1,4 @@
-"""fuse="grouped": two grouped Triton launches per layer input for a one-token step, the reference otherwise.
+"""fuse="grouped": two grouped Triton launches per layer input for a decode step, the reference otherwise.
 
 The kernels run where Triton is: on a GPU, or on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``, in
 a subprocess, since the variable is read when the kernel is defined). CPU-only machines without Triton run the
@@ -24,28 +24,25 @@ needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, re
 
 INTERPRETED = """
 import torch
-from sharvet.inference.grouped import GroupedStages
+from sharvet.inference import grouped
 from test_inference import compressed, converted
 model, ids = compressed()
 fast = converted(model, "grouped")
-groups = {id(m.group): m.group for m in fast.modules() if hasattr(m, "group")}
-assert groups and all(isinstance(g, GroupedStages) for g in groups.values())
-calls = []
-for g in groups.values():
-    g.first.__class__.__call__ = (lambda f: lambda self, x: calls.append(1) or f(self, x))(g.first.__class__.__call__)
-    break
+tokens = []  # tokens of every grouped launch
+launch = grouped._Launch.__call__
+grouped._Launch.__call__ = lambda self, x: tokens.append(x.shape[0]) or launch(self, x)
 kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
 prompt = ids[:1, :6]
 assert torch.equal(fast.generate(prompt, **kw), model.generate(prompt, **kw))
-assert calls, "the grouped kernels never ran"
 batch = ids[:3, :6]  # three sequences: decode steps of three tokens take the tl.dot path
 assert torch.equal(fast.generate(batch, **kw), model.generate(batch, **kw))
+assert set(tokens) == {1, 3}, set(tokens)  # the kernels ran for both, never for a prefill
 step = ids[:1, :1]
 torch.testing.assert_close(fast(step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
 with torch.no_grad():  # one graph: the grouped launch is an operator torch.compile keeps whole
     compiled = torch.compile(fast.forward, fullgraph=True)
     torch.testing.assert_close(compiled(input_ids=step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
-print("ok", len(calls))
+print("ok", len(tokens))
 """
 
 
