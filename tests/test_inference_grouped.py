@@ -36,7 +36,8 @@ prompt = ids[:1, :6]
 assert torch.equal(fast.generate(prompt, **kw), model.generate(prompt, **kw))
 batch = ids[:3, :6]  # three sequences: decode steps of three tokens take the tl.dot path
 assert torch.equal(fast.generate(batch, **kw), model.generate(batch, **kw))
-assert set(tokens) == {1, 3}, set(tokens)  # the kernels ran for both, never for a prefill
+# both decodes ran the kernels (and the 6-token prompt: short steps are memory-bound too); 18 tokens did not
+assert {1, 3} <= set(tokens) and max(tokens) <= grouped.MAX_TOKENS, set(tokens)
 step = ids[:1, :1]
 torch.testing.assert_close(fast(step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
 with torch.no_grad():  # one graph: the grouped launch is an operator torch.compile keeps whole
