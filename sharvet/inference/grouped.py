@@ -197,8 +197,8 @@ class GroupedStages(nn.Module):
         self._build()
 
     def fast(self, x: torch.Tensor) -> bool:
-        """A decode step of at most :data:`MAX_TOKENS` tokens on a GPU (or the Triton interpreter), in the weights'
-        dtype; longer steps (prefill) are compute-bound and run best as cuBLAS GEMMs."""
+        """A step of at most :data:`MAX_TOKENS` tokens (a batch's decode step, a short prompt) on a GPU (or the
+        Triton interpreter), in the weights' dtype; longer steps are compute-bound and run best as cuBLAS GEMMs."""
         return (triton is not None and (x.is_cuda or INTERPRET) and x.numel() <= MAX_TOKENS * x.shape[-1]
                 and x.dtype == self.parts[0].basis.dtype)
 
