@@ -1,0 +1,115 @@
+"""Issue 15's targets, checked from ``results/quality/summary.json``: one command, three tables.
+
+For the rows of the default method run with the given refinement flags (none: ``sharvet compress --refine`` as it
+is), against the LoRA baselines run with the *same* flags, calibration and precision (so with the same data and
+steps):
+
+1. perplexity as a multiple of the original's: <= 1.6x (WikiText-2) and <= 1.8x (C4) at 0.7, <= 3x at 0.5;
+2. >= 10 % lower perplexity than each baseline, both sets (adapters on top and in budget);
+3. average accuracy over the five tasks not behind any baseline.
+
+Repeated runs of a row are averaged (the spread of identical GPU runs is ~2-3 %), and every cell says how many.
+
+    python benchmarks/quality_targets.py results/quality/summary.json
+    python benchmarks/quality_targets.py results/quality/summary.json --flags "--epochs 4"   # a candidate default
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from sharvet.methods import DEFAULT_METHOD  # noqa: E402
+
+BASELINES = {"basis-sharing": "Basis Sharing + LoRA", "svd": "per-layer SVD + LoRA",
+             "basis-sharing-in-budget": "Basis Sharing + LoRA, in budget", "svd-in-budget": "per-layer SVD + LoRA, in budget"}
+SETS = {"wikitext2_ppl": "WikiText-2", "c4_ppl": "C4"}
+#: ratio -> set -> largest multiple of the original's perplexity
+LIMITS = {0.7: {"wikitext2_ppl": 1.6, "c4_ppl": 1.8}, 0.5: {"wikitext2_ppl": 3.0, "c4_ppl": 3.0}}
+MARGIN = 0.10
+
+
+def refine_flags(record: dict) -> str:
+    """The refinement flags of a record's command (``... --refine FLAGS --device cuda ...``)."""
+    tail = record["command"].split(" --refine", 1)[1]
+    return tail.split(" --device ", 1)[0].strip()
+
+
+def chosen(records: list[dict], flags: str) -> tuple[list[dict], dict[str, list[dict]]]:
+    """The default method's rows with ``flags`` (its own calibration, float32) and the baselines' comparable rows."""
+    ours = [r for r in records if r["method"] == DEFAULT_METHOD and r.get("train_dtype") == "float32"
+            and refine_flags(r) == flags and (r["default"] or flags)]
+    calib = {r["calib_data"] for r in ours}
+    base = {m: [r for r in records if r["method"] == m and r.get("train_dtype") == "float32"
+                and refine_flags(r) == flags and r["calib_data"] in calib] for m in BASELINES}
+    return ours, base
+
+
+def mean(rows: list[dict], key: str) -> tuple[float | None, int]:
+    values = [r[key] for r in rows if r.get(key) is not None]
+    return (statistics.fmean(values) if values else None), len(values)
+
+
+def cell(value: float | None, n: int, digits: int = 2) -> str:
+    return "not run" if value is None else f"{value:.{digits}f}" + (f" (mean of {n})" if n > 1 else "")
+
+
+def tables(records: list[dict], flags: str) -> tuple[str, int, int]:
+    """The three tables in markdown, and how many targets were checked and met."""
+    original = next(r for r in records if r["method"] == "original")
+    ours, base = chosen(records, flags)
+    met = checked = 0
+    limits = ["| ratio | set | SharVeT default | x original | limit | met |", "|---|---|---|---|---|---|"]
+    margins = ["| ratio | set | baseline | SharVeT | baseline | lower by | met (>= 10 %) |",
+               "|---|---|---|---|---|---|---|"]
+    accuracy = ["| ratio | baseline | SharVeT avg | baseline avg | met (not behind) |", "|---|---|---|---|---|"]
+    for ratio in sorted({r["ratio"] for r in ours}, reverse=True):
+        mine = [r for r in ours if r["ratio"] == ratio]
+        for key, name in SETS.items():
+            value, n = mean(mine, key)
+            limit = LIMITS.get(ratio, {}).get(key)
+            if value is not None and limit is not None:
+                ok = value / original[key] <= limit
+                met, checked = met + ok, checked + 1
+                limits.append(f"| {ratio} | {name} | {cell(value, n)} | {value / original[key]:.2f} | {limit} | "
+                              f"{'yes' if ok else '**no**'} |")
+            for m, label in BASELINES.items():
+                theirs, k = mean([r for r in base[m] if r["ratio"] == ratio], key)
+                if value is None or theirs is None:
+                    margins.append(f"| {ratio} | {name} | {label} | {cell(value, n)} | not run | - | - |")
+                    continue
+                lower = 1 - value / theirs
+                ok = lower >= MARGIN
+                met, checked = met + ok, checked + 1
+                margins.append(f"| {ratio} | {name} | {label} | {cell(value, n)} | {cell(theirs, k)} | "
+                               f"{100 * lower:.1f} % | {'yes' if ok else '**no**'} |")
+        acc, n = mean(mine, "avg_acc")
+        for m, label in BASELINES.items():
+            theirs, k = mean([r for r in base[m] if r["ratio"] == ratio], "avg_acc")
+            if acc is None or theirs is None:
+                continue
+            ok = acc >= theirs
+            met, checked = met + ok, checked + 1
+            accuracy.append(f"| {ratio} | {label} | {cell(acc, n, 1)} | {cell(theirs, k, 1)} | "
+                            f"{'yes' if ok else f'**no** (behind by {theirs - acc:.1f}; SE ~1.1)'} |")
+    return "\n\n".join("\n".join(t) for t in (limits, margins, accuracy)), checked, met
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("summary", help="results/quality/summary.json")
+    p.add_argument("--flags", default="", help="refinement flags of the rows to check (default: none, the defaults)")
+    a = p.parse_args()
+    records = json.loads(Path(a.summary).read_text())
+    text, checked, met = tables(records, a.flags)
+    what = f"rows with --refine {a.flags}" if a.flags else "the default rows"
+    print(f"issue 15's targets, {what} ({DEFAULT_METHOD}) against baselines with the same flags:\n\n{text}\n\n"
+          f"{met} of {checked} checked targets met")
+
+
+if __name__ == "__main__":
+    main()

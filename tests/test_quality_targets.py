@@ -1,0 +1,39 @@
+"""benchmarks/quality_targets.py: issue 15's targets from summary records, like for like."""
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
+import quality_targets as targets  # noqa: E402
+
+
+def record(method: str, ratio: float, wiki: float, c4: float, flags: str = "", default: bool = False,
+           calib: str = "wikitext2+c4", acc: float | None = None) -> dict:
+    return {"method": method, "ratio": ratio, "wikitext2_ppl": wiki, "c4_ppl": c4, "avg_acc": acc, "default": default,
+            "calib_data": calib, "train_dtype": "float32",
+            "command": f"sharvet compress --ratio {ratio} --refine{' ' + flags if flags else ''} --device cuda -o OUT"}
+
+
+RECORDS = [
+    {"method": "original", "ratio": 1.0, "wikitext2_ppl": 20.0, "c4_ppl": 30.0, "command": "sharvet eval"},
+    record("sharvet-plus", 0.7, 30.0, 56.0, default=True, acc=43.0),
+    record("sharvet-plus", 0.7, 32.0, 52.0, default=True),  # means 31 / 54: 1.55x / 1.8x
+    record("basis-sharing", 0.7, 35.0, 59.0, acc=44.0),       # 11.4 % / 8.5 % lower; accuracy behind
+    record("basis-sharing", 0.7, 20.0, 20.0, calib="wikitext2"),  # other calibration: not comparable
+    record("basis-sharing", 0.7, 20.0, 20.0, flags="--epochs 4"),  # other steps: not comparable
+    record("sharvet-plus", 0.7, 10.0, 10.0, flags="--epochs 4"),
+]
+
+
+def test_defaults_are_checked_against_like_for_like_baselines():
+    text, checked, met = targets.tables(RECORDS, "")
+    assert "31.00 (mean of 2)" in text and "| 1.55 | 1.6 | yes |" in text and "| 1.80 | 1.8 | yes |" in text
+    assert "11.4 %" in text and "8.5 %" in text and "behind by 1.0" in text
+    assert (checked, met) == (2 + 2 + 1, 2 + 1)  # limits, margins against one baseline, accuracy
+
+
+def test_a_candidate_is_compared_with_baselines_run_with_its_flags():
+    text, checked, met = targets.tables(RECORDS, "--epochs 4")
+    assert "| 0.7 | WikiText-2 | Basis Sharing + LoRA | 10.00 | 20.00 | 50.0 % | yes |" in text
+    assert checked == met == 2 + 2
