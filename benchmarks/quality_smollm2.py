@@ -180,19 +180,22 @@ def cmd_run(a: argparse.Namespace) -> None:
     Path(a.json).write_text(json.dumps(res, indent=1, default=str))
 
 
-#: a throughput variant flag that is not a refinement flag: frozen weights and activations in bf16 (the trained
-#: tensors stay float32 while training, as the refinement keeps half-precision vectors)
-BF16 = "bf16"
+#: throughput variant flags that are not refinement flags: frozen weights and activations in bf16 (the trained
+#: tensors stay float32 while training, as the refinement keeps half-precision vectors), or only the teacher in
+#: bf16 (it trains nothing: its forward is a third of a step, and the student's numerics stay as they are)
+BF16, BF16_TEACHER = "bf16", "bf16-teacher"
 
 
 def _variant_setup(a: argparse.Namespace, teacher, stats, calib, variant: str, name: str):
     """A fresh compression, the teacher to train against and the default refinement's config for ``variant``
-    (``BATCH[:FLAG]``: ``--FLAG`` added to the refinement flags, or ``bf16``), short."""
+    (``BATCH[:FLAG]``: ``--FLAG`` added to the refinement flags, or ``bf16`` / ``bf16-teacher``), short."""
     bs, _, flag = variant.partition(":")
     student, _, _ = _compressed(teacher, stats, calib, DEFAULT_METHOD, 0.7, a.device)
     teacher_model = teacher.model
     if flag == BF16:
         (student, teacher_model), flag = _in_bf16(student, teacher), ""
+    elif flag == BF16_TEACHER:
+        teacher_model, flag = copy.deepcopy(teacher.model).bfloat16(), ""
     args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
                                         "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
                                        + ([f"--{flag}"] if flag else []))
@@ -336,7 +339,8 @@ def main() -> None:
     t = sub.choices["throughput"]
     t.add_argument("--variants", default="16,32",
                    help="batch sizes of the default refinement; BATCH:FLAG adds the refinement flag --FLAG, "
-                        "BATCH:bf16 runs student and teacher in bf16 (trained tensors in float32)")
+                        "BATCH:bf16 runs student and teacher in bf16 (trained tensors in float32), "
+                        "BATCH:bf16-teacher only the teacher")
     t.add_argument("--steps", type=int, default=12)
     t.add_argument("--seq-len", type=int, default=1024, help="tokens per training sequence")
     t.add_argument("--gen-sequences", type=int, default=256, help="teacher-text sequences to time (0: none)")

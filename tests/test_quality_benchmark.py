@@ -28,3 +28,21 @@ def test_profile_ranks_operations_by_their_own_time(monkeypatch):
     shares = [row["share"] for row in out["top"]]
     assert shares == sorted(shares, reverse=True) and 0 < sum(shares) <= 1.0001
     assert next(row for row in out["top"] if row["name"] == "aten::add")["calls"] >= 50
+
+
+def test_throughput_variants_cast_what_they_name(monkeypatch, tmp_path):
+    """BATCH:bf16 casts student and a copy of the teacher, BATCH:bf16-teacher only the copy, BATCH alone nothing;
+    the original teacher is never changed (it scores the rows)."""
+    from tiny import tiny_llama
+
+    teacher = argparse.Namespace(model=tiny_llama(2))
+    monkeypatch.setattr(quality, "_compressed", lambda *_a: (tiny_llama(2), None, 0.7))
+    a = argparse.Namespace(device="cpu", steps=2, out_dir=str(tmp_path))
+    dtypes = {}
+    for variant in ("8", "8:bf16", "8:bf16-teacher"):
+        student, teacher_model, cfg = quality._variant_setup(a, teacher, None, None, variant, "t")
+        dtypes[variant] = (next(student.parameters()).dtype, next(teacher_model.parameters()).dtype)
+        assert cfg.batch_size == 8 and cfg.max_steps == 2
+    assert dtypes == {"8": (torch.float32, torch.float32), "8:bf16": (torch.bfloat16, torch.bfloat16),
+                      "8:bf16-teacher": (torch.float32, torch.bfloat16)}
+    assert next(teacher.model.parameters()).dtype == torch.float32
