@@ -130,26 +130,38 @@ def test_tile_sizes_parse_or_fail_in_one_line():
 
 
 @needs_triton
-@pytest.mark.parametrize("block_m,split,first", [(1, 1, True), (1, 4, True), (1, 1, False), (16, 1, True),
-                                                 (16, 4, True), (16, 1, False)])
-def test_kernel_compiles_for_hopper_without_a_gpu(block_m, split, first):
+@pytest.mark.parametrize("tokens,split,first", [(1, 1, True), (1, 4, True), (1, 1, False), (16, 1, True),
+                                                (16, 4, True), (16, 1, False)])
+def test_kernel_compiles_for_hopper_without_a_gpu_and_keeps_to_registers(tokens, split, first):
     """Triton compiles ahead of time for an H100/H200 (sm_90) with the ptxas it ships, so the GPU path's code is
-    checked where there is no GPU (the interpreter does not compile)."""
+    checked where there is no GPU (the interpreter does not compile); at the tile sizes a launch uses for that many
+    tokens, nothing spills to local memory (read by Triton's cuobjdump)."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
 
-    from sharvet.inference.grouped import _grouped_gemv
+    from sharvet.inference import grouped
 
     x_ty = "*bf16" if first else ("*fp32" if split > 1 else "*bf16")
     y_ty = "*fp32" if first and split > 1 else "*bf16"
     signature = {"w_ptrs": "*i64", "n_sizes": "*i64", "k_sizes": "*i64", "block_starts": "*i64", "x_ptr": x_ty,
                  "x_offsets": "*i64", "s_ptrs": "*i64", "y_ptr": y_ty, "y_offsets": "*i64", "tokens": "i32",
                  "x_stride": "i32", "y_stride": "i32"}
+    weights = [torch.zeros(40, 64, dtype=torch.bfloat16)]
+    block_n, block_k, _, _ = grouped._Launch(weights, None, [0], first_stage=first).layouts[tokens > 1]
     constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "SPLIT_K": split if first else 1,
-                 "BLOCK_M": block_m, "BLOCK_N": 16, "BLOCK_K": 256}
+                 "BLOCK_M": 1 if tokens == 1 else 16, "BLOCK_N": block_n, "BLOCK_K": block_k}
     signature.update(dict.fromkeys(constants, "constexpr"))
-    names = _grouped_gemv.arg_names
-    kernel = triton_compile(ASTSource(_grouped_gemv, signature, {(names.index(k),): v for k, v in constants.items()}),
-                            target=GPUTarget("cuda", 90, 32))
-    assert kernel.asm["cubin"]
+    names = grouped._grouped_gemv.arg_names
+    kernel = triton_compile(ASTSource(grouped._grouped_gemv, signature,
+                                      {(names.index(k),): v for k, v in constants.items()}),
+                            target=GPUTarget("cuda", 90, 32), options={"num_warps": grouped.WARPS})
+    cubin = HERE / f".cubin-{os.getpid()}"
+    try:
+        cubin.write_bytes(kernel.asm["cubin"])
+        tools = Path(sys.modules["triton"].__file__).parent / "backends" / "nvidia" / "bin"
+        usage = subprocess.run([str(tools / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
+                               check=True).stdout
+    finally:
+        cubin.unlink(missing_ok=True)
+    assert "STACK:0 " in usage and "LOCAL:0 " in usage, usage

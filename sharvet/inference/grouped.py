@@ -142,12 +142,12 @@ class _Launch:
         device = weights[0].device
         table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
         self.split = split
-        #: rows per program, programs, and each group's first program: one token, and several (``tl.dot`` needs
-        #: tiles of at least 16 rows)
+        #: rows and columns per program, programs, and each group's first program: for one token, and for several
+        #: (``tl.dot`` needs tiles of at least 16 rows; a 16-token tile of 512 columns spills registers on sm_90)
         self.layouts = {}
-        for several, block_n in ((False, BLOCK_N), (True, max(16, BLOCK_N))):
+        for several, block_n, block_k in ((False, BLOCK_N, BLOCK_K), (True, max(16, BLOCK_N), min(BLOCK_K, 128))):
             blocks = [-(-w.shape[0] // block_n) for w in weights]
-            self.layouts[several] = (block_n, sum(blocks), table(_offsets(blocks)))
+            self.layouts[several] = (block_n, block_k, sum(blocks), table(_offsets(blocks)))
         self.w = table([w.data_ptr() for w in weights])
         self.s = table([s.data_ptr() for s in scales]) if scales else self.w
         self.n, self.k = table([w.shape[0] for w in weights]), table([w.shape[1] for w in weights])
@@ -157,10 +157,10 @@ class _Launch:
         self.dtype, self.first_stage = weights[0].dtype, first_stage
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        block_n, programs, starts = self.layouts[x.shape[0] > 1]
+        block_n, block_k, programs, starts = self.layouts[x.shape[0] > 1]
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, self.split,
-                                              self.dtype, [programs, block_n, BLOCK_K, WARPS])
+                                              self.dtype, [programs, block_n, block_k, WARPS])
 
 
 class GroupedStages(nn.Module):
