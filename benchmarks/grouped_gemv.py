@@ -75,13 +75,10 @@ def main() -> None:
     model = prepare(compressed_random(config, plan, dtype, device, seed=0), fuse="never")
     adapter = adapter_for(model)
     groups = layer_groups(adapter)
-    parts = [m for _, ms in groups for m in ms]
-    seen, compressed_bytes = set(), 0
-    for m in parts:
-        for t in (m.basis, m.v, m.scale):
-            if t is not None and id(t) not in seen:
-                seen.add(id(t))
-                compressed_bytes += t.numel() * t.element_size()
+    # bytes read per step: a basis shared by a group is read again in each layer that uses it (as
+    # sharvet.inference.traffic counts), not once as it is stored
+    compressed_bytes = sum(t.numel() * t.element_size() for _, ms in groups for m in ms
+                           for t in (m.basis, m.v, m.scale) if t is not None)
     for m, x in xs.items():
         rows.append(dict(variant="cublas", tokens=m, bytes=compressed_bytes,
                          seconds=graph_seconds(lambda: [mod(x[k]) for k, ms in groups for mod in ms], device,
