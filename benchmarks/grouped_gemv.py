@@ -36,15 +36,14 @@ from sharvet.modules import SharedBasisLinear  # noqa: E402
 
 def inputs_by_key(adapter, tokens: int, device, dtype) -> dict[str, torch.Tensor]:
     """Random tokens per layer input (hidden size, or the MLP's width for down)."""
-    sizes = {t.input_key: adapter.get_module(0, t.name).in_features for t in adapter.module_types}
-    return {k: torch.randn(tokens, n, device=device, dtype=dtype) for k, n in sizes.items()}
+    return {k: torch.randn(tokens, adapter.shape(adapter.first_module_for_input(k))[0], device=device, dtype=dtype)
+            for k in adapter.input_keys()}
 
 
 def layer_groups(adapter) -> list[tuple[str, list[SharedBasisLinear]]]:
     """(input key, the modules reading it) for every layer, in the order the layer runs them."""
-    keys = dict.fromkeys(t.input_key for t in adapter.module_types)
-    return [(k, [adapter.get_module(layer, t.name) for t in adapter.module_types if t.input_key == k])
-            for layer in range(adapter.num_layers) for k in keys]
+    return [(k, [adapter.get_module(layer, t) for t in types])
+            for layer in range(adapter.num_layers) for k, types in adapter.types_by_input().items()]
 
 
 def main() -> None:

@@ -90,14 +90,6 @@ def _scaled_rows(p: nn.Parameter | None, scale: torch.Tensor) -> nn.Parameter | 
     return _param(_f32(p) * (s[:, None] if p.dim() == 2 else s), p)
 
 
-def _consumers(adapter: ModelAdapter) -> dict[str, list[str]]:
-    """Input key -> the module types reading it."""
-    out: dict[str, list[str]] = defaultdict(list)
-    for t in adapter.module_types:
-        out[t.input_key].append(t.name)
-    return out
-
-
 def _fold_into_sources(adapter: ModelAdapter, report: InferenceReport) -> None:
     for layer in range(adapter.num_layers):
         for target, source in adapter.input_scale_sources.items():
@@ -110,8 +102,9 @@ def _fold_into_sources(adapter: ModelAdapter, report: InferenceReport) -> None:
 
 
 def _fold_into_norms(adapter: ModelAdapter, report: InferenceReport) -> None:
+    consumers = adapter.types_by_input()
     for layer in range(adapter.num_layers):
-        for key, types in _consumers(adapter).items():
+        for key, types in consumers.items():
             norm = adapter.input_norm(layer, key)
             modules = [adapter.get_module(layer, t) for t in types]
             if norm is None or not all(isinstance(m, SharedBasisLinear) for m in modules):
@@ -145,8 +138,9 @@ def _fuse(adapter: ModelAdapter, fuse: str, report: InferenceReport) -> None:
     """Stack the first stages of modules reading one input, where ``fuse`` allows (see the module docstring)."""
     combos: dict[tuple, list[int]] = defaultdict(list)
     combos_of_basis: dict[int, set] = defaultdict(set)
+    consumers = adapter.types_by_input()
     for layer in range(adapter.num_layers):
-        for key, types in _consumers(adapter).items():
+        for key, types in consumers.items():
             modules = [adapter.get_module(layer, t) for t in types]
             if len(modules) > 1 and all(isinstance(m, SharedBasisLinear) for m in modules):
                 scaled = any(m.scale is not None for m in modules)
@@ -182,8 +176,9 @@ def _fuse(adapter: ModelAdapter, fuse: str, report: InferenceReport) -> None:
 
 def _group(adapter: ModelAdapter, report: InferenceReport) -> None:
     """Every layer input's compressed modules behind one :class:`GroupedStages` (``fuse="grouped"``)."""
+    consumers = adapter.types_by_input()
     for layer in range(adapter.num_layers):
-        for types in _consumers(adapter).values():
+        for types in consumers.values():
             modules = [adapter.get_module(layer, t) for t in types]
             if not all(isinstance(m, SharedBasisLinear) for m in modules):
                 continue

@@ -132,6 +132,10 @@ class ModelAdapter:
     def input_keys(self) -> list[str]:
         return list(dict.fromkeys(t.input_key for t in self.module_types))
 
+    def types_by_input(self) -> dict[str, list[str]]:
+        """Input key -> the module types reading it (q, k, v read one input), in the order a layer runs them."""
+        return {k: [t.name for t in self.module_types if t.input_key == k] for k in self.input_keys()}
+
     def first_module_for_input(self, input_key: str) -> str:
         return next(t.name for t in self.module_types if t.input_key == input_key)
 
