@@ -179,10 +179,11 @@ class GroupedStages(nn.Module):
         mods = list(self.parts)
         for m in mods:  # the kernels index rows by ``row * k``: contiguous storage
             m.basis.data, m.v.data = m.basis.data.contiguous(), m.v.data.contiguous()
-        scaled = any(m.scale is not None for m in mods)
-        ones = [torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
-        self._ones = ones  # kept alive: the pointer table points at them
-        scales = [m.scale if m.scale is not None else one for m, one in zip(mods, ones)] if scaled else None
+        scales = None
+        if any(m.scale is not None for m in mods):  # one table for all: ones where a module has no lambda
+            scales = [m.scale if m.scale is not None else
+                      torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
+        self._scales = scales  # kept alive: the pointer table points at them
         self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), SPLIT_K, first_stage=True)
         self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]), first_stage=False)
         self.sizes = [m.out_features for m in mods]
