@@ -99,10 +99,15 @@ def _compressed(teacher, stats, calib, name: str, ratio: float, device: str):
     return student, result.report, round(ratio, 5)
 
 
+def _teacher_bf16(teacher):
+    """A bf16 copy of the teacher (the original scores the rows in float32)."""
+    return copy.deepcopy(teacher.model).bfloat16()
+
+
 def _in_bf16(student, teacher):
     """The student and a copy of the teacher in bf16: frozen weights and activations in bf16 (the refinement keeps
     the trained tensors in float32 meanwhile)."""
-    return student.bfloat16(), copy.deepcopy(teacher.model).bfloat16()
+    return student.bfloat16(), _teacher_bf16(teacher)
 
 
 def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
@@ -195,7 +200,7 @@ def _variant_setup(a: argparse.Namespace, teacher, stats, calib, variant: str, n
     if flag == BF16:
         (student, teacher_model), flag = _in_bf16(student, teacher), ""
     elif flag == BF16_TEACHER:
-        teacher_model, flag = copy.deepcopy(teacher.model).bfloat16(), ""
+        teacher_model, flag = _teacher_bf16(teacher), ""
     args = _refine_parser().parse_args(["--batch-size", bs, "--max-steps", str(a.steps),
                                         "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
                                        + ([f"--{flag}"] if flag else []))
