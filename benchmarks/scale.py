@@ -264,6 +264,8 @@ def append_records(path: Path, new: list[dict]) -> list[dict]:
 
 # ---------------------------------------------------------------------- main
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    from sharvet.similarity import CKA_MATMULS
+
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--shape", choices=sorted(SHAPES), default="llama3-8b")
     p.add_argument("--layers", type=int, default=None, help="decoder layers kept (default: the published count)")
@@ -276,7 +278,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--dtype", default="bfloat16")
     p.add_argument("--stream", default="on", choices=("auto", "on", "off"),
                    help="on (default): the path meant for 24 GB cards; auto picks in memory where it fits")
-    p.add_argument("--cka-matmul", default="ieee", choices=("ieee", "split-tf32"), help="as sharvet compress's")
+    p.add_argument("--cka-matmul", default="ieee", choices=CKA_MATMULS, help="as sharvet compress's")
     p.add_argument("--calib-samples", type=int, default=None, help="default 256 (tiny: 8)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="default 1024 (tiny: 128)")
     p.add_argument("--refine-steps", type=int, default=6, help="optimizer steps (tokens/s: median after the first)")

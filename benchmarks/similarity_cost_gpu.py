@@ -96,11 +96,8 @@ def main() -> None:
     adapter = adapter_for(random_model(a.shape, a.layers, device))
     stats = random_stats(adapter, a.tokens, device)
     budget = device_budget(device)
-    by_key: dict[str, list[str]] = {}
-    for t in adapter.type_names:
-        by_key.setdefault(adapter.module_type(t).input_key, []).append(t)
     rows = {}
-    for key, types in by_key.items():
+    for key, types in adapter.types_by_input().items():
         row = {"types": types, "d_in": adapter.shape(types[0])[0], "pass_seconds": {}, "pair_seconds": {},
                "cka_max_abs_diff_vs_float64": {}}
         ref, row["pass_seconds"]["float64"] = timed(lambda: functional_similarities(
