@@ -5,7 +5,9 @@ a subprocess, since the variable is read when the kernel is defined). CPU-only m
 fallback, which ``test_inference.py`` checks like every other fuse mode."""
 from __future__ import annotations
 
+import copy
 import importlib.util
+import json
 import os
 import subprocess
 import sys
@@ -76,7 +78,7 @@ def test_pointer_tables_follow_copies_and_moves():
                    and g.second.w.tolist() == [p.v.data_ptr() for p in g.parts] for g in groups)
 
     assert tables_point_at_own_weights(fast)
-    assert tables_point_at_own_weights(__import__("copy").deepcopy(fast))
+    assert tables_point_at_own_weights(copy.deepcopy(fast))
     assert tables_point_at_own_weights(fast.to(torch.float64))
 
 
@@ -93,7 +95,7 @@ def test_kernels_match_the_reference_in_the_interpreter():
 def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens):
     model, ids = compressed()
     model = model.to("cuda", torch.bfloat16)
-    ref = prepare(__import__("copy").deepcopy(model), fuse="never")
+    ref = prepare(copy.deepcopy(model), fuse="never")
     fast = prepare(model, fuse="grouped")
     step = ids[:tokens, :1].cuda()
     groups = {id(m.group): m.group for m in fast.modules() if isinstance(m, GroupedSlice)}.values()
@@ -114,7 +116,7 @@ def test_matmul_benchmark_runs_on_the_cpu(tmp_path):
     subprocess.run([sys.executable, str(HERE.parent / "benchmarks" / "grouped_gemv.py"), "--shape", "tiny",
                     "--device", "cpu", "--repeats", "2", "--out", str(out)], check=True, capture_output=True,
                    env={k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"})
-    record = __import__("json").loads(out.read_text())
+    record = json.loads(out.read_text())
     rows = {r["variant"]: r for r in record["rows"]}
     assert {"dense", "cublas"} <= set(rows) and rows["cublas"]["bytes"] < rows["dense"]["bytes"]
     assert rows["cublas"]["bound"] == round(rows["dense"]["bytes"] / rows["cublas"]["bytes"], 3) > 1
