@@ -14,7 +14,8 @@
 #   Stages may share the one GPU to save device time (`run --jobs 2`, or two runs side by side with their own
 #   --tag): two at a time fit (a process peaks at about 33 GB of GPU memory, its distillation logits); six at a
 #   time ran out of memory on an 80 GB H100. On an H200 (141 GB), with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,
-#   up to 8 stages and quality rows per GPU ran side by side (2026-11-30; 113 GB at most), each ~2x slower.
+#   up to 8 stages and quality rows per GPU ran side by side (2026-11-30; nvidia-smi read 112,586 MiB on one GPU,
+#   sampled once mid-run); one Table 2 row with its tasks then took 5-6 min (results/study/*.run.json).
 #   Pass tags as --tag=-x (a bare "-x" reads as an option), and remove output folders of an earlier attempt first
 #   (a refinement refuses to start over another run's checkpoints).
 set -euo pipefail
