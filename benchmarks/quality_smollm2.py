@@ -16,8 +16,9 @@ reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd``
 the default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the ratio). ``--refine-flags`` are
 added to every row (same data, steps and search for all); every row of a run is calibrated on ``--calib-data``
 (default: the default method's, ``wikitext2+c4``), and a row's recorded command carries ``--calib-data`` where that
-differs from its method's own default. A row of the default method (``sharvet-plus``) is marked ``default`` only
-when no flags are added and the calibration is its own.
+differs from its method's own default. A row of the default method (``sharvet-plus``) is marked ``default`` when
+it ran what ``sharvet compress --refine`` runs today: its own calibration, flags that only restate defaults, and
+the recorded epochs, rate, batch and data of today's defaults (``summary`` re-decides this for every record).
 """
 from __future__ import annotations
 
@@ -172,10 +173,10 @@ def cmd_run(a: argparse.Namespace) -> None:
         record = {"row": row, "method": name, "ratio": float(ratio), "compress_ratio": compress_ratio,
                   "realised_ratio": round(report.linear_ratio, 5),
                   "adapters_in_budget": info["refine_mode"] != "lora" or bool(ROWS[name][1].get(IN_BUDGET)),
-                  "default": _is_default(name, extra, a.calib_data) and a.train_dtype == "float32",
                   "calib_data": a.calib_data,
                   "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
                   **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
+        record["default"] = _is_default(record)
         res["rows"].append(record)
         print(json.dumps({k: v for k, v in record.items() if k not in ("tasks", "final_losses")}), flush=True)
         Path(a.json).parent.mkdir(parents=True, exist_ok=True)
@@ -264,10 +265,29 @@ def _teacher_text(a: argparse.Namespace, teacher) -> dict:
     return out
 
 
-def _is_default(name: str, refine_flags: list[str], calib_data: str) -> bool:
-    """A row is what ``sharvet compress --refine`` runs with its defaults: the default method, no extra flags,
-    its own calibration."""
-    return name == DEFAULT_METHOD and not refine_flags and calib_data == method(DEFAULT_METHOD).calibration
+#: recorded settings that say which defaults a row ran with (a default that changes leaves older rows behind)
+DEFAULT_KEYS = ("refine_mode", "lr", "epochs", "batch_size", "train_data")
+
+
+def _default_settings(flags: list[str]) -> tuple[dict, dict]:
+    """The refinement ``flags`` parse to, for the default method: every argument, and the ``DEFAULT_KEYS`` values."""
+    args = _refine_parser().parse_args(flags + ["--refine-output", "-"])
+    cfg = refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
+    keys = {"refine_mode": cfg.mode, "lr": cfg.learning_rate(), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
+            "train_data": args.train_data}
+    return vars(args), keys
+
+
+def _is_default(row: dict) -> bool:
+    """A row is what ``sharvet compress --refine`` runs with today's defaults: the default method, its own
+    calibration, float32, refinement flags that only restate defaults (``--epochs 4`` once 4 is the default), and
+    recorded settings equal to today's (so rows of an earlier default, e.g. two epochs, are no longer default)."""
+    if (row["method"] != DEFAULT_METHOD or row.get("calib_data", "wikitext2") != method(DEFAULT_METHOD).calibration
+            or row.get("train_dtype", "float32") != "float32"):
+        return False
+    today, keys = _default_settings([])
+    given, _ = _default_settings(list(row["refine_flags"]))
+    return given == today and all(row.get(k) == v for k, v in keys.items())
 
 
 def _compress_flags(name: str, calib_data: str) -> str:
@@ -292,7 +312,7 @@ def _record(row: dict, run: dict) -> dict:
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
-            "default": _is_default(row["method"], row["refine_flags"], calib_data) and not bf16,
+            "default": _is_default(row),
             "calib_data": calib_data, "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
             "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],

@@ -1,8 +1,8 @@
 """Issue 15's targets, checked from ``results/quality/summary.json``: one command, three tables.
 
-For the rows of the default method run with the given refinement flags (none: ``sharvet compress --refine`` as it
-is), against the LoRA baselines run with the *same* flags, calibration and precision (so with the same data and
-steps):
+For the rows of the default method marked ``default`` (``sharvet compress --refine`` as it is), or run with the given
+refinement flags, against the LoRA baselines run with the same fine-tuning data and steps, calibration, precision
+and other flags (``setting``):
 
 1. perplexity as a multiple of the original's: <= 1.6x (WikiText-2) and <= 1.8x (C4) at 0.7, <= 3x at 0.5;
 2. >= 10 % lower perplexity than each baseline, both sets (adapters on top and in budget);
@@ -39,13 +39,22 @@ def refine_flags(record: dict) -> str:
     return tail.split(" --device ", 1)[0].strip()
 
 
+def setting(record: dict) -> tuple:
+    """What rows must share to be compared: fine-tuning data and length (recorded, so a row of today's default
+    epochs without flags matches a baseline run with ``--epochs N``), calibration, precision, and any other flags."""
+    words = refine_flags(record).split()
+    others = " ".join(w for i, w in enumerate(words) if w != "--epochs" and (i == 0 or words[i - 1] != "--epochs"))
+    return (record.get("train_data"), record.get("epochs"), record.get("train_tokens"), record["calib_data"],
+            record.get("train_dtype"), others)
+
+
 def chosen(records: list[dict], flags: str) -> tuple[list[dict], dict[str, list[dict]]]:
-    """The default method's rows with ``flags`` (its own calibration, float32) and the baselines' comparable rows."""
+    """The default method's rows (those marked default, or those run with ``flags``; float32) and the baselines'
+    rows of the same setting."""
     ours = [r for r in records if r["method"] == DEFAULT_METHOD and r.get("train_dtype") == "float32"
-            and refine_flags(r) == flags and (r["default"] or flags)]
-    calib = {r["calib_data"] for r in ours}
-    base = {m: [r for r in records if r["method"] == m and r.get("train_dtype") == "float32"
-                and refine_flags(r) == flags and r["calib_data"] in calib] for m in BASELINES}
+            and (refine_flags(r) == flags if flags else r["default"])]
+    settings = {setting(r) for r in ours}
+    base = {m: [r for r in records if r["method"] == m and setting(r) in settings] for m in BASELINES}
     return ours, base
 
 

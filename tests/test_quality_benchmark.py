@@ -1,4 +1,5 @@
-"""benchmarks/quality_smollm2.py: the refinement profile lists where the time of a run went."""
+"""benchmarks/quality_smollm2.py: the refinement profile lists where the time of a run went; rows are marked
+``default`` by what they ran."""
 from __future__ import annotations
 
 import argparse
@@ -6,6 +7,8 @@ import sys
 from pathlib import Path
 
 import torch
+
+from sharvet.refinement import RefineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import quality_smollm2 as quality  # noqa: E402
@@ -46,3 +49,20 @@ def test_throughput_variants_cast_what_they_name(monkeypatch, tmp_path):
     assert dtypes == {"8": (torch.float32, torch.float32), "8:bf16": (torch.bfloat16, torch.bfloat16),
                       "8:bf16-teacher": (torch.float32, torch.bfloat16)}
     assert next(teacher.model.parameters()).dtype == torch.float32
+
+
+def _row(flags: list[str], **changes) -> dict:
+    _, keys = quality._default_settings(flags)
+    return {"method": quality.DEFAULT_METHOD, "calib_data": quality.method(quality.DEFAULT_METHOD).calibration,
+            "train_dtype": "float32", "refine_flags": flags, **keys, **changes}
+
+
+def test_a_row_is_default_when_it_ran_todays_defaults():
+    epochs = RefineConfig().epochs
+    assert quality._is_default(_row([]))
+    assert quality._is_default(_row(["--epochs", str(epochs)]))  # restates today's default: the same run
+    assert not quality._is_default(_row([], epochs=epochs - 1))  # ran an earlier default
+    assert not quality._is_default(_row(["--lr-end-factor", "0.05"]))
+    assert not quality._is_default(_row([], train_dtype="bfloat16"))
+    assert not quality._is_default(_row([], calib_data="wikitext2"))
+    assert not quality._is_default(_row([], method="basis-sharing"))
