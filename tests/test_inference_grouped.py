@@ -82,9 +82,20 @@ def test_pointer_tables_follow_copies_and_moves():
     assert tables_point_at_own_weights(fast.to(torch.float64))
 
 
+def _interpreter_works() -> bool:
+    """Triton before 3.9 interprets loop bounds loaded from memory as 1-element arrays, which NumPy 2 refuses to turn
+    into ints (seen with Triton 3.6 on the H200 image, 2026-11-30; compiled kernels are unaffected)."""
+    import triton
+
+    return tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
+
+
 @needs_triton
 def test_kernels_match_the_reference_in_the_interpreter():
-    env = {**os.environ, "TRITON_INTERPRET": "1", "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    if not _interpreter_works():
+        pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
+    env = {**os.environ, "TRITON_INTERPRET": "1", "SHARVET_GROUPED_MAX_TOKENS": "16",  # the tl.dot path too
+           "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
 
@@ -92,7 +103,10 @@ def test_kernels_match_the_reference_in_the_interpreter():
 @needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 @pytest.mark.parametrize("tokens", [1, 4])
-def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens):
+def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, monkeypatch):
+    from sharvet.inference import grouped
+
+    monkeypatch.setattr(grouped, "MAX_TOKENS", 16)  # several-token steps too (the default is one, as measured)
     model, ids = compressed()
     model = model.to("cuda", torch.bfloat16)
     ref = prepare(copy.deepcopy(model), fuse="never")

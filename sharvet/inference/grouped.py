@@ -9,9 +9,9 @@ pointers (nothing is copied, unlike ``fuse="always"``), and a second one every `
 applied on the fly. Programs own ``BLOCK_N`` output rows each, so the small matrices of a layer fill the GPU
 together.
 
-Each weight tile is read once for all of a step's tokens (up to :data:`MAX_TOKENS`: a batch of sequences
-decoding together). Longer steps (prefill), CPU tensors, and machines without Triton take the modules' own forward
-(the reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests).
+Each weight tile is read once for all of a step's tokens (up to :data:`MAX_TOKENS`, one by default, as measured).
+Longer steps (batches, prefill), CPU tensors, and machines without Triton take the modules' own forward (the
+reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests).
 """
 from __future__ import annotations
 
@@ -46,9 +46,15 @@ def parse_tiles(text: str) -> tuple[int, int, int, int]:
     return n, k, w, split
 
 
-#: decode steps of up to this many tokens (a batch of sequences) take the grouped kernels
-MAX_TOKENS = 16
-BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
+#: decode steps of up to this many tokens take the grouped kernels (``SHARVET_GROUPED_MAX_TOKENS``, at most 16).
+#: One by default: on an H200 at LLaMA-3-8B shapes, 16-token steps ran at 0.29-0.51x dense against cuBLAS's 0.92x
+#: (``benchmarks/grouped_gemv.py``, 2026-11-30), so a batch's decode step takes the modules' own forward.
+MAX_TOKENS = int(os.environ.get("SHARVET_GROUPED_MAX_TOKENS", "1"))
+if not 1 <= MAX_TOKENS <= 16:
+    raise ValueError(f"SHARVET_GROUPED_MAX_TOKENS must be 1-16 (tl.dot tiles of 16 rows), got {MAX_TOKENS}")
+#: 4 rows x 1024 columns, 4 warps: the fastest of five tiles for one token at ratios 0.5 and 0.7 (1.06x / 0.85x
+#: dense on the step's matmuls, against 8x512x4's 0.88x / 0.74x and cuBLAS's 0.91x / 0.77x; H200, 2026-11-30)
+BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "4x1024x4"))
 
 
 def available() -> bool:
