@@ -16,6 +16,8 @@
 #   time ran out of memory on an 80 GB H100. On an H200 (141 GB), with PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True,
 #   up to 8 stages and quality rows per GPU ran side by side (2026-11-30; nvidia-smi read 112,586 MiB on one GPU,
 #   sampled once mid-run); one Table 2 row with its tasks then took 5-6 min (results/study/*.run.json).
+#   quality_smollm2.py rows hold ~25 GiB each while refining: nine on one H200 ran out of memory, five fit
+#   (2026-11-30, seventh session; a row at --epochs 4 with its tasks took 5-7 min beside four others).
 #   Pass tags as --tag=-x (a bare "-x" reads as an option), and remove output folders of an earlier attempt first
 #   (a refinement refuses to start over another run's checkpoints).
 set -euo pipefail
