@@ -91,11 +91,14 @@ def _interpreter_works() -> bool:
 
 
 @needs_triton
-def test_kernels_match_the_reference_in_the_interpreter():
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto"])  # auto: first stages split in 2-4 parts here
+def test_kernels_match_the_reference_in_the_interpreter(tiles):
     if not _interpreter_works():
         pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "SHARVET_GROUPED_MAX_TOKENS": "16",  # the tl.dot path too
            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+    if tiles != "default":
+        env["SHARVET_GROUPED_TILES"] = tiles
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
 
@@ -123,6 +126,16 @@ def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, monkeypatch):
     torch.testing.assert_close(logits, ref(step).logits.float(), atol=5e-2, rtol=2e-2)
 
 
+def test_first_stages_split_until_the_gpu_has_programs_enough():
+    from sharvet.inference.grouped import PROGRAMS_PER_SM, first_stage_split
+
+    sms = 132  # an H100/H200
+    assert first_stage_split(PROGRAMS_PER_SM * sms, 4096, 1024, sms) == 1  # q+k+v at 8B shapes: enough already
+    assert first_stage_split(750, 14336, 1024, sms) == 4  # down: few programs, a long reduction
+    assert first_stage_split(10, 4096, 1024, sms) == 4  # at most one column tile per part
+    assert first_stage_split(10, 1000, 1024, sms) == 1
+
+
 def test_matmul_benchmark_runs_on_the_cpu(tmp_path):
     """benchmarks/grouped_gemv.py on the tiny shape: dense and cuBLAS rows (grouped rows need a GPU or the
     interpreter), bytes read by the compressed modules below dense's."""
@@ -140,14 +153,15 @@ def test_tile_sizes_parse_or_fail_in_one_line():
     from sharvet.inference.grouped import parse_tiles
 
     assert parse_tiles("8x512x4") == (8, 512, 4, 1) and parse_tiles("16X256x8x4") == (16, 256, 8, 4)
-    for bad in ("8x512", "8x512x4x2x1", "8xKx4", "6x512x4", "8x8x4"):
+    assert parse_tiles("4x1024x4xauto") == (4, 1024, 4, 0)
+    for bad in ("8x512", "8x512x4x2x1", "8xKx4", "6x512x4", "8x8x4", "8x512x4x3", "8x512xauto"):
         with pytest.raises(ValueError, match="SHARVET_GROUPED_TILES"):
             parse_tiles(bad)
 
 
 @needs_triton
-@pytest.mark.parametrize("tokens,split,first", [(1, 1, True), (1, 4, True), (1, 1, False), (16, 1, True),
-                                                (16, 4, True), (16, 1, False)])
+@pytest.mark.parametrize("tokens,split,first", [(1, 1, True), (1, 4, True), (1, 1, False), (1, 4, False),
+                                                (16, 1, True), (16, 1, False)])  # several tokens never split
 def test_kernel_compiles_for_hopper_without_a_gpu_and_keeps_to_registers(tokens, split, first):
     """Triton compiles ahead of time for an H100/H200 (sm_90) with the ptxas it ships, so the GPU path's code is
     checked where there is no GPU (the interpreter does not compile); at the tile sizes a launch uses for that many
@@ -158,14 +172,15 @@ def test_kernel_compiles_for_hopper_without_a_gpu_and_keeps_to_registers(tokens,
 
     from sharvet.inference import grouped
 
-    x_ty = "*bf16" if first else ("*fp32" if split > 1 else "*bf16")
+    # a split first stage writes float32 parts; the second stage after it reads and sums them
+    x_ty = "*fp32" if not first and split > 1 else "*bf16"
     y_ty = "*fp32" if first and split > 1 else "*bf16"
     signature = {"w_ptrs": "*i64", "n_sizes": "*i64", "k_sizes": "*i64", "block_starts": "*i64", "x_ptr": x_ty,
                  "x_offsets": "*i64", "s_ptrs": "*i64", "y_ptr": y_ty, "y_offsets": "*i64", "tokens": "i32",
-                 "x_stride": "i32", "y_stride": "i32"}
+                 "x_stride": "i32", "y_stride": "i32", "x_part_stride": "i32", "y_part_stride": "i32"}
     weights = [torch.zeros(40, 64, dtype=torch.bfloat16)]
-    block_n, block_k, _, _ = grouped._Launch(weights, None, [0], first_stage=first).layouts[tokens > 1]
-    constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "SPLIT_K": split if first else 1,
+    block_n, block_k, *_ = grouped._Launch(weights, None, [0], first_stage=first).layouts[tokens > 1]
+    constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
                  "BLOCK_M": 1 if tokens == 1 else 16, "BLOCK_N": block_n, "BLOCK_K": block_k}
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = grouped._grouped_gemv.arg_names

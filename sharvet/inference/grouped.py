@@ -34,14 +34,18 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 def parse_tiles(text: str) -> tuple[int, int, int, int]:
     """Rows and columns of a program's weight tile, its warps, and how many programs split the first stage's long
     reduction (over the model width): ``SHARVET_GROUPED_TILES=NxKxW[xS]`` overrides them (a knob for tuning on new
-    hardware; powers of two). Small row blocks, and a split reduction, give a layer's few thousand rows enough
-    programs to keep every SM's memory pipeline busy; a split first stage adds its partial sums in float32."""
+    hardware; powers of two; ``S`` omitted: 1, ``auto``: :func:`first_stage_split`, returned as 0). Small row
+    blocks, and a split reduction, give a layer's few thousand rows enough programs to keep every SM's memory
+    pipeline busy; the parts of a split first stage are summed in float32 by the second stage as it reads them."""
     try:
-        values = [int(v) for v in text.lower().split("x")]
-        n, k, w, split = values if len(values) == 4 else (*values, 1)
+        parts = text.lower().split("x")
+        split = 0 if parts[-1] == "auto" and len(parts) == 4 else 1
+        values = [int(v) for v in (parts[:3] if split == 0 else parts)]
+        n, k, w, split = values if len(values) == 4 else (*values, split)
     except ValueError:
-        raise ValueError(f"SHARVET_GROUPED_TILES must look like 8x512x4 or 8x512x4x2, got {text!r}") from None
-    if any(v < 1 or v & (v - 1) for v in (n, k, w, split)) or k < 16:
+        raise ValueError(f"SHARVET_GROUPED_TILES must look like 8x512x4, 8x512x4x2 or 8x512x4xauto, "
+                         f"got {text!r}") from None
+    if any(v < 1 or v & (v - 1) for v in (n, k, w)) or split < 0 or split & (split - 1) or k < 16:
         raise ValueError(f"SHARVET_GROUPED_TILES needs powers of two, columns >= 16 (tl.dot), got {text!r}")
     return n, k, w, split
 
@@ -55,6 +59,18 @@ if not 1 <= MAX_TOKENS <= 16:
 #: 4 rows x 1024 columns, 4 warps: the fastest of five tiles for one token at ratios 0.5 and 0.7 (1.06x / 0.85x
 #: dense on the step's matmuls, against 8x512x4's 0.88x / 0.74x and cuBLAS's 0.91x / 0.77x; H200, 2026-11-30)
 BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "4x1024x4"))
+#: a first stage split ``auto`` aims at this many programs per SM (a heuristic, not yet measured)
+PROGRAMS_PER_SM = 16
+
+
+def first_stage_split(programs: int, k: int, block_k: int, sms: int) -> int:
+    """How many parts a first stage's reduction (length ``k``) is split into: doubled while the launch has fewer
+    than :data:`PROGRAMS_PER_SM` programs per SM and every part still gets a tile of columns. A first stage over
+    the model width often has only a few hundred programs (o, down), each walking 4-14 column tiles alone."""
+    split = 1
+    while programs * split < PROGRAMS_PER_SM * sms and 2 * split * block_k <= k:
+        split *= 2
+    return split
 
 
 def available() -> bool:
@@ -64,15 +80,16 @@ def available() -> bool:
 if triton is not None:
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
-                      tokens, x_stride, y_stride,
-                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, SPLIT_K: tl.constexpr,
+                      tokens, x_stride, y_stride, x_part_stride, y_part_stride,
+                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
-        """``y[t, y_off_g + rows] = W_g[rows] @ (x[t, x_off_g:] * s_g)`` for every token ``t`` and the group ``g``
-        owning this program's rows, each weight tile read once for all tokens. One token: a multiply-and-sum;
-        several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. With ``SPLIT_K`` > 1, program ``(i, j)``
-        adds the ``j``-th part of the sum into a zeroed float32 ``y``. The weights have ``x``'s dtype
-        (``W_LIKE_X``: a first stage) or ``y``'s (a second stage, whose input may be a split first stage's float32
-        sums); plain flags keep the launch simple."""
+        """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
+        and the group ``g`` owning this program's rows, each weight tile read once for all tokens. One token: a
+        multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. The second grid axis
+        splits the reduction into parts ``j``, each stored in float32 at ``y + j * y_part_stride`` (no atomics, no
+        zeroing); ``X_PARTS`` > 1: ``x`` holds a split first stage's parts, summed as they are read. The weights
+        have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage); plain flags keep the launch
+        simple."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
@@ -84,15 +101,18 @@ if triton is not None:
         x = x_ptr + tl.load(x_offsets + g)
         s = tl.load(s_ptrs + g).to(tl.pointer_type(w_ty))  # the weights' table if unscaled
         rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
-        chunk = tl.cdiv(tl.cdiv(k, SPLIT_K), BLOCK_K) * BLOCK_K
+        chunk = tl.cdiv(tl.cdiv(k, tl.num_programs(1)), BLOCK_K) * BLOCK_K
         k_lo = tl.program_id(1) * chunk
         k_hi = tl.minimum(k, k_lo + chunk)
         t = tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
-            xv = tl.load(x + t[:, None] * x_stride + cols[None, :], mask=(t[:, None] < tokens) & (cols[None, :] < k_hi),
-                         other=0.0).to(tl.float32)
+            at = x + t[:, None] * x_stride + cols[None, :]
+            inside = (t[:, None] < tokens) & (cols[None, :] < k_hi)
+            xv = tl.load(at, mask=inside, other=0.0).to(tl.float32)
+            for part in tl.static_range(1, X_PARTS):
+                xv += tl.load(at + part * x_part_stride, mask=inside, other=0.0).to(tl.float32)
             if HAS_SCALE:
                 xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
             wv = tl.load(w + rows[:, None] * k + cols[None, :],
@@ -101,34 +121,36 @@ if triton is not None:
                 acc += tl.sum(wv.to(tl.float32) * xv, axis=1)[None, :]
             else:
                 acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
-        out = y_ptr + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
-        mask = (t[:, None] < tokens) & (rows[None, :] < n)
-        if SPLIT_K == 1:
-            tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=mask)
-        else:
-            tl.atomic_add(out, acc, mask=mask)
+        out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
+        tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(t[:, None] < tokens) & (rows[None, :] < n))
 
     @torch.library.custom_op("sharvet::grouped_gemv", mutates_args=())
     def grouped_gemv(x: torch.Tensor, w: torch.Tensor, n: torch.Tensor, k: torch.Tensor, starts: torch.Tensor,
                      x_off: torch.Tensor, s: torch.Tensor, y_off: torch.Tensor, rows: int, groups: int, scaled: bool,
                      first_stage: bool, split: int, dtype: torch.dtype, launch: list[int]) -> torch.Tensor:
         """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
-        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps."""
+        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps. ``x`` is
+        ``(tokens, width)``, or ``(parts, tokens, width)`` float32 parts of a split first stage; the output is
+        ``(tokens, rows)`` in ``dtype``, or ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
         programs, block_n, block_k, warps = launch
-        tokens = x.shape[0]
+        parts = x.shape[0] if x.dim() == 3 else 1
+        tokens = x.shape[-2]
         if split > 1:
-            y = torch.zeros(tokens, rows, dtype=torch.float32, device=x.device)
+            y = torch.empty(split, tokens, rows, dtype=torch.float32, device=x.device)
         else:
             y = torch.empty(tokens, rows, dtype=dtype, device=x.device)
         block_m = 1 if tokens == 1 else max(16, triton.next_power_of_2(tokens))
-        _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, tokens, x.stride(0), rows,
-                                         G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, SPLIT_K=split,
+        _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, tokens, x.stride(-2), rows,
+                                         x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
+                                         G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
                                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
         return y
 
     @grouped_gemv.register_fake
     def _(x, w, n, k, starts, x_off, s, y_off, rows, groups, scaled, first_stage, split, dtype, launch):  # noqa: ANN
-        return x.new_empty(x.shape[0], rows, dtype=torch.float32 if split > 1 else dtype)
+        if split > 1:
+            return x.new_empty(split, x.shape[-2], rows, dtype=torch.float32)
+        return x.new_empty(x.shape[-2], rows, dtype=dtype)
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -141,19 +163,22 @@ def _offsets(sizes: list[int]) -> list[int]:
 
 class _Launch:
     """One grouped GEMV: the weights' pointer table and sizes (int64 tensors on the weights' device), the grid.
-    Its output is in the weights' dtype, or float32 partial sums added together when ``split`` > 1."""
+    Its output is in the weights' dtype, or, for a split first stage, float32 parts that the second stage sums."""
 
     def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int],
-                 split: int = 1, *, first_stage: bool) -> None:
+                 *, first_stage: bool) -> None:
         device = weights[0].device
         table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
-        self.split = split
-        #: rows and columns per program, programs, and each group's first program: for one token, and for several
-        #: (``tl.dot`` needs tiles of at least 16 rows; a 16-token tile of 512 columns spills registers on sm_90)
+        sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
+        width = max(w.shape[1] for w in weights)
+        #: rows and columns per program, programs, each group's first program, and the split of the reduction: for
+        #: one token, and for several (``tl.dot`` needs tiles of at least 16 rows; a 16-token tile of 512 columns
+        #: spills registers on sm_90, and so does summing 4 parts of 16 x 128). Only one-token first stages split.
         self.layouts = {}
         for several, block_n, block_k in ((False, BLOCK_N, BLOCK_K), (True, max(16, BLOCK_N), min(BLOCK_K, 128))):
             blocks = [-(-w.shape[0] // block_n) for w in weights]
-            self.layouts[several] = (block_n, block_k, sum(blocks), table(_offsets(blocks)))
+            split = 1 if several or not first_stage else SPLIT_K or first_stage_split(sum(blocks), width, block_k, sms)
+            self.layouts[several] = (block_n, block_k, sum(blocks), table(_offsets(blocks)), split)
         self.w = table([w.data_ptr() for w in weights])
         self.s = table([s.data_ptr() for s in scales]) if scales else self.w
         self.n, self.k = table([w.shape[0] for w in weights]), table([w.shape[1] for w in weights])
@@ -163,9 +188,9 @@ class _Launch:
         self.dtype, self.first_stage = weights[0].dtype, first_stage
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        block_n, block_k, programs, starts = self.layouts[x.shape[0] > 1]
+        block_n, block_k, programs, starts, split = self.layouts[x.shape[-2] > 1]
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
-                                              self.rows, self.groups, self.scaled, self.first_stage, self.split,
+                                              self.rows, self.groups, self.scaled, self.first_stage, split,
                                               self.dtype, [programs, block_n, block_k, WARPS])
 
 
@@ -190,7 +215,7 @@ class GroupedStages(nn.Module):
             scales = [m.scale if m.scale is not None else
                       torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
         self._scales = scales  # kept alive: the pointer table points at them
-        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), SPLIT_K, first_stage=True)
+        self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), first_stage=True)
         self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]), first_stage=False)
         self.sizes = [m.out_features for m in mods]
 
