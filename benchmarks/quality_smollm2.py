@@ -14,9 +14,10 @@ Rows are ``NAME@RATIO``: ``sharvet`` (its default refinement), ``sharvet-referen
 reference``), ``basis-sharing`` (+ LoRA, adapters on top of the budget), ``svd`` (per-layer whitened SVD,
 ``--method basis-sharing --k 30``, + LoRA), and the rows beyond the paper listed in ``ROWS`` (``sharvet-plus``,
 the default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the ratio). ``--refine-flags`` are
-added to every row (same data, steps and search for all); every row of a run is calibrated on ``--calib-data``
-(default: the default method's, ``wikitext2+c4``), and a row's recorded command carries ``--calib-data`` where that
-differs from its method's own default. A row of the default method (``sharvet-plus``) is marked ``default`` when
+added to every row (same data, steps and search for all; a row whose method trains another number of epochs by
+default gets the default method's ``--epochs``, written into its command); every row of a run is calibrated on
+``--calib-data`` (default: the default method's, ``wikitext2+c4``), and a row's recorded command carries
+``--calib-data`` where that differs from its method's own default. A row of the default method (``sharvet-plus``) is marked ``default`` when
 it ran what ``sharvet compress --refine`` runs today: its own calibration, flags that only restate defaults, and
 the recorded epochs, rate, batch and data of today's defaults (``summary`` re-decides this for every record).
 """
@@ -24,6 +25,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import dataclasses
 import json
 import shlex
 import sys
@@ -114,7 +116,7 @@ def _in_bf16(student, teacher):
 def _refined(a, teacher, student, meth: str, flags: list[str], out_dir: str):
     args = _refine_parser().parse_args(flags + ["--refine-output", out_dir])
     args.device = a.device
-    cfg = refine_config_from_args(args, default_mode=method(meth).refine_mode)
+    cfg = refine_config_from_args(args, method=method(meth))
     t0 = time.perf_counter()
     ids = training_ids(args.train_data, teacher.tokenizer, args.train_samples, args.train_seq_len, cfg.seed,
                        data_dir=a.data_dir, teacher=teacher.model, teacher_id="SmolLM2-135M-Instruct",
@@ -166,6 +168,7 @@ def cmd_run(a: argparse.Namespace) -> None:
     for row in a.rows.split(","):
         name, _, ratio = row.partition("@")
         meth, fields, flags = ROWS[name]
+        flags = flags + _same_epochs(meth, flags + extra)
         t0 = time.perf_counter()
         student, report, compress_ratio = _compressed(teacher, stats, calib, name, float(ratio), a.device)
         compress_s = time.perf_counter() - t0
@@ -206,7 +209,7 @@ def _variant_setup(a: argparse.Namespace, teacher, stats, calib, variant: str, n
                                         "--refine-output", f"{a.out_dir}/{name}-{variant.replace(':', '-')}"]
                                        + ([f"--{flag}"] if flag else []))
     args.device = a.device
-    return student, teacher_model, refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
+    return student, teacher_model, refine_config_from_args(args, method=method(DEFAULT_METHOD))
 
 
 def _refine_variant(a: argparse.Namespace, teacher, stats, calib, ids: torch.Tensor, variant: str, name: str):
@@ -265,6 +268,15 @@ def _teacher_text(a: argparse.Namespace, teacher) -> dict:
     return out
 
 
+def _same_epochs(meth: str, flags: list[str]) -> list[str]:
+    """``--epochs N`` for a row whose method trains another number of epochs than the default method's, unless its
+    flags set one: every row of a run sees the same data the same number of times."""
+    epochs = method(DEFAULT_METHOD).refine_epochs
+    if "--epochs" in flags or method(meth).refine_epochs == epochs:
+        return []
+    return ["--epochs", str(epochs)]
+
+
 #: recorded settings that say which defaults a row ran with (a default that changes leaves older rows behind)
 DEFAULT_KEYS = ("refine_mode", "lr", "epochs", "batch_size", "train_data")
 
@@ -272,10 +284,10 @@ DEFAULT_KEYS = ("refine_mode", "lr", "epochs", "batch_size", "train_data")
 def _default_settings(flags: list[str]) -> tuple[dict, dict]:
     """The refinement ``flags`` parse to, for the default method: every argument, and the ``DEFAULT_KEYS`` values."""
     args = _refine_parser().parse_args(flags + ["--refine-output", "-"])
-    cfg = refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
+    cfg = refine_config_from_args(args, method=method(DEFAULT_METHOD))
     keys = {"refine_mode": cfg.mode, "lr": cfg.learning_rate(), "epochs": cfg.epochs, "batch_size": cfg.batch_size,
             "train_data": args.train_data}
-    return vars(args), keys
+    return {**vars(args), **dataclasses.asdict(cfg)}, keys  # flags as resolved: --epochs unset reads as the method's
 
 
 def _is_default(row: dict) -> bool:

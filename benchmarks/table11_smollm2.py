@@ -96,7 +96,7 @@ def refined(a: argparse.Namespace, teacher: LoadedModel, student: nn.Module) -> 
     add_refine_arguments(p)
     args = p.parse_args(["--refine-output", a.refine_dir])
     args.device = a.device
-    cfg = refine_config_from_args(args, default_mode=method(DEFAULT_METHOD).refine_mode)
+    cfg = refine_config_from_args(args, method=method(DEFAULT_METHOD))
     ids = training_ids(args.train_data, teacher.tokenizer, args.train_samples, args.train_seq_len, cfg.seed,
                        data_dir=a.data_dir, teacher=teacher.model, teacher_id="SmolLM2-135M-Instruct")
     t0 = time.perf_counter()

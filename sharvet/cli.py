@@ -235,7 +235,7 @@ def cmd_compress(a: argparse.Namespace) -> int:
         from .refinement.command import refine_config_from_args
 
         refine_cfg = refine_config_from_args(a, output_dir=refine_run_dir(a.output),
-                                             default_mode=method(a.method).refine_mode, variants=tuning)
+                                             method=method(a.method), variants=tuning)
         training_spec(a)
         check_resume(refine_cfg, a.resume)
     check_model_arg(a.model, a.k)
@@ -337,7 +337,7 @@ def cmd_refine(a: argparse.Namespace) -> int:
     config = verify_checkpoint(a.checkpoint, verify=not a.no_verify)
     out = check_output(a.output, a.overwrite)
     cfg = refine_config_from_args(a, output_dir=refine_run_dir(out),
-                                  default_mode=method(config["sharvet"]["method"]).refine_mode)
+                                  method=method(config["sharvet"]["method"]))
     training_spec(a)
     check_resume(cfg, a.resume)
     announce_device(a)

@@ -24,6 +24,8 @@ class Method:
     summary: str = ""
     #: calibration text unless ``--calib-data`` says otherwise; the paper's methods calibrate on WikiText-2
     calibration: str = "wikitext2"
+    #: passes over the fine-tuning windows unless ``--epochs`` says otherwise: the paper trains every model 2
+    refine_epochs: int = 2
 
 
 #: what the paper calibrates on (and what runs without a method, e.g. the similarity figures, use)
@@ -36,7 +38,8 @@ METHODS: dict[str, Method] = {
     "sharvet-plus": Method("basis", "default", {"grouping": "spectral", "allocation": "adaptive"}, "factors",
                            "SharVeT's model, calibrated on WikiText-2 and C4 (the whitening then fits more than "
                            "one kind of text); refinement also trains every layer's V (beyond the paper, nothing "
-                           "added to the budget; the default)", calibration="wikitext2+c4"),
+                           "added to the budget; four epochs; the default)", calibration="wikitext2+c4",
+                           refine_epochs=4),
     "basis-sharing": Method("basis", "default", {"grouping": "consecutive", "allocation": "uniform",
                                                  "layout": LayerLayout(sigma=False, scale=False)}, "lora",
                             "Wang et al. 2025: consecutive groups, whitened SVD, uniform ranks, LoRA"),

@@ -66,3 +66,10 @@ def test_a_row_is_default_when_it_ran_todays_defaults():
     assert not quality._is_default(_row([], train_dtype="bfloat16"))
     assert not quality._is_default(_row([], calib_data="wikitext2"))
     assert not quality._is_default(_row([], method="basis-sharing"))
+
+
+def test_every_row_of_a_run_trains_the_default_methods_epochs():
+    epochs = str(quality.method(quality.DEFAULT_METHOD).refine_epochs)
+    assert quality._same_epochs("basis-sharing", []) == ["--epochs", epochs]  # the paper's 2 by its own default
+    assert quality._same_epochs("basis-sharing", ["--epochs", "1"]) == []  # a run's flags win
+    assert quality._same_epochs(quality.DEFAULT_METHOD, []) == []

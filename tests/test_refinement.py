@@ -431,6 +431,20 @@ def test_command_line_round_trip(tmp_path):
     assert RefineConfig().weight_decay == 0.0
 
 
+def test_mode_and_epochs_follow_the_method_unless_flags_say():
+    """The paper trains every model two epochs (`--method sharvet` as published); the default method four."""
+    from sharvet.methods import DEFAULT_METHOD, method
+
+    parser = argparse.ArgumentParser()
+    add_refine_arguments(parser)
+    paper = refine_config_from_args(parser.parse_args([]), method=method("sharvet"))
+    ours = refine_config_from_args(parser.parse_args([]), method=method(DEFAULT_METHOD))
+    lora = refine_config_from_args(parser.parse_args(["--epochs", "3"]), method=method("basis-sharing"))
+    assert (paper.mode, paper.epochs) == ("both", 2) and (ours.mode, ours.epochs) == ("factors", 4)
+    assert (lora.mode, lora.epochs) == ("lora", 3)
+    assert refine_config_from_args(parser.parse_args([])).epochs == RefineConfig().epochs == ours.epochs
+
+
 def test_presets_default_and_reference():
     """The default: matched weights, relative sigma, the probe's learning rates; 'reference': the authors' code."""
     default, ref = RefineConfig(), RefineConfig(preset="reference")

@@ -7,9 +7,13 @@ the caller loads and packs the token ids (``sharvet.data``) and passes the ``(N,
 from __future__ import annotations
 
 import argparse
+from typing import TYPE_CHECKING
 
 from .presets import PRESETS
 from .trainer import MODES, RefineConfig
+
+if TYPE_CHECKING:
+    from ..methods import Method
 
 _DEFAULTS = RefineConfig()
 #: WikiText-2 validation and the training half of the C4 subset, every token once (training_data.py)
@@ -30,7 +34,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-matrices", type=float, default=None,
                    help="learning rate of the trained matrices in --refine-mode factors / all, relative to each "
                         "matrix's RMS (default: the preset's)")
-    g.add_argument("--epochs", type=int, default=_DEFAULTS.epochs)
+    g.add_argument("--epochs", type=int, default=None,
+                   help="passes over the fine-tuning windows; default: the method's (4 for sharvet-plus, the "
+                        "default; 2, as the paper trains every model, for the paper's methods)")
     g.add_argument("--batch-size", type=int, default=_DEFAULTS.batch_size, help="sequences per process and step")
     g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
     g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
@@ -82,18 +88,21 @@ def _layers(text: str | None) -> tuple[int, ...] | None:
 
 
 def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None = None,
-                            default_mode: str = _DEFAULTS.mode, variants: dict | None = None) -> RefineConfig:
+                            method: Method | None = None, variants: dict | None = None) -> RefineConfig:
     """Build and validate the config.
 
-    ``output_dir`` is the fallback when ``--refine-output`` is not given; ``default_mode`` is the
-    compression method's mode; ``variants`` (from :func:`sharvet.methods.refine_overrides`) win over both.
+    ``output_dir`` is the fallback when ``--refine-output`` is not given; ``method`` (the compression method)
+    gives the mode and epochs that flags leave unset (else :class:`RefineConfig`'s); ``variants`` (from
+    :func:`sharvet.methods.refine_overrides`) win over all.
     """
     variants = dict(variants or {})
     variants.pop("refine", None)
+    mode = method.refine_mode if method else _DEFAULTS.mode
+    epochs = method.refine_epochs if method else _DEFAULTS.epochs
     cfg = RefineConfig(
-        mode=variants.pop("mode", args.refine_mode or default_mode), preset=args.refine_preset, lr=args.lr,
+        mode=variants.pop("mode", args.refine_mode or mode), preset=args.refine_preset, lr=args.lr,
         lr_matrices=args.lr_matrices,
-        epochs=args.epochs, batch_size=args.batch_size,
+        epochs=epochs if args.epochs is None else args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
         grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),
         lm_only=variants.pop("lm_only", args.lm_only),

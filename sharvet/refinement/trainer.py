@@ -69,8 +69,8 @@ class RefineConfig:
     lr: float | None = None
     #: learning rate of the matrices in modes ``factors`` and ``all`` (None: the preset's)
     lr_matrices: float | None = None
-    #: four passes over the training windows in steps of 16 sequences: on SmolLM2 at 0.7, held-out perplexity kept
-    #: falling after two (39.1 -> 35.5 WikiText-2, 58.3 -> 53.8 C4; docs/results.md, 2026-11-30)
+    #: passes over the training windows in steps of 16 sequences; the CLI takes the method's
+    #: (``Method.refine_epochs``): 4 for the default method, 2 (the paper's) for the paper's methods
     epochs: int = 4
     batch_size: int = 16
     grad_accum: int = 1
