@@ -56,6 +56,10 @@ def test_grouped_modules_replace_every_compressed_module():
     groups = {id(m.group) for m in slices}
     assert len(slices) == 7 * 4 and len(groups) == 4 * 4  # q+k+v, o, gate+up, down per layer
     assert fast.sharvet_inference.fused_layers == {"q+k+v": 4, "o": 4, "gate+up": 4, "down": 4}
+    from sharvet.inference import grouped  # the record says which kernel settings ran (they come from the env)
+
+    assert fast.sharvet_inference.line().endswith(f"; grouped kernels: {grouped.describe()}")
+    assert grouped.describe().startswith(f"tile {grouped.BLOCK_N}x{grouped.BLOCK_K}x{grouped.WARPS}, first-stage split")
     torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
 
 

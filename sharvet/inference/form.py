@@ -16,7 +16,7 @@
   Sharing's consecutive groups; types grouped alike). ``fuse="auto"`` stacks only such combinations;
   ``"always"`` stacks every layer's first stage, lambda folded in, copying bases where layers combine them
   differently (the same bytes read per token, more stored); ``"never"`` keeps the matmuls apart.
-- ``fuse="grouped"``: the modules reading one input run, for a decode step (<= 16 tokens) on a GPU, as two
+- ``fuse="grouped"``: the modules reading one input run, for a one-token decode step on a GPU, as two
   grouped Triton launches (all first stages, then all second stages; :mod:`.grouped`), lambda applied inside the
   kernel and no basis copied; other steps take each module's own forward.
 
@@ -42,6 +42,7 @@ from ..accounting import unique_parameter_count
 from ..models import ModelAdapter, adapter_for
 from ..modules import SharedBasisLinear
 from ..rank_padding import DEFAULT_ALIGN, pad_ranks
+from . import grouped
 from .grouped import GroupedSlice, GroupedStages
 from .modules import FusedFirstStage, StageSlice
 
@@ -72,7 +73,8 @@ class InferenceReport:
                 f"into {self.lambda_into_norm} norms and {self.lambda_into_source} up projections, kept in "
                 f"{self.lambda_kept} modules; {self.ranks_padded} ranks padded ({self.padding_parameters:+,} zeros); "
                 f"first stages fused: {fused} ({self.fused_matrices} stacked matrices, "
-                f"{self.extra_parameters:+,} parameters)")
+                f"{self.extra_parameters:+,} parameters)" + (f"; grouped kernels: {grouped.describe()}"
+                                                              if self.fuse == "grouped" else ""))
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:

@@ -77,6 +77,13 @@ def available() -> bool:
     return triton is not None
 
 
+def describe() -> str:
+    """The kernels' settings as a record states them (they come from the environment, so a run says which)."""
+    split = "auto" if SPLIT_K == 0 else str(SPLIT_K)
+    return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
+            f"{'s' if MAX_TOKENS > 1 else ''}{'' if triton is not None else ' (no Triton: modules run their own forward)'}")
+
+
 if triton is not None:
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
