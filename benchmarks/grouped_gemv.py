@@ -42,8 +42,9 @@ def inputs_by_key(adapter, tokens: int, device, dtype) -> dict[str, torch.Tensor
 
 def layer_groups(adapter) -> list[tuple[str, list[SharedBasisLinear]]]:
     """(input key, the modules reading it) for every layer, in the order the layer runs them."""
+    by_input = adapter.types_by_input()
     return [(k, [adapter.get_module(layer, t) for t in types])
-            for layer in range(adapter.num_layers) for k, types in adapter.types_by_input().items()]
+            for layer in range(adapter.num_layers) for k, types in by_input.items()]
 
 
 def main() -> None:

@@ -17,9 +17,10 @@ the default method; ``*-factors``: V refined; ``*-in-budget``: LoRA inside the r
 added to every row (same data, steps and search for all; a row whose method trains another number of epochs by
 default gets the default method's ``--epochs``, written into its command); every row of a run is calibrated on
 ``--calib-data`` (default: the default method's, ``wikitext2+c4``), and a row's recorded command carries
-``--calib-data`` where that differs from its method's own default. A row of the default method (``sharvet-plus``) is marked ``default`` when
-it ran what ``sharvet compress --refine`` runs today: its own calibration, flags that only restate defaults, and
-the recorded epochs, rate, batch and data of today's defaults (``summary`` re-decides this for every record).
+``--calib-data`` where that differs from its method's own default. A row of the default method (``sharvet-plus``)
+is marked ``default`` when it ran what ``sharvet compress --refine`` runs today: its own calibration, flags that
+only restate defaults, and the recorded epochs, rate, batch and data of today's defaults (``summary`` re-decides
+this for every record).
 """
 from __future__ import annotations
 
@@ -277,12 +278,9 @@ def _same_epochs(meth: str, flags: list[str]) -> list[str]:
     return ["--epochs", str(epochs)]
 
 
-#: recorded settings that say which defaults a row ran with (a default that changes leaves older rows behind)
-DEFAULT_KEYS = ("refine_mode", "lr", "epochs", "batch_size", "train_data")
-
-
 def _default_settings(flags: list[str]) -> tuple[dict, dict]:
-    """The refinement ``flags`` parse to, for the default method: every argument, and the ``DEFAULT_KEYS`` values."""
+    """The refinement ``flags`` parse to, for the default method: every argument as resolved, and the recorded
+    settings that say which defaults a row ran with (a default that changes leaves older rows behind)."""
     args = _refine_parser().parse_args(flags + ["--refine-output", "-"])
     cfg = refine_config_from_args(args, method=method(DEFAULT_METHOD))
     keys = {"refine_mode": cfg.mode, "lr": cfg.learning_rate(), "epochs": cfg.epochs, "batch_size": cfg.batch_size,

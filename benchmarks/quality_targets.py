@@ -116,7 +116,7 @@ def main() -> None:
     records = json.loads(Path(a.summary).read_text())
     text, checked, met = tables(records, a.flags)
     what = f"rows with --refine {a.flags}" if a.flags else "the default rows"
-    print(f"issue 15's targets, {what} ({DEFAULT_METHOD}) against baselines with the same flags:\n\n{text}\n\n"
+    print(f"issue 15's targets, {what} ({DEFAULT_METHOD}) against baselines of the same fine-tuning setting:\n\n{text}\n\n"
           f"{met} of {checked} checked targets met")
 
 

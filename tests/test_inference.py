@@ -133,7 +133,7 @@ def test_stacked_first_stage_is_one_matmul_under_torch_compile():
     torch._dynamo.reset()
     compiled = torch.compile(fast.forward, backend="eager", fullgraph=True)
     torch.testing.assert_close(compiled(input_ids=ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
-    assert fast.model.layers[0].self_attn.q_proj.stage._input is None  # the memo is dropped after the last slice
+    assert fast.model.layers[0].self_attn.q_proj.stage._memo._input is None  # the memo is dropped after the last slice
 
 
 def test_stage_recomputes_for_another_input():

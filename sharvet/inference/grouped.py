@@ -21,6 +21,7 @@ import torch
 from torch import nn
 
 from ..modules import SharedBasisLinear
+from .modules import SliceMemo
 
 try:
     import triton
@@ -80,8 +81,9 @@ def available() -> bool:
 def describe() -> str:
     """The kernels' settings as a record states them (they come from the environment, so a run says which)."""
     split = "auto" if SPLIT_K == 0 else str(SPLIT_K)
+    missing = "" if triton is not None else " (no Triton: modules run their own forward)"
     return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
-            f"{'s' if MAX_TOKENS > 1 else ''}{'' if triton is not None else ' (no Triton: modules run their own forward)'}")
+            f"{'s' if MAX_TOKENS > 1 else ''}{missing}")
 
 
 if triton is not None:
@@ -210,7 +212,7 @@ class GroupedStages(nn.Module):
     def __init__(self, modules: list[SharedBasisLinear]) -> None:
         super().__init__()
         self.parts = nn.ModuleList(modules)
-        self._memo: tuple[torch.Tensor, list[torch.Tensor], int] | None = None
+        self._memo = SliceMemo(len(modules))
         self._build()
 
     def _build(self) -> None:
@@ -236,19 +238,17 @@ class GroupedStages(nn.Module):
         self._build()
 
     def fast(self, x: torch.Tensor) -> bool:
-        """A step of at most :data:`MAX_TOKENS` tokens (a batch's decode step, a short prompt) on a GPU (or the
-        Triton interpreter), in the weights' dtype; longer steps are compute-bound and run best as cuBLAS GEMMs."""
+        """A step of at most :data:`MAX_TOKENS` tokens (one by default: a decode step) on a GPU (or the Triton
+        interpreter), in the weights' dtype; longer steps run as the modules' own cuBLAS matmuls."""
         return (triton is not None and (x.is_cuda or INTERPRET) and x.numel() <= MAX_TOKENS * x.shape[-1]
                 and x.dtype == self.parts[0].basis.dtype)
 
+    def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """Every module's ``y`` (bias not added) for ``x``, through the two launches."""
+        return self.second(self.first(x.reshape(-1, x.shape[-1]).contiguous())).split(self.sizes, dim=-1)
+
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if self._memo is None or self._memo[0] is not x:
-            h = self.first(x.reshape(-1, x.shape[-1]).contiguous())
-            y = self.second(h)
-            self._memo = (x, list(y.split(self.sizes, dim=-1)), len(self.sizes))
-        source, parts, left = self._memo
-        out = parts[index]
-        self._memo = None if left == 1 else (source, parts, left - 1)
+        out = self._memo.part(x, index, self._outputs)
         bias = self.parts[index].bias
         out = out if bias is None else out + bias
         return out.reshape(*x.shape[:-1], out.shape[-1])

@@ -2,15 +2,38 @@
 
 A decoder layer calls its q, k and v projections (or gate and up) one after the other on the same tensor. Each
 :class:`StageSlice` asks its layer's :class:`FusedFirstStage` for its slice of ``x [U_1; U_2; ...]^T``; the first
-call computes the whole product, the others reuse it, and the last one drops it. The memo is keyed on the input
-tensor itself (``is``), so a call on another tensor recomputes rather than reuse a stale product. Under
+call computes the whole product, the others reuse it, and the last one drops it (:class:`SliceMemo`, which the
+grouped kernels' stages use too). The memo is keyed on the input tensor itself (``is``), so a call on another tensor recomputes rather than reuse a stale product. Under
 ``torch.compile`` the memo is traced away: the graph holds one matmul and the slices.
 """
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
+
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+
+class SliceMemo:
+    """One product of an input, split into the parts of ``count`` modules that read it one after another: computed
+    on the first part asked for, kept for the others, dropped after the last. Keyed on the input tensor itself."""
+
+    def __init__(self, count: int) -> None:
+        self.count = count
+        self._input: torch.Tensor | None = None
+        self._parts: Sequence[torch.Tensor] = ()
+        self._left = 0
+
+    def part(self, x: torch.Tensor, index: int,
+             parts: Callable[[torch.Tensor], Sequence[torch.Tensor]]) -> torch.Tensor:
+        if self._input is not x:
+            self._input, self._parts, self._left = x, parts(x), self.count
+        part = self._parts[index]
+        self._left -= 1
+        if self._left == 0:
+            self._input, self._parts = None, ()
+        return part
 
 
 class FusedFirstStage(nn.Module):
@@ -22,20 +45,10 @@ class FusedFirstStage(nn.Module):
             raise ValueError(f"fused basis has {weight.shape[0]} rows, the slices need {sum(sizes)}")
         self.weight = weight
         self.sizes = tuple(sizes)
-        self._input: torch.Tensor | None = None
-        self._parts: tuple[torch.Tensor, ...] | None = None
-        self._left = 0
+        self._memo = SliceMemo(len(sizes))
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
-        if self._input is None or self._input is not x:
-            self._input = x
-            self._parts = F.linear(x, self.weight).split(self.sizes, dim=-1)
-            self._left = len(self.sizes)
-        part = self._parts[index]
-        self._left -= 1
-        if self._left == 0:
-            self._input = self._parts = None
-        return part
+        return self._memo.part(x, index, lambda x: F.linear(x, self.weight).split(self.sizes, dim=-1))
 
     def extra_repr(self) -> str:
         return f"in_features={self.weight.shape[1]}, sizes={self.sizes}"
