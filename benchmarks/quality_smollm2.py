@@ -63,6 +63,10 @@ ROWS = {
     "sharvet-plus-rel1e-2": ("sharvet-plus", {}, ["--lr-matrices", "1e-2"]),
     "sharvet-plus-rel1e-3": ("sharvet-plus", {}, ["--lr-matrices", "1e-3"]),
     "sharvet-all": ("sharvet-plus", {}, ["--refine-mode", "all"]),  # the shared bases trained too
+    # ... at a smaller relative rate than V's (a step of a basis moves every layer of its group)
+    "sharvet-all-b1e-3": ("sharvet-plus", {}, ["--refine-mode", "all", "--lr-bases", "1e-3"]),
+    "sharvet-all-b3e-4": ("sharvet-plus", {}, ["--refine-mode", "all", "--lr-bases", "3e-4"]),
+    "sharvet-all-b1e-4": ("sharvet-plus", {}, ["--refine-mode", "all", "--lr-bases", "1e-4"]),
     "sharvet-plus-balanced": ("sharvet-plus", {"grouping": "spectral-balanced"}, []),  # groups of equal size
     # the LoRA baselines with their adapters counted inside the ratio (compressed to ratio - LoRA's share)
     "basis-sharing-in-budget": ("basis-sharing", {IN_BUDGET: True}, []),

@@ -609,14 +609,29 @@ def test_factors_mode_trains_every_layers_v_at_its_own_rate(pair, tmp_path):
 
 
 def test_all_mode_trains_each_shared_basis_once(pair, tmp_path):
+    from sharvet.refinement.vectors import optimizer_groups
+
     """Mode all adds the groups' bases: one trained tensor per basis however many layers share it, and the
     refined model still shares it (the budget is unchanged)."""
     teacher, student = pair
     modules = [m for m in student.modules() if isinstance(m, SharedBasisLinear)]
     bases = {id(m.basis): m.basis for m in modules}
     assert len(bases) < len(modules)  # the fixture shares bases across layers
-    params = mark_trainable(copy.deepcopy(student), "all")
+    model = copy.deepcopy(student)
+    params = mark_trainable(model, "all")
     assert len(params) == 3 * len(modules) + len(bases)
+    shared = frozenset(id(m.basis) for m in model.modules() if isinstance(m, SharedBasisLinear))
+    # the bases at their own relative rate, every V at V's
+    groups = optimizer_groups(params, 1e-2, 1e-3, bases=shared, lr_bases=1e-4)
+    rates = {id(p): g["lr"] / float(p.detach().pow(2).mean().sqrt()) for g in groups[1:] for p in g["params"]}
+    assert {round(r, 9) for i, r in rates.items() if i in shared} == {1e-4}
+    assert {round(r, 9) for i, r in rates.items() if i not in shared} == {1e-3}
+    # the trainer finds the bases by name: at rate 0 they stay, V moves
+    frozen = refine(copy.deepcopy(student), teacher, _ids(4, 16),
+                    _cfg(tmp_path / "b0", mode="all", epochs=1, lr_matrices=1e-3, lr_bases=0.0)).model
+    for (n, p), (_, q) in zip(student.named_parameters(), frozen.named_parameters()):
+        if n.endswith((".basis", ".v")):
+            assert torch.equal(p, q) == n.endswith(".basis"), n
     before = {n: p.detach().clone() for n, p in student.named_parameters()}
     result = refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="all", epochs=2, lr_matrices=1e-3))
     after = dict(result.model.named_parameters())

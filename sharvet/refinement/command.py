@@ -34,6 +34,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lr-matrices", type=float, default=None,
                    help="learning rate of the trained matrices in --refine-mode factors / all, relative to each "
                         "matrix's RMS (default: the preset's)")
+    g.add_argument("--lr-bases", type=float, default=None,
+                   help="relative learning rate of the groups' shared bases in --refine-mode all (default: "
+                        "--lr-matrices's); a step of a basis moves every layer of its group at once")
     g.add_argument("--epochs", type=int, default=None,
                    help="passes over the fine-tuning windows; default: the method's (4 for sharvet-plus, the "
                         "default; 2, as the paper trains every model, for the paper's methods)")
@@ -101,7 +104,7 @@ def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None 
     epochs = method.refine_epochs if method else _DEFAULTS.epochs
     cfg = RefineConfig(
         mode=variants.pop("mode", args.refine_mode or mode), preset=args.refine_preset, lr=args.lr,
-        lr_matrices=args.lr_matrices,
+        lr_matrices=args.lr_matrices, lr_bases=args.lr_bases,
         epochs=epochs if args.epochs is None else args.epochs, batch_size=args.batch_size,
         grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
         grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),

@@ -69,6 +69,8 @@ class RefineConfig:
     lr: float | None = None
     #: learning rate of the matrices in modes ``factors`` and ``all`` (None: the preset's)
     lr_matrices: float | None = None
+    #: relative learning rate of the groups' shared bases in mode ``all`` (None: ``lr_matrices``)
+    lr_bases: float | None = None
     #: passes over the training windows in steps of 16 sequences; the CLI takes the method's
     #: (``Method.refine_epochs``): 4 for the default method, 2 (the paper's) for the paper's methods
     epochs: int = 4
@@ -125,7 +127,7 @@ class RefineConfig:
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "temperature": self.temperature,
                     "lora_rank": self.lora_rank, "align": self.align}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
-        bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
+        bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight, "lr_bases": self.lr_bases,
                                        "l2_weight": self.l2_weight, "weight_decay": self.weight_decay,
                                        "checkpoint_every": self.checkpoint_every}.items() if v is not None and v < 0]
         if bad:
@@ -346,7 +348,9 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
     names, params = zip(*[(n, p) for n, p in model.named_parameters() if p.requires_grad])
     lr_matrices = cfg.matrix_learning_rate() if cfg.mode in MATRIX_MODES else None
     fused = all(p.is_cuda and p.is_floating_point() for p in params)  # one kernel per group, not one per tensor
-    optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), lr_matrices),
+    bases = frozenset(id(p) for n, p in zip(names, params) if n.endswith(".basis"))
+    optimizer = torch.optim.AdamW(optimizer_groups(list(params), cfg.learning_rate(), lr_matrices, bases=bases,
+                                                   lr_bases=cfg.lr_bases),
                                   weight_decay=cfg.weight_decay, fused=fused or None)
     # after the groups (whose rates follow each matrix's RMS as planned), before anything copies the parameters;
     # FSDP shards flattened parameters, so its ranks stay as planned

@@ -81,22 +81,26 @@ def mark_trainable(model: nn.Module, mode: str = "both", *, relative_sigma: bool
     return trainable
 
 
-def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float | None) -> list[dict]:
+def optimizer_groups(params: list[nn.Parameter], lr: float, lr_matrices: float | None, *,
+                     bases: frozenset[int] = frozenset(), lr_bases: float | None = None) -> list[dict]:
     """AdamW parameter groups: everything at ``lr``, except, with ``lr_matrices`` (modes ``factors`` and ``all``),
-    each matrix (a layer's V, a group's basis) at ``lr_matrices`` times its own RMS.
+    each matrix (a layer's V, a group's basis) at ``lr_matrices`` times its own RMS; the shared bases (their ids
+    in ``bases``) at ``lr_bases`` times their RMS where that is given.
 
     Adam moves every entry by about its group's rate per step, so one absolute rate cannot suit both the vectors
     (lambda near 1, sigma's delta near 0: scale-free) and V, nor V of different scales: SharVeT's V is orthonormal
     (entries ~1/sqrt(Z d_out)) while Basis Sharing's carries the singular values (entries 10^2-10^4 times larger).
-    Scaled by the RMS, every V moves by the same *fraction* per step, as sigma's delta does. LoRA's A and B are
-    matrices too but keep the one rate LoRA is tuned with (B starts at zero: it has no scale to follow)."""
+    Scaled by the RMS, every V moves by the same *fraction* per step, as sigma's delta does. A shared basis gets
+    its own rate because one step of it moves every layer of its group at once. LoRA's A and B are matrices too
+    but keep the one rate LoRA is tuned with (B starts at zero: it has no scale to follow)."""
     if lr_matrices is None:
         return [{"params": list(params), "lr": lr}]
     groups = [{"params": [p for p in params if p.dim() < 2], "lr": lr}] if any(p.dim() < 2 for p in params) else []
     for p in params:
         if p.dim() >= 2:
             rms = float(p.detach().float().pow(2).mean().sqrt()) or 1.0
-            groups.append({"params": [p], "lr": lr_matrices * rms})
+            rate = lr_bases if id(p) in bases and lr_bases is not None else lr_matrices
+            groups.append({"params": [p], "lr": rate * rms})
     return groups
 
 
