@@ -83,7 +83,7 @@ def describe() -> str:
     split = "auto" if SPLIT_K == 0 else str(SPLIT_K)
     missing = "" if triton is not None else " (no Triton: modules run their own forward)"
     return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
-            f"{'s' if MAX_TOKENS > 1 else ''}{missing}")
+            f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned{missing}")
 
 
 if triton is not None:
@@ -91,24 +91,32 @@ if triton is not None:
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
                       tokens, x_stride, y_stride, x_part_stride, y_part_stride,
                       G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr):
         """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
         and the group ``g`` owning this program's rows, each weight tile read once for all tokens. One token: a
         multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. The second grid axis
         splits the reduction into parts ``j``, each stored in float32 at ``y + j * y_part_stride`` (no atomics, no
         zeroing); ``X_PARTS`` > 1: ``x`` holds a split first stage's parts, summed as they are read. The weights
         have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage); plain flags keep the launch
-        simple."""
+        simple. ``ALIGN`` > 1 (elements; the host checked it) tells the compiler that rows, tables' addresses and
+        offsets are 16-byte aligned: values loaded from the tables carry no alignment of their own, and without it
+        every weight is read by a 2-byte load instead of 16-byte ones."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
             g += (pid >= tl.load(block_starts + i)).to(tl.int32)
         n = tl.load(n_sizes + g)
         k = tl.load(k_sizes + g)
+        x_off = tl.load(x_offsets + g)
         w_ty = x_ptr.dtype.element_ty if W_LIKE_X else y_ptr.dtype.element_ty
         w = tl.load(w_ptrs + g).to(tl.pointer_type(w_ty))
-        x = x_ptr + tl.load(x_offsets + g)
         s = tl.load(s_ptrs + g).to(tl.pointer_type(w_ty))  # the weights' table if unscaled
+        if ALIGN > 1:  # on the pointers (bytes) and sizes (elements): a hint on the loaded integer is lost
+            k = tl.multiple_of(k, ALIGN)
+            x_off = tl.multiple_of(x_off, ALIGN)
+            w = tl.multiple_of(w, 16)
+            s = tl.multiple_of(s, 16)
+        x = x_ptr + x_off
         rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
         chunk = tl.cdiv(tl.cdiv(k, tl.num_programs(1)), BLOCK_K) * BLOCK_K
         k_lo = tl.program_id(1) * chunk
@@ -138,10 +146,10 @@ if triton is not None:
                      x_off: torch.Tensor, s: torch.Tensor, y_off: torch.Tensor, rows: int, groups: int, scaled: bool,
                      first_stage: bool, split: int, dtype: torch.dtype, launch: list[int]) -> torch.Tensor:
         """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
-        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps. ``x`` is
+        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps, alignment. ``x`` is
         ``(tokens, width)``, or ``(parts, tokens, width)`` float32 parts of a split first stage; the output is
         ``(tokens, rows)`` in ``dtype``, or ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
-        programs, block_n, block_k, warps = launch
+        programs, block_n, block_k, warps, align = launch
         parts = x.shape[0] if x.dim() == 3 else 1
         tokens = x.shape[-2]
         if split > 1:
@@ -152,7 +160,8 @@ if triton is not None:
         _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, tokens, x.stride(-2), rows,
                                          x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
-                                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, num_warps=warps)
+                                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
+                                         num_warps=warps)
         return y
 
     @grouped_gemv.register_fake
@@ -160,6 +169,16 @@ if triton is not None:
         if split > 1:
             return x.new_empty(split, x.shape[-2], rows, dtype=torch.float32)
         return x.new_empty(x.shape[-2], rows, dtype=dtype)
+
+
+def alignment(weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int]) -> int:
+    """The kernel's ``ALIGN``: elements in 16 bytes when every weight and scale starts on 16 bytes, every row's
+    length and every input offset is a multiple of that (ranks are padded to 8 by the inference form), else 1."""
+    vec = max(1, 16 // weights[0].element_size())
+    addresses = [t.data_ptr() for t in weights + list(scales or [])]
+    aligned = (all(a % 16 == 0 for a in addresses) and all(w.shape[1] % vec == 0 for w in weights)
+               and all(o % vec == 0 for o in x_offsets))
+    return vec if aligned else 1
 
 
 def _offsets(sizes: list[int]) -> list[int]:
@@ -195,12 +214,13 @@ class _Launch:
         self.y_off = table(_offsets([w.shape[0] for w in weights]))
         self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
         self.dtype, self.first_stage = weights[0].dtype, first_stage
+        self.align = alignment(weights, scales, x_offsets)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block_n, block_k, programs, starts, split = self.layouts[x.shape[-2] > 1]
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, split,
-                                              self.dtype, [programs, block_n, block_k, WARPS])
+                                              self.dtype, [programs, block_n, block_k, WARPS, self.align])
 
 
 class GroupedStages(nn.Module):
