@@ -123,6 +123,9 @@ if triton is not None:
         k_hi = tl.minimum(k, k_lo + chunk)
         t = tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
+        # one token: products summed elementwise in the loop and across threads once after it (a sum per tile
+        # costs shared-memory barriers that stall the next tile's loads)
+        acc1 = tl.zeros((BLOCK_N, BLOCK_K) if BLOCK_M == 1 else (1, 1), dtype=tl.float32)
         for k0 in range(k_lo, k_hi, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             at = x + t[:, None] * x_stride + cols[None, :]
@@ -135,9 +138,11 @@ if triton is not None:
             wv = tl.load(w + rows[:, None] * k + cols[None, :],
                          mask=(rows[:, None] < n) & (cols[None, :] < k_hi), other=0.0)
             if BLOCK_M == 1:
-                acc += tl.sum(wv.to(tl.float32) * xv, axis=1)[None, :]
+                acc1 += wv.to(tl.float32) * xv
             else:
                 acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
+        if BLOCK_M == 1:
+            acc += tl.sum(acc1, axis=1)[None, :]
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(t[:, None] < tokens) & (rows[None, :] < n))
 
