@@ -706,3 +706,14 @@ def test_lora_trains_every_adapter_at_the_lora_rate(pair, tmp_path, monkeypatch)
     refine(student, teacher, _ids(4, 16), _cfg(tmp_path, mode="lora", epochs=1, lr=3e-3))
     assert seen == [[3e-3]]
 
+
+
+def test_compile_is_suggested_only_for_long_uncompiled_runs_on_a_gpu():
+    from sharvet.refinement.trainer import COMPILE_PAYS_FROM_TOKENS, compile_hint
+
+    long_run = COMPILE_PAYS_FROM_TOKENS
+    assert "--compile" in compile_hint(long_run, RefineConfig(), gpu=True)
+    assert compile_hint(long_run - 1, RefineConfig(), gpu=True) is None
+    assert compile_hint(long_run, RefineConfig(), gpu=False) is None
+    assert compile_hint(long_run, RefineConfig(compile=True), gpu=True) is None
+    assert compile_hint(long_run, RefineConfig(fsdp=True), gpu=True) is None  # compile and fsdp do not go together
