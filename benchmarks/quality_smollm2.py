@@ -187,11 +187,10 @@ def cmd_run(a: argparse.Namespace) -> None:
         record["default"] = _is_default(record)
         res["rows"].append(record)
         print(json.dumps({k: v for k, v in record.items() if k not in ("tasks", "final_losses")}), flush=True)
-        Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+        _write(a.json, res)
         del model, student
         torch.cuda.empty_cache() if a.device == "cuda" else None
-    Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+    _write(a.json, res)
 
 
 #: throughput variant flags that are not refinement flags: frozen weights and activations in bf16 (the trained
@@ -248,6 +247,7 @@ def cmd_throughput(a: argparse.Namespace) -> None:
                                   if a.device == "cuda" else None,
                                   "refine_mode": out.config.mode}
         print(variant, res["refine"][variant], flush=True)
+        _write(a.json, res)  # after every variant: a run stopped later keeps what it measured
         del out
         torch.cuda.empty_cache() if a.device == "cuda" else None
     if a.profile:
@@ -255,8 +255,12 @@ def cmd_throughput(a: argparse.Namespace) -> None:
         print("\n".join(lines(res["profile"])), flush=True)
     if a.gen_sequences:
         res["teacher_text"] = _teacher_text(a, teacher)
-    Path(a.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(a.json).write_text(json.dumps(res, indent=1, default=str))
+    _write(a.json, res)
+
+
+def _write(path: str, res: dict) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(res, indent=1, default=str))
 
 
 def _teacher_text(a: argparse.Namespace, teacher) -> dict:

@@ -16,10 +16,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
 from tqdm.auto import tqdm
 
 from .models import ModelAdapter
+from .outputs import save_whole
 
 #: target width of the column panels of ``X^T X``; narrower panels skip more of the lower triangle but
 #: make smaller matmuls (256 was the fastest for widths 576 and 1536 on a 2-core AVX2 CPU)
@@ -123,11 +124,7 @@ class CalibrationStats:
                 tensors[f"{layer}.{key}.xtx"] = s.xtx.cpu().contiguous()
                 tensors[f"{layer}.{key}.total"] = s.total.cpu().contiguous()
                 tensors[f"{layer}.{key}.count"] = torch.tensor([s.count], dtype=torch.int64)
-        path = Path(path)
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        save_file(tensors, str(tmp))
-        tmp.replace(path)
+        save_whole(tensors, path)
 
     @classmethod
     def load(cls, path: str | Path, device: torch.device | str = "cpu") -> "CalibrationStats":

@@ -73,3 +73,18 @@ def remove_stale_partials(out: Path) -> list[Path]:
         shutil.rmtree(folder, ignore_errors=True)
         print(f"sharvet: removed {folder}, left by an earlier interrupted save", file=sys.stderr)
     return stale
+
+
+def save_whole(tensors: dict, path: str | Path, metadata: dict[str, str] | None = None) -> None:
+    """A safetensors file written under a name of this process's own and renamed when complete, so a file that
+    exists is whole, even when several processes fill the same cache at once (the last rename wins)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        tmp.replace(path)
+    finally:
+        tmp.unlink(missing_ok=True)

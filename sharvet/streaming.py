@@ -27,12 +27,12 @@ import psutil
 import torch
 from accelerate.utils import align_module_device, has_offloaded_params, send_to_device
 from safetensors import safe_open
-from safetensors.torch import save_file
 from torch import nn
 from tqdm.auto import tqdm
 
 from .calibration import CalibrationStats, InputStats, cache_key, empty_layer_stats, hook_layer, panels
 from .models import ModelAdapter, adapter_for
+from .outputs import save_whole
 
 STREAM_MODES = ("auto", "on", "off")
 #: auto streams when the in-memory path's estimate exceeds this share of the free memory (the estimate leaves
@@ -65,10 +65,7 @@ def layer_tensors(per_key: dict[str, InputStats]) -> dict[str, torch.Tensor]:
 def save_layer(folder: Path, layer: int, tensors: dict[str, torch.Tensor]) -> None:
     """One layer's statistics (:func:`layer_tensors`) as a safetensors file, written to a temporary name and
     renamed when whole, so a file that exists is complete."""
-    path = layer_file(folder, layer)
-    tmp = path.with_suffix(".tmp")
-    save_file(tensors, str(tmp))
-    tmp.replace(path)
+    save_whole(tensors, layer_file(folder, layer))
 
 
 def read_input(folder: Path, layer: int, key: str) -> InputStats:

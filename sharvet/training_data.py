@@ -24,7 +24,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 import torch
-from safetensors.torch import load_file, save_file
+from safetensors.torch import load_file
+
+from .outputs import save_whole
 
 if TYPE_CHECKING:
     from transformers import PreTrainedModel, PreTrainedTokenizerBase
@@ -32,8 +34,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEACHER = "teacher"
-
-
 
 
 def warn_if_repeated(source: str, available: int, n_sequences: int, seq_len: int) -> bool:
@@ -129,8 +129,7 @@ def teacher_sequences(model: PreTrainedModel, tokenizer: PreTrainedTokenizerBase
     seconds = time.perf_counter() - start_gen
     log.info("teacher text: %s tokens in %.1f s", f"{ids.numel():,}", seconds)
     if cached is not None:
-        cached.parent.mkdir(parents=True, exist_ok=True)
-        save_file({"ids": ids.contiguous()}, str(cached), metadata={"key": json.dumps(key)})
+        save_whole({"ids": ids.contiguous()}, cached, metadata={"key": json.dumps(key)})
     return ids
 
 

@@ -258,3 +258,23 @@ def test_refine_keeps_the_checkpoint_precision_for_student_and_teacher(ck, data_
                  "4", "--train-seq-len", "16", "--epochs", "1", "--batch-size", "2", "--device", "cpu",
                  "--no-progress"]) == 0
     assert seen == {"student": torch.bfloat16, "teacher": torch.bfloat16}
+
+
+def test_cache_files_appear_only_whole(tmp_path, monkeypatch):
+    """save_whole writes under a name of its own and renames: an existing file is complete, and a write that
+    fails leaves neither a file nor its temporary (several processes may fill the same cache at once)."""
+    from sharvet import outputs
+
+    path = tmp_path / "cache" / "teacher-text-x.safetensors"
+    outputs.save_whole({"ids": torch.arange(6)}, path, metadata={"key": "k"})
+    assert torch.equal(load_file(str(path))["ids"], torch.arange(6))
+
+    def broken(tensors, filename, metadata=None):
+        Path(filename).write_bytes(b"half")
+        raise OSError("disk full")
+
+    monkeypatch.setattr("safetensors.torch.save_file", broken)
+    other = tmp_path / "cache" / "other.safetensors"
+    with pytest.raises(OSError, match="disk full"):
+        outputs.save_whole({"ids": torch.arange(6)}, other)
+    assert sorted(p.name for p in other.parent.iterdir()) == [path.name]
