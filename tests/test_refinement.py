@@ -717,3 +717,9 @@ def test_compile_is_suggested_only_for_long_uncompiled_runs_on_a_gpu():
     assert compile_hint(long_run, RefineConfig(), gpu=False) is None
     assert compile_hint(long_run, RefineConfig(compile=True), gpu=True) is None
     assert compile_hint(long_run, RefineConfig(fsdp=True), gpu=True) is None  # compile and fsdp do not go together
+
+
+def test_a_basis_rate_without_trained_bases_is_refused():
+    with pytest.raises(ValueError, match="--lr-bases .* --refine-mode all"):
+        RefineConfig(mode="factors", lr_bases=1e-4).validate()
+    RefineConfig(mode="all", lr_bases=1e-4).validate()

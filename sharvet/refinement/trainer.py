@@ -127,11 +127,15 @@ class RefineConfig:
                     "batch_size": self.batch_size, "grad_accum": self.grad_accum, "temperature": self.temperature,
                     "lora_rank": self.lora_rank, "align": self.align}
         bad = [f"{k}={v}" for k, v in positive.items() if v <= 0]
-        bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight, "lr_bases": self.lr_bases,
-                                       "l2_weight": self.l2_weight, "weight_decay": self.weight_decay,
+        bad += [f"{k}={v}" for k, v in {"kd_weight": self.kd_weight, "feature_weight": self.feature_weight,
+                                       "lr_bases": self.lr_bases, "l2_weight": self.l2_weight,
+                                       "weight_decay": self.weight_decay,
                                        "checkpoint_every": self.checkpoint_every}.items() if v is not None and v < 0]
         if bad:
             raise ValueError(f"invalid refinement settings: {', '.join(bad)}")
+        if self.lr_bases is not None and self.mode != "all":
+            raise ValueError(f"--lr-bases sets the shared bases' rate, which only --refine-mode all trains "
+                             f"(mode is {self.mode!r})")
         if not 0 < self.lr_end_factor <= 1:
             raise ValueError(f"lr_end_factor must be in (0, 1], got {self.lr_end_factor}")
         if self.compile and self.fsdp:
