@@ -164,31 +164,13 @@ def test_tile_sizes_parse_or_fail_in_one_line():
 
 
 def _compile_for_hopper(tokens: int, split: int, first: bool, align: int):
-    """The kernel as Triton compiles it ahead of time for an H100/H200 (sm_90), with the specialisations its launcher
-    makes at run time for tensors from PyTorch's allocator (pointers and the row stride divisible by 16)."""
-    from triton import compile as triton_compile
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
     from sharvet.inference import grouped
+    from sharvet.inference.grouped_aot import compile_ahead
 
-    # a split first stage writes float32 parts; the second stage after it reads and sums them
-    x_ty = "*fp32" if not first and split > 1 else "*bf16"
-    y_ty = "*fp32" if first and split > 1 else "*bf16"
-    signature = {"w_ptrs": "*i64", "n_sizes": "*i64", "k_sizes": "*i64", "block_starts": "*i64", "x_ptr": x_ty,
-                 "x_offsets": "*i64", "s_ptrs": "*i64", "y_ptr": y_ty, "y_offsets": "*i64", "tokens": "i32",
-                 "x_stride": "i32", "y_stride": "i32", "x_part_stride": "i32", "y_part_stride": "i32"}
     weights = [torch.zeros(40, 64, dtype=torch.bfloat16)]
     block_n, block_k, *_ = grouped._Launch(weights, None, [0], first_stage=first).layouts[tokens > 1]
-    constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
-                 "BLOCK_M": 1 if tokens == 1 else 16, "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align}
-    signature.update(dict.fromkeys(constants, "constexpr"))
-    names = grouped._grouped_gemv.arg_names
-    divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]
-    return triton_compile(ASTSource(grouped._grouped_gemv, signature,
-                                    {(names.index(k),): v for k, v in constants.items()},
-                                    {(names.index(a),): [["tt.divisibility", 16]] for a in divisible}),
-                          target=GPUTarget("cuda", 90, 32), options={"num_warps": grouped.WARPS})
+    return compile_ahead(tokens=tokens, split=split, first=first, align=align, block_n=block_n, block_k=block_k,
+                         warps=grouped.WARPS)
 
 
 @needs_triton
@@ -198,16 +180,9 @@ def test_kernel_compiles_for_hopper_without_a_gpu_and_keeps_to_registers(tokens,
     """Triton compiles ahead of time for sm_90 with the ptxas it ships, so the GPU path's code is checked where
     there is no GPU (the interpreter does not compile); at the tile sizes a launch uses for that many tokens,
     nothing spills to local memory (read by Triton's cuobjdump)."""
-    kernel = _compile_for_hopper(tokens, split, first, align=8)
-    cubin = HERE / f".cubin-{os.getpid()}"
-    try:
-        cubin.write_bytes(kernel.asm["cubin"])
-        tools = Path(sys.modules["triton"].__file__).parent / "backends" / "nvidia" / "bin"
-        usage = subprocess.run([str(tools / "cuobjdump"), "-res-usage", str(cubin)], capture_output=True, text=True,
-                               check=True).stdout
-    finally:
-        cubin.unlink(missing_ok=True)
-    assert "STACK:0 " in usage and "LOCAL:0 " in usage, usage
+    from sharvet.inference.grouped_aot import kernel_code
+
+    assert kernel_code(_compile_for_hopper(tokens, split, first, align=8)).spill_bytes == 0
 
 
 @needs_triton
@@ -216,11 +191,18 @@ def test_one_token_kernels_read_weights_in_16_byte_loads_when_aligned(first):
     """Addresses loaded from the pointer tables carry no alignment, so without ``ALIGN`` every bf16 weight is read
     by a 2-byte load (the seventh session's kernels: ~2.0-2.3 TB/s on an H200 against dense's 3.3); with it, only
     16-byte loads (and the tables' 8-byte ones) remain in the PTX."""
-    import re
+    from sharvet.inference.grouped_aot import kernel_code
 
-    loads = lambda align: set(re.findall(r"ld\.global[\w.]*", _compile_for_hopper(1, 1, first, align).asm["ptx"]))  # noqa: E731
-    assert loads(8) == {"ld.global.v4.b32", "ld.global.b64"}
-    assert "ld.global.b16" in loads(1)
+    aligned, unaligned = (kernel_code(_compile_for_hopper(1, 1, first, align)) for align in (8, 1))
+    assert set(aligned.loads) == {16, 8} and aligned.narrow_loads == 0
+    assert unaligned.loads[2] > 0
+
+
+def test_load_widths_are_read_from_ptx_names():
+    from sharvet.inference.grouped_aot import load_bytes
+
+    assert [load_bytes(i) for i in ("ld.global.b16", "ld.global.v4.b32", "ld.global.L1::evict_last.b64",
+                                    "ld.global.nc.v2.f32")] == [2, 16, 8, 8]
 
 
 def test_alignment_is_claimed_only_when_every_row_address_and_offset_allows_it():
@@ -232,3 +214,17 @@ def test_alignment_is_claimed_only_when_every_row_address_and_offset_allows_it()
     assert alignment([w.view(-1)[4:4 + 40 * 60].view(40, 60)], None, [0]) == 1  # starts 8 bytes in, rows of 60
     assert alignment([w], None, [4]) == 1  # an input offset of half a vector
     assert alignment([torch.zeros(8, 64)], None, [0]) == 4  # float32: four to 16 bytes
+
+
+@needs_triton
+def test_the_code_table_reports_each_tile_and_stage():
+    """benchmarks/grouped_code.py: resident programs by registers, and one row per tile and stage."""
+    sys.path.insert(0, str(HERE.parent / "benchmarks"))
+    import grouped_code
+
+    assert grouped_code.programs_per_sm(63, 4) == 8  # 2,048 registers a warp
+    assert grouped_code.programs_per_sm(120, 4) == 4
+    assert grouped_code.programs_per_sm(16, 1) == 32  # the program limit
+    (first, second) = grouped_code.rows(["4x512x4"], align=8)
+    assert (first["stage"], second["stage"]) == ("first", "second")
+    assert first["narrow_loads"] == 0 and first["spill_bytes"] == 0 and first["programs_per_sm"] >= 8
