@@ -228,3 +228,23 @@ def test_the_code_table_reports_each_tile_and_stage():
     (first, second) = grouped_code.rows(["4x512x4"], align=8)
     assert (first["stage"], second["stage"]) == ("first", "second")
     assert first["narrow_loads"] == 0 and first["spill_bytes"] == 0 and first["programs_per_sm"] >= 8
+
+
+@needs_triton
+def test_programmatic_dependent_launch_is_compiled_in_only_when_asked():
+    """SHARVET_GROUPED_PDL=1 launches with programmatic dependent launch: the kernel then holds the grid dependency
+    instructions and the launch flag; without it, neither (and the interpreter never takes it)."""
+    from sharvet.inference import grouped
+    from sharvet.inference.grouped_aot import compile_ahead
+
+    if grouped.gdc_wait is None:
+        pytest.skip("this Triton has no grid dependency control")
+    for pdl in (False, True):
+        kernel = compile_ahead(tokens=1, split=1, first=False, align=8, block_n=4, block_k=1024, warps=4, pdl=pdl)
+        assert ("griddepcontrol.wait" in kernel.asm["ptx"]) == pdl == bool(kernel.metadata.launch_pdl)
+    code = ("import os; os.environ['SHARVET_GROUPED_PDL'] = '1'; os.environ['TRITON_INTERPRET'] = '{}';"
+            "from sharvet.inference import grouped; print(grouped.PDL, grouped.describe())")
+    on, interpreted = (subprocess.run([sys.executable, "-c", code.format(v)], capture_output=True, text=True,
+                                      check=True).stdout for v in ("0", "1"))
+    assert on.startswith("True") and "programmatic dependent launch" in on
+    assert interpreted.startswith("False")

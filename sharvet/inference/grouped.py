@@ -28,8 +28,16 @@ try:
     import triton.language as tl
 except ImportError:  # CPU wheels of torch come without Triton: the reference forward runs instead
     triton = None
+try:  # Hopper's grid dependency control (Triton >= 3.3)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:
+    gdc_launch_dependents = gdc_wait = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
+#: ``SHARVET_GROUPED_PDL=1``: launch with programmatic dependent launch (sm_90+), so a launch's programs start, and
+#: set up, while the launch before it finishes; they wait (``griddepcontrol.wait``) only before reading its output.
+#: Off by default until measured; never in the interpreter (it cannot run the PTX).
+PDL = os.environ.get("SHARVET_GROUPED_PDL") == "1" and gdc_wait is not None and not INTERPRET
 
 
 def parse_tiles(text: str) -> tuple[int, int, int, int]:
@@ -83,7 +91,8 @@ def describe() -> str:
     split = "auto" if SPLIT_K == 0 else str(SPLIT_K)
     missing = "" if triton is not None else " (no Triton: modules run their own forward)"
     return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
-            f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned{missing}")
+            f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
+            f"{', programmatic dependent launch' if PDL else ''}{missing}")
 
 
 if triton is not None:
@@ -91,7 +100,8 @@ if triton is not None:
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
                       tokens, x_stride, y_stride, x_part_stride, y_part_stride,
                       G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr):
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
+                      USE_PDL: tl.constexpr):
         """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
         and the group ``g`` owning this program's rows, each weight tile read once for all tokens. One token: a
         multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. The second grid axis
@@ -100,7 +110,8 @@ if triton is not None:
         have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage); plain flags keep the launch
         simple. ``ALIGN`` > 1 (elements; the host checked it) tells the compiler that rows, tables' addresses and
         offsets are 16-byte aligned: values loaded from the tables carry no alignment of their own, and without it
-        every weight is read by a 2-byte load instead of 16-byte ones."""
+        every weight is read by a 2-byte load instead of 16-byte ones. ``USE_PDL`` (see :data:`PDL`): the next launch
+        may start once every program got here, and this one waits for the previous launch before reading ``x``."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
@@ -126,6 +137,9 @@ if triton is not None:
         # one token: products summed elementwise in the loop and across threads once after it (a sum per tile
         # costs shared-memory barriers that stall the next tile's loads)
         acc1 = tl.zeros((BLOCK_N, BLOCK_K) if BLOCK_M == 1 else (1, 1), dtype=tl.float32)
+        if USE_PDL:
+            gdc_launch_dependents()
+            gdc_wait()
         for k0 in range(k_lo, k_hi, BLOCK_K):
             cols = k0 + tl.arange(0, BLOCK_K)
             at = x + t[:, None] * x_stride + cols[None, :]
@@ -166,7 +180,7 @@ if triton is not None:
                                          x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
                                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
-                                         num_warps=warps)
+                                         USE_PDL=PDL, num_warps=warps, **({"launch_pdl": True} if PDL else {}))
         return y
 
     @grouped_gemv.register_fake

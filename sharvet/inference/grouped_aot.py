@@ -38,7 +38,7 @@ class KernelCode:
 
 
 def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: int, block_k: int, warps: int,
-                  arch: int = 90):
+                  pdl: bool = False, arch: int = 90):
     """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights)."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
@@ -54,13 +54,14 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
                  "x_stride": "i32", "y_stride": "i32", "x_part_stride": "i32", "y_part_stride": "i32"}
     constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
                  "BLOCK_M": 1 if tokens == 1 else max(16, 1 << (tokens - 1).bit_length()),
-                 "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align}
+                 "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align, "USE_PDL": pdl}
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = grouped._grouped_gemv.arg_names
     divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]
     source = ASTSource(grouped._grouped_gemv, signature, {(names.index(k),): v for k, v in constants.items()},
                        {(names.index(a),): [["tt.divisibility", 16]] for a in divisible})
-    return triton_compile(source, target=GPUTarget("cuda", arch, 32), options={"num_warps": warps})
+    options = {"num_warps": warps, **({"launch_pdl": True} if pdl else {})}
+    return triton_compile(source, target=GPUTarget("cuda", arch, 32), options=options)
 
 
 def kernel_code(kernel) -> KernelCode:
