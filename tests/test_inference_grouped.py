@@ -25,8 +25,10 @@ HERE = Path(__file__).parent
 needs_triton = pytest.mark.skipif(importlib.util.find_spec("triton") is None, reason="Triton is not installed")
 
 INTERPRETED = """
+import os
 import torch
 from sharvet.inference import grouped
+assert grouped.AHEAD == (os.environ.get("SHARVET_GROUPED_AHEAD") == "1")  # the variant asked for is the one run
 from test_inference import compressed, converted
 model, ids = compressed()
 fast = converted(model, "grouped")
@@ -95,13 +97,17 @@ def _interpreter_works() -> bool:
 
 
 @needs_triton
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto"])  # auto: first stages split in 2-4 parts here
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto", "ahead"])  # auto: first stages split in 2-4 parts
 def test_kernels_match_the_reference_in_the_interpreter(tiles):
+    """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
+    interpreter cannot run)."""
     if not _interpreter_works():
         pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "SHARVET_GROUPED_MAX_TOKENS": "16",  # the tl.dot path too
            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    if tiles != "default":
+    if tiles == "ahead":
+        env["SHARVET_GROUPED_AHEAD"], env["SHARVET_GROUPED_TILES"] = "1", "4x16x4"  # several column tiles a row
+    elif tiles != "default":
         env["SHARVET_GROUPED_TILES"] = tiles
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]

@@ -38,6 +38,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 #: set up, while the launch before it finishes; they wait (``griddepcontrol.wait``) only before reading its output.
 #: Off by default until measured; never in the interpreter (it cannot run the PTX).
 PDL = os.environ.get("SHARVET_GROUPED_PDL") == "1" and gdc_wait is not None and not INTERPRET
+#: read each tile's weights one iteration ahead, the first before any wait (what lets PDL overlap a launch's first
+#: reads with the previous launch); on with PDL, or alone with ``SHARVET_GROUPED_AHEAD=1`` (which the interpreter
+#: tests use). Costs registers: 80 / 72 against 63 / 63 (first / second stage, default tile, sm_90): 6-7
+#: resident programs per SM instead of 8.
+AHEAD = PDL or os.environ.get("SHARVET_GROUPED_AHEAD") == "1"
 
 
 def parse_tiles(text: str) -> tuple[int, int, int, int]:
@@ -92,7 +97,7 @@ def describe() -> str:
     missing = "" if triton is not None else " (no Triton: modules run their own forward)"
     return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
             f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
-            f"{', programmatic dependent launch' if PDL else ''}{missing}")
+            f"{', weights a tile ahead' if AHEAD else ''}{', programmatic dependent launch' if PDL else ''}{missing}")
 
 
 if triton is not None:
@@ -101,7 +106,7 @@ if triton is not None:
                       tokens, x_stride, y_stride, x_part_stride, y_part_stride,
                       G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
-                      USE_PDL: tl.constexpr):
+                      AHEAD: tl.constexpr, USE_PDL: tl.constexpr):
         """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
         and the group ``g`` owning this program's rows, each weight tile read once for all tokens. One token: a
         multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. The second grid axis
@@ -110,8 +115,9 @@ if triton is not None:
         have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage); plain flags keep the launch
         simple. ``ALIGN`` > 1 (elements; the host checked it) tells the compiler that rows, tables' addresses and
         offsets are 16-byte aligned: values loaded from the tables carry no alignment of their own, and without it
-        every weight is read by a 2-byte load instead of 16-byte ones. ``USE_PDL`` (see :data:`PDL`): the next launch
-        may start once every program got here, and this one waits for the previous launch before reading ``x``."""
+        every weight is read by a 2-byte load instead of 16-byte ones. ``AHEAD``: weights read a tile ahead (:data:`AHEAD`);
+        ``USE_PDL`` (:data:`PDL`): the next launch may start once every program got here, and this one waits for the
+        previous launch before reading ``x``."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
@@ -137,11 +143,15 @@ if triton is not None:
         # one token: products summed elementwise in the loop and across threads once after it (a sum per tile
         # costs shared-memory barriers that stall the next tile's loads)
         acc1 = tl.zeros((BLOCK_N, BLOCK_K) if BLOCK_M == 1 else (1, 1), dtype=tl.float32)
+        tile = tl.arange(0, BLOCK_K)
+        if AHEAD:  # weights do not depend on the previous launch: read the first tile before waiting for it
+            wv = tl.load(w + rows[:, None] * k + (k_lo + tile)[None, :],
+                         mask=(rows[:, None] < n) & ((k_lo + tile)[None, :] < k_hi), other=0.0)
         if USE_PDL:
             gdc_launch_dependents()
             gdc_wait()
         for k0 in range(k_lo, k_hi, BLOCK_K):
-            cols = k0 + tl.arange(0, BLOCK_K)
+            cols = k0 + tile
             at = x + t[:, None] * x_stride + cols[None, :]
             inside = (t[:, None] < tokens) & (cols[None, :] < k_hi)
             xv = tl.load(at, mask=inside, other=0.0).to(tl.float32)
@@ -149,12 +159,17 @@ if triton is not None:
                 xv += tl.load(at + part * x_part_stride, mask=inside, other=0.0).to(tl.float32)
             if HAS_SCALE:
                 xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
-            wv = tl.load(w + rows[:, None] * k + cols[None, :],
-                         mask=(rows[:, None] < n) & (cols[None, :] < k_hi), other=0.0)
+            if not AHEAD:
+                wv = tl.load(w + rows[:, None] * k + cols[None, :],
+                             mask=(rows[:, None] < n) & (cols[None, :] < k_hi), other=0.0)
             if BLOCK_M == 1:
                 acc1 += wv.to(tl.float32) * xv
             else:
                 acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
+            if AHEAD:  # the next tile, one iteration ahead (past k_hi on the last: fully masked, nothing read)
+                ahead = cols + BLOCK_K
+                wv = tl.load(w + rows[:, None] * k + ahead[None, :],
+                             mask=(rows[:, None] < n) & (ahead[None, :] < k_hi), other=0.0)
         if BLOCK_M == 1:
             acc += tl.sum(acc1, axis=1)[None, :]
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
@@ -180,7 +195,8 @@ if triton is not None:
                                          x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
                                          BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
-                                         USE_PDL=PDL, num_warps=warps, **({"launch_pdl": True} if PDL else {}))
+                                         AHEAD=AHEAD, USE_PDL=PDL, num_warps=warps,
+                                         **({"launch_pdl": True} if PDL else {}))
         return y
 
     @grouped_gemv.register_fake

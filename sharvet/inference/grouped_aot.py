@@ -38,8 +38,9 @@ class KernelCode:
 
 
 def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: int, block_k: int, warps: int,
-                  pdl: bool = False, arch: int = 90):
-    """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights)."""
+                  pdl: bool = False, ahead: bool | None = None, arch: int = 90):
+    """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights); ``ahead``
+    defaults to ``pdl``, as at run time."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -54,7 +55,8 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
                  "x_stride": "i32", "y_stride": "i32", "x_part_stride": "i32", "y_part_stride": "i32"}
     constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
                  "BLOCK_M": 1 if tokens == 1 else max(16, 1 << (tokens - 1).bit_length()),
-                 "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align, "USE_PDL": pdl}
+                 "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align,
+                 "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl}
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = grouped._grouped_gemv.arg_names
     divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]
