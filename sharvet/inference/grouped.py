@@ -28,7 +28,7 @@ try:
     import triton.language as tl
 except ImportError:  # CPU wheels of torch come without Triton: the reference forward runs instead
     triton = None
-try:  # Hopper's grid dependency control (Triton >= 3.3)
+try:  # Hopper's grid dependency control (in Triton 3.6 and 3.9; older versions may lack it)
     from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
 except ImportError:
     gdc_launch_dependents = gdc_wait = None
