@@ -11,7 +11,8 @@ together.
 
 Each weight tile is read once for all of a step's tokens (up to :data:`MAX_TOKENS`, one by default, as measured).
 Longer steps (batches, prefill), CPU tensors, and machines without Triton take the modules' own forward (the
-reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests).
+reference). ``TRITON_INTERPRET=1`` runs the kernels on the CPU (tests); ``grouped_aot`` compiles them for sm_90 without
+a GPU, so their registers and load widths are checked there too.
 """
 from __future__ import annotations
 
