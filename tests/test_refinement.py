@@ -723,3 +723,23 @@ def test_a_basis_rate_without_trained_bases_is_refused():
     with pytest.raises(ValueError, match="--lr-bases .* --refine-mode all"):
         RefineConfig(mode="factors", lr_bases=1e-4).validate()
     RefineConfig(mode="all", lr_bases=1e-4).validate()
+
+
+def test_decay_to_init_pulls_the_trained_tensors_back_towards_their_start(pair, tmp_path):
+    """--decay-to-init: after each step every trained tensor moves that share of the way back to its start. All
+    the way (1.0) after the only step leaves the model as it started; a share in between keeps it closer to the
+    start than no pull does (same data, same seed)."""
+    teacher, student = pair
+    start = {n: p.detach().clone() for n, p in student.named_parameters() if n.endswith((".v", ".scale"))}
+
+    def distance(share: float, ids: torch.Tensor, name: str) -> float:
+        refined = refine(copy.deepcopy(student), teacher, ids,
+                         _cfg(tmp_path / name, mode="factors", epochs=1, lr_matrices=1e-2, decay_to_init=share)).model
+        now = dict(refined.named_parameters())
+        return sum(float((now[n].detach() - p).pow(2).sum()) for n, p in start.items())
+
+    assert distance(1.0, _ids(2, 16), "all") == 0.0  # one step (batch 2), undone entirely
+    free, pulled = distance(0.0, _ids(8, 16), "free"), distance(0.3, _ids(8, 16), "pulled")
+    assert 0 < pulled < free
+    with pytest.raises(ValueError, match="decay_to_init"):
+        RefineConfig(decay_to_init=1.5).validate()

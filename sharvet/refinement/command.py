@@ -44,6 +44,9 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--grad-accum", type=int, default=_DEFAULTS.grad_accum)
     g.add_argument("--weight-decay", type=float, default=_DEFAULTS.weight_decay,
                    help="AdamW decay towards 0 (the L2 term already pulls towards the initial values)")
+    g.add_argument("--decay-to-init", type=float, default=_DEFAULTS.decay_to_init,
+                   help="after each step, move every trained tensor this share of the way back to its start "
+                        "(times the schedule's factor; decoupled from Adam, unlike --l2-weight)")
     g.add_argument("--lr-end-factor", type=float, default=_DEFAULTS.lr_end_factor)
     g.add_argument("--grad-clip", type=float, default=_DEFAULTS.grad_clip, help="0 disables clipping")
     g.add_argument("--kd-weight", type=float, default=None,
@@ -106,7 +109,8 @@ def refine_config_from_args(args: argparse.Namespace, *, output_dir: str | None 
         mode=variants.pop("mode", args.refine_mode or mode), preset=args.refine_preset, lr=args.lr,
         lr_matrices=args.lr_matrices, lr_bases=args.lr_bases,
         epochs=epochs if args.epochs is None else args.epochs, batch_size=args.batch_size,
-        grad_accum=args.grad_accum, weight_decay=args.weight_decay, lr_end_factor=args.lr_end_factor,
+        grad_accum=args.grad_accum, weight_decay=args.weight_decay, decay_to_init=args.decay_to_init,
+        lr_end_factor=args.lr_end_factor,
         grad_clip=args.grad_clip, seed=getattr(args, "seed", _DEFAULTS.seed),
         lm_only=variants.pop("lm_only", args.lm_only),
         kd_weight=args.kd_weight, feature_weight=args.feature_weight, l2_weight=args.l2_weight,

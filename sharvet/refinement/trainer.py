@@ -78,6 +78,10 @@ class RefineConfig:
     grad_accum: int = 1
     #: AdamW decoupled decay (towards 0). 0 by default: the L2 term regularises towards the initial values
     weight_decay: float = 0.0
+    #: after each optimizer step, every trained tensor moves this share (times the schedule's factor) of the way back
+    #: to its initial value: a pull towards the compressed factors decoupled from Adam's per-entry scaling, which
+    #: the L2 term in the loss is not (AdamW's argument, applied towards the start instead of towards 0)
+    decay_to_init: float = 0.0
     #: LinearLR from 1.0 to this factor of ``lr`` over the whole run
     lr_end_factor: float = 0.8
     grad_clip: float = 1.0
@@ -140,6 +144,10 @@ class RefineConfig:
             raise ValueError(f"lr_end_factor must be in (0, 1], got {self.lr_end_factor}")
         if self.compile and self.fsdp:
             raise ValueError("compile and fsdp do not go together yet: choose one")
+        if not 0 <= self.decay_to_init <= 1:
+            raise ValueError(f"decay_to_init is a share of the way back, in [0, 1]; got {self.decay_to_init}")
+        if self.decay_to_init and self.fsdp:
+            raise ValueError("--decay-to-init does not go with --fsdp yet (sharded parameters): choose one")
 
     def learning_rate(self) -> float:
         return self.lr if self.lr is not None else preset(self.preset).lr(self.mode)
@@ -598,7 +606,17 @@ def _learn(run: _Run, cfg: RefineConfig, batch: torch.Tensor, sums: dict[str, to
             _check_finite(run, sums, grad_norm, step)
         run.optimizer.step()
         run.optimizer.zero_grad()
+        if acc.sync_gradients and cfg.decay_to_init:
+            _decay_to_init(run, cfg.decay_to_init)
     return loss, grad_norm if cfg.grad_clip > 0 else None
+
+
+@torch.no_grad()
+def _decay_to_init(run: _Run, share: float) -> None:
+    """Move every trained tensor ``share`` x (the schedule's current factor) of the way back to its start."""
+    group = run.optimizer.param_groups[0]
+    factor = share * group["lr"] / group.get("initial_lr", group["lr"])
+    torch._foreach_lerp_([p.data for p in run.params], run.initial, factor)
 
 
 def _check_finite(run: _Run, sums: dict[str, torch.Tensor], grad_norm: torch.Tensor, step: int) -> None:
