@@ -101,7 +101,19 @@ def describe() -> str:
             f"{', weights a tile ahead' if AHEAD else ''}{', programmatic dependent launch' if PDL else ''}{missing}")
 
 
+def block_m(tokens: int) -> int:
+    """Token rows of a launch's tiles: 1 (a multiply-and-sum) for one token, else a power of two >= 16 (tl.dot)."""
+    return 1 if tokens == 1 else max(16, 1 << (tokens - 1).bit_length())
+
+
 if triton is not None:
+    @triton.jit
+    def _weight_tile(w, rows, k, n, cols, k_hi):
+        """Rows ``rows`` x columns ``cols`` of a row-major weight of ``n`` rows and ``k`` columns, zero past ``n``
+        and ``k_hi``."""
+        return tl.load(w + rows[:, None] * k + cols[None, :], mask=(rows[:, None] < n) & (cols[None, :] < k_hi),
+                       other=0.0)
+
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
                       tokens, x_stride, y_stride, x_part_stride, y_part_stride,
@@ -116,9 +128,9 @@ if triton is not None:
         have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage); plain flags keep the launch
         simple. ``ALIGN`` > 1 (elements; the host checked it) tells the compiler that rows, tables' addresses and
         offsets are 16-byte aligned: values loaded from the tables carry no alignment of their own, and without it
-        every weight is read by a 2-byte load instead of 16-byte ones. ``AHEAD``: weights read a tile ahead (:data:`AHEAD`);
-        ``USE_PDL`` (:data:`PDL`): the next launch may start once every program got here, and this one waits for the
-        previous launch before reading ``x``."""
+        every weight is read by a 2-byte load instead of 16-byte ones. ``AHEAD``: weights read a tile ahead
+        (:data:`AHEAD`); ``USE_PDL`` (:data:`PDL`): the next launch may start once every program got here, and this
+        one waits for the previous launch before reading ``x``."""
         pid = tl.program_id(0)
         g = 0
         for i in tl.static_range(1, G):
@@ -146,8 +158,7 @@ if triton is not None:
         acc1 = tl.zeros((BLOCK_N, BLOCK_K) if BLOCK_M == 1 else (1, 1), dtype=tl.float32)
         tile = tl.arange(0, BLOCK_K)
         if AHEAD:  # weights do not depend on the previous launch: read the first tile before waiting for it
-            wv = tl.load(w + rows[:, None] * k + (k_lo + tile)[None, :],
-                         mask=(rows[:, None] < n) & ((k_lo + tile)[None, :] < k_hi), other=0.0)
+            wv = _weight_tile(w, rows, k, n, k_lo + tile, k_hi)
         if USE_PDL:
             gdc_launch_dependents()
             gdc_wait()
@@ -161,16 +172,13 @@ if triton is not None:
             if HAS_SCALE:
                 xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
             if not AHEAD:
-                wv = tl.load(w + rows[:, None] * k + cols[None, :],
-                             mask=(rows[:, None] < n) & (cols[None, :] < k_hi), other=0.0)
+                wv = _weight_tile(w, rows, k, n, cols, k_hi)
             if BLOCK_M == 1:
                 acc1 += wv.to(tl.float32) * xv
             else:
                 acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
             if AHEAD:  # the next tile, one iteration ahead (past k_hi on the last: fully masked, nothing read)
-                ahead = cols + BLOCK_K
-                wv = tl.load(w + rows[:, None] * k + ahead[None, :],
-                             mask=(rows[:, None] < n) & (ahead[None, :] < k_hi), other=0.0)
+                wv = _weight_tile(w, rows, k, n, cols + BLOCK_K, k_hi)
         if BLOCK_M == 1:
             acc += tl.sum(acc1, axis=1)[None, :]
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
@@ -191,11 +199,10 @@ if triton is not None:
             y = torch.empty(split, tokens, rows, dtype=torch.float32, device=x.device)
         else:
             y = torch.empty(tokens, rows, dtype=dtype, device=x.device)
-        block_m = 1 if tokens == 1 else max(16, triton.next_power_of_2(tokens))
         _grouped_gemv[(programs, split)](w, n, k, starts, x, x_off, s, y, y_off, tokens, x.stride(-2), rows,
                                          x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
-                                         BLOCK_M=block_m, BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
+                                         BLOCK_M=block_m(tokens), BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
                                          AHEAD=AHEAD, USE_PDL=PDL, num_warps=warps,
                                          **({"launch_pdl": True} if PDL else {}))
         return y

@@ -54,7 +54,7 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
                  "x_offsets": "*i64", "s_ptrs": "*i64", "y_ptr": y_ty, "y_offsets": "*i64", "tokens": "i32",
                  "x_stride": "i32", "y_stride": "i32", "x_part_stride": "i32", "y_part_stride": "i32"}
     constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
-                 "BLOCK_M": 1 if tokens == 1 else max(16, 1 << (tokens - 1).bit_length()),
+                 "BLOCK_M": grouped.block_m(tokens),
                  "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align,
                  "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl}
     signature.update(dict.fromkeys(constants, "constexpr"))
