@@ -30,6 +30,7 @@ from sharvet.inference.traffic import weight_bytes_per_token  # noqa: E402
 from sharvet.profiling import lines, profiler, top_operations  # noqa: E402
 
 
+@torch.no_grad()  # as sharvet bench measures: compiling with autograd on traces a backward the kernels lack
 def profile_decode(model: torch.nn.Module, settings: BenchSettings, device: torch.device, batch: int) -> dict:
     """The timed steps of one decode run (as ``sharvet bench`` times them: after the warm-up steps that compile and
     record the CUDA graph) under the profiler; per-step figures. One run per model: a second run's new static
@@ -48,7 +49,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="llama3-8b")
     p.add_argument("--ratio", type=float, default=0.5)
-    p.add_argument("--fuse", default="auto", choices=FUSE_MODES)
+    p.add_argument("--fuse", default="best", choices=FUSE_MODES)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=16, help="decode steps profiled")
     p.add_argument("--compile-mode", default="reduce-overhead", choices=(*COMPILE_MODES, "default"),

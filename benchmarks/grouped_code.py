@@ -6,7 +6,10 @@ width, and how many programs of that tile an SM can hold by registers (64 K regi
 programs per SM). A tile that spills, reads weights in narrow loads, or fits few programs per SM is a poor
 candidate before any GPU time is spent on it; ``benchmarks/grouped_gemv.py`` measures the survivors.
 
-    python benchmarks/grouped_code.py --tiles 4x1024x4,8x512x4,8x1024x4 [--align 1]
+The kernels are compiled as they run on sm_90: with programmatic dependent launch and the read-ahead it brings,
+unless ``SHARVET_GROUPED_PDL=0`` (or ``--no-pdl``).
+
+    python benchmarks/grouped_code.py --tiles 4x1024x4,8x512x4,8x1024x4 [--align 1] [--no-pdl]
 """
 from __future__ import annotations
 
@@ -16,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharvet.inference.grouped import parse_tiles  # noqa: E402
+from sharvet.inference.grouped import PDL, parse_tiles  # noqa: E402
 from sharvet.inference.grouped_aot import compile_ahead, kernel_code  # noqa: E402
 
 #: sm_90's register file and residency limits per SM
@@ -29,13 +32,13 @@ def programs_per_sm(registers: int, warps: int) -> int:
     return min(REGISTERS // (per_warp * warps), MAX_WARPS // warps, MAX_PROGRAMS)
 
 
-def rows(tiles: list[str], align: int) -> list[dict]:
+def rows(tiles: list[str], align: int, pdl: bool = PDL) -> list[dict]:
     out = []
     for tile in tiles:
         block_n, block_k, warps, _ = parse_tiles(tile)
         for first in (True, False):
             code = kernel_code(compile_ahead(tokens=1, split=1, first=first, align=align, block_n=block_n,
-                                             block_k=block_k, warps=warps))
+                                             block_k=block_k, warps=warps, pdl=pdl))
             out.append({"tile": tile, "stage": "first" if first else "second", "registers": code.registers,
                         "spill_bytes": code.spill_bytes, "loads": dict(sorted(code.loads.items())),
                         "narrow_loads": code.narrow_loads,
@@ -47,10 +50,12 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--tiles", default="4x1024x4,8x1024x4,4x2048x4,2x2048x4,8x512x4,4x512x4,8x2048x8,16x512x8")
     p.add_argument("--align", type=int, default=8, help="the kernel's ALIGN (8: 16-byte rows; 1: no alignment hint)")
+    p.add_argument("--no-pdl", action="store_true", help="compile without programmatic dependent launch")
     a = p.parse_args()
+    print(f"sm_90, one token, {'without' if a.no_pdl or not PDL else 'with'} programmatic dependent launch")
     print("| tile | stage | registers | spilled bytes | loads (bytes: count) | narrow loads | programs / SM |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows(a.tiles.split(","), a.align):
+    for r in rows(a.tiles.split(","), a.align, PDL and not a.no_pdl):
         loads = ", ".join(f"{w}: {n}" for w, n in r["loads"].items())
         print(f"| {r['tile']} | {r['stage']} | {r['registers']} | {r['spill_bytes']} | {loads} | "
               f"{r['narrow_loads']} | {r['programs_per_sm']} |")

@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -29,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from sharvet.inference import grouped  # noqa: E402
 from sharvet.inference.form import prepare  # noqa: E402
 from sharvet.inference.measure import graph_seconds  # noqa: E402
+from sharvet.inference.records import environment  # noqa: E402
 from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
 from sharvet.models import adapter_for  # noqa: E402
 from sharvet.modules import SharedBasisLinear  # noqa: E402
@@ -104,9 +104,9 @@ def main() -> None:
         print(f"| {r['variant']} | {r['tokens']} | {r['us']} | {r['bytes'] / 1e6:.1f} | {r['tb_s']} | {r['speedup']} "
               f"| {r['bound']} |")
     if a.out:
-        Path(a.out).write_text(json.dumps(dict(shape=a.shape, ratio=a.ratio, device=str(device), rows=rows,
-                                               command=" ".join(sys.argv), date=time.strftime("%Y-%m-%d %H:%M UTC",
-                                                                                            time.gmtime())), indent=2))
+        # the kernels' settings beyond the tile (PDL, read-ahead) come from the environment: the record says which
+        Path(a.out).write_text(json.dumps(dict(shape=a.shape, ratio=a.ratio, rows=rows, command=" ".join(sys.argv),
+                                               kernels=grouped.describe(), **environment(device, dtype)), indent=2))
 
 
 if __name__ == "__main__":

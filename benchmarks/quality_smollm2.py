@@ -181,7 +181,7 @@ def cmd_run(a: argparse.Namespace) -> None:
         record = {"row": row, "method": name, "ratio": float(ratio), "compress_ratio": compress_ratio,
                   "realised_ratio": round(report.linear_ratio, 5),
                   "adapters_in_budget": info["refine_mode"] != "lora" or bool(ROWS[name][1].get(IN_BUDGET)),
-                  "calib_data": a.calib_data,
+                  "calib_data": a.calib_data, "calib_samples": a.calib_samples,
                   "refine_flags": flags + extra, "compress_s": round(compress_s, 1), **info,
                   **_scores(a, model, teacher.tokenizer, sets, row in task_rows)}
         record["default"] = _is_default(record)
@@ -301,6 +301,7 @@ def _is_default(row: dict) -> bool:
     calibration, float32, refinement flags that only restate defaults (``--epochs 4`` once 4 is the default), and
     recorded settings equal to today's (so rows of an earlier default, e.g. two epochs, are no longer default)."""
     if (row["method"] != DEFAULT_METHOD or row.get("calib_data", "wikitext2") != method(DEFAULT_METHOD).calibration
+            or row.get("calib_samples", CALIB_SAMPLES_BEFORE) != CalibrationSpec.samples
             or row.get("train_dtype", "float32") != "float32"):
         return False
     today, keys = _default_settings([])
@@ -308,19 +309,33 @@ def _is_default(row: dict) -> bool:
     return given == today and all(row.get(k) == v for k, v in keys.items())
 
 
-def _compress_flags(name: str, calib_data: str) -> str:
+def _compress_flags(name: str, calib_data: str, calib_samples: int) -> str:
     """The ``sharvet compress`` flags a row stands for (its refinement flags are appended)."""
     meth, fields, _ = ROWS[name]
     flags = "" if meth == DEFAULT_METHOD else f" --method {meth}"
     flags += "" if calib_data == method(meth).calibration else f" --calib-data {calib_data}"
+    flags += "" if calib_samples == CalibrationSpec.samples else f" --calib-samples {calib_samples}"
     return flags + "".join(f" --{k.replace('_', '-')} {v}" for k, v in fields.items() if k != IN_BUDGET)
+
+
+#: calibration windows of a run whose records do not name the count: every run before the ninth session had 64
+CALIB_SAMPLES_BEFORE = 64
+
+
+def _argv_calib_samples(argv: list[str]) -> int:
+    """The ``--calib-samples`` a run was given (its records did not say before the ninth session)."""
+    p = argparse.ArgumentParser(add_help=False)
+    p.add_argument("--calib-samples", type=int, default=CALIB_SAMPLES_BEFORE)
+    return p.parse_known_args(argv)[0].calib_samples
 
 
 def _record(row: dict, run: dict) -> dict:
     flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
     ratio = row.get("compress_ratio", row["ratio"])
     calib_data = row.get("calib_data", "wikitext2")  # runs before 2026-11-30 calibrated on WikiText-2
-    command = (f"sharvet compress --ratio {ratio}{_compress_flags(row['method'], calib_data)} --refine{flags} "
+    row = {**row, "calib_samples": row.get("calib_samples", _argv_calib_samples(run["argv"]))}
+    compress = _compress_flags(row["method"], calib_data, row["calib_samples"])
+    command = (f"sharvet compress --ratio {ratio}{compress} --refine{flags} "
                f"--device cuda --data-dir DATA -o OUT")
     bf16 = row.get("train_dtype", "float32") == "bfloat16"
     if bf16:  # no one command: compressed in float32, then student and teacher cast to bf16 for the refinement
@@ -331,7 +346,7 @@ def _record(row: dict, run: dict) -> dict:
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
             "default": _is_default(row),
-            "calib_data": calib_data, "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
+            "calib_data": calib_data, "calib_samples": row["calib_samples"], "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
             "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}

@@ -58,7 +58,7 @@ def linear_calls(model, ids) -> int:
     return sum(v for k, v in counts.items() if "linear" in k)
 
 
-@pytest.mark.parametrize("fuse", ["auto", "always", "never", "grouped"])
+@pytest.mark.parametrize("fuse", ["best", "auto", "always", "never", "grouped"])
 @pytest.mark.parametrize("lambdas", ["random", "equal", "ones"])
 def test_float32_logits_equal_reference(fuse, lambdas):
     model, ids = compressed(lambdas=lambdas)
@@ -171,6 +171,26 @@ def test_weight_bytes_count_a_shared_basis_in_every_layer():
     assert weight_bytes_per_token(model) > stored_bytes(model) - model.model.embed_tokens.weight.numel() * 4
     # stacking changes what is stored, not what a token reads
     assert weight_bytes_per_token(converted(model, "auto")) == weight_bytes_per_token(converted(model, "never"))
+
+
+def test_best_is_grouped_only_where_its_kernels_run(monkeypatch):
+    """The default ``best`` resolves to ``grouped`` for a model wholly on a CUDA GPU with Triton (measured faster
+    there), else to ``auto``; the report names what ran, and explicit modes are kept."""
+    from types import SimpleNamespace
+
+    from sharvet.inference import form, grouped
+
+    model, _ = compressed()
+    assert prepare(copy.deepcopy(model)).sharvet_inference.fuse == "auto"  # the CPU
+    assert form.resolve_fuse(model, "always") == "always"
+    gpu = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device("cuda"))]))
+    monkeypatch.setattr(grouped, "INTERPRET", False)
+    for triton, expected in ((True, "grouped"), (False, "auto")):
+        monkeypatch.setattr(grouped, "available", lambda: triton)
+        assert form.resolve_fuse(gpu, "best") == expected
+    monkeypatch.setattr(grouped, "available", lambda: True)
+    half = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device(d)) for d in ("cuda", "meta")]))
+    assert form.resolve_fuse(half, "best") == "auto"  # offloaded weights: grouped refuses them
 
 
 def test_refuses_bad_mode_and_lora_models():

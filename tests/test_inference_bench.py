@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from sharvet.cli import main
 
@@ -116,3 +117,25 @@ def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
     assert bench._mode(settings, torch.device("cuda")) == "max-autotune"
     assert bench._mode(settings, torch.device("cpu")) is None
     assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None
+
+
+def test_decode_profile_runs_the_steps_without_autograd(tmp_path, monkeypatch):
+    """benchmarks/decode_profile.py times the steps as sharvet bench does, under no_grad: compiled with autograd
+    on, the grouped kernels' operator (no backward) failed on the GPU (2026-11-30)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import decode_profile
+    from sharvet.inference.measure import StepRunner
+
+    grad = []
+    decode = StepRunner.decode
+    monkeypatch.setattr(StepRunner, "decode", lambda self, *a, **k: grad.append(torch.is_grad_enabled())
+                        or decode(self, *a, **k))
+    out = tmp_path / "profile.json"
+    monkeypatch.setattr(sys, "argv", ["decode_profile.py", "--shape", "tiny", "--fuse", "grouped", "--steps", "2",
+                                      "--device", "cpu", "--out", str(out)])
+    decode_profile.main()
+    assert grad == [False, False]  # dense, then compressed
+    assert set(json.loads(out.read_text())["models"]) == {"dense", "r0.5"}

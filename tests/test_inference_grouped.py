@@ -157,6 +157,7 @@ def test_matmul_benchmark_runs_on_the_cpu(tmp_path):
     rows = {r["variant"]: r for r in record["rows"]}
     assert {"dense", "cublas"} <= set(rows) and rows["cublas"]["bytes"] < rows["dense"]["bytes"]
     assert rows["cublas"]["bound"] == round(rows["dense"]["bytes"] / rows["cublas"]["bytes"], 3) > 1
+    assert record["kernels"].startswith("tile ") and record["commit"] and record["date"]  # the settings it ran
 
 
 def test_tile_sizes_parse_or_fail_in_one_line():
@@ -237,9 +238,10 @@ def test_the_code_table_reports_each_tile_and_stage():
 
 
 @needs_triton
-def test_programmatic_dependent_launch_is_compiled_in_only_when_asked():
-    """SHARVET_GROUPED_PDL=1 launches with programmatic dependent launch: the kernel then holds the grid dependency
-    instructions and the launch flag; without it, neither (and the interpreter never takes it)."""
+def test_programmatic_dependent_launch_is_on_by_default_where_it_exists():
+    """Programmatic dependent launch: with it the kernel holds the grid dependency instructions and the launch flag,
+    without it neither. It is allowed by default (``auto``) and with ``1``, off with ``0``, never in the
+    interpreter, and taken only by launches on sm_90+ GPUs (never on the CPU)."""
     from sharvet.inference import grouped
     from sharvet.inference.grouped_aot import compile_ahead
 
@@ -248,9 +250,14 @@ def test_programmatic_dependent_launch_is_compiled_in_only_when_asked():
     for pdl in (False, True):
         kernel = compile_ahead(tokens=1, split=1, first=False, align=8, block_n=4, block_k=1024, warps=4, pdl=pdl)
         assert ("griddepcontrol.wait" in kernel.asm["ptx"]) == pdl == bool(kernel.metadata.launch_pdl)
-    code = ("import os; os.environ['SHARVET_GROUPED_PDL'] = '1'; os.environ['TRITON_INTERPRET'] = '{}';"
-            "from sharvet.inference import grouped; print(grouped.PDL, grouped.describe())")
-    on, interpreted = (subprocess.run([sys.executable, "-c", code.format(v)], capture_output=True, text=True,
-                                      check=True).stdout for v in ("0", "1"))
-    assert on.startswith("True") and "programmatic dependent launch" in on
+    code = ("import os, torch; os.environ.pop('SHARVET_GROUPED_PDL', None); {} os.environ['TRITON_INTERPRET'] = '{}';"
+            "from sharvet.inference import grouped; print(grouped.PDL, grouped.pdl_on(torch.device('cpu')), "
+            "grouped.describe())")
+    run = lambda env, interpret: subprocess.run([sys.executable, "-c", code.format(env, interpret)],  # noqa: E731
+                                                capture_output=True, text=True, check=True).stdout
+    default, on, off, interpreted = (run("", "0"), run("os.environ['SHARVET_GROUPED_PDL'] = '1';", "0"),
+                                     run("os.environ['SHARVET_GROUPED_PDL'] = '0';", "0"), run("", "1"))
+    assert default.startswith("True False") and "programmatic dependent launch" in default
+    assert on.startswith("True False")
+    assert off.startswith("False") and "programmatic" not in off
     assert interpreted.startswith("False")

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import torch
 
+from sharvet.api import CalibrationSpec
 from sharvet.refinement import RefineConfig
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
@@ -67,6 +68,21 @@ def test_a_row_is_default_when_it_ran_todays_defaults():
     assert not quality._is_default(_row([], train_dtype="bfloat16"))
     assert not quality._is_default(_row([], calib_data="wikitext2"))
     assert not quality._is_default(_row([], method="basis-sharing"))
+    assert not quality._is_default(_row([], calib_samples=4 * CalibrationSpec.samples))  # more calibration
+
+
+def test_a_records_calibration_windows_come_from_its_run_when_it_does_not_name_them():
+    """Rows of runs before the ninth session do not name their calibration windows: their run's argv does, or the
+    default of then; the command shown gives --calib-samples only when it is not today's default."""
+    run = {"date": "d", "device": "cpu", "argv": ["quality_smollm2.py", "run", "--calib-samples", "256"]}
+    row = {"row": "sharvet-plus@0.7", "ratio": 0.7, "wikitext2_ppl": 1.0, "c4_ppl": 1.0, "adapters_in_budget": True,
+           "train_tokens": 1, "realised_ratio": 0.7, "preset": "default", "steps": 1, "tokens_per_s": 1.0,
+           "trainable": 1, "loss_weights": {}, **_row([])}
+    many = quality._record(row, run)
+    assert many["calib_samples"] == 256 and " --calib-samples 256 " in many["command"] and not many["default"]
+    plain = quality._record(row, {**run, "argv": ["quality_smollm2.py", "run"]})
+    assert plain["calib_samples"] == CalibrationSpec.samples and "--calib-samples" not in plain["command"]
+    assert plain["default"]
 
 
 def test_every_row_of_a_run_trains_the_default_methods_epochs():

@@ -49,3 +49,15 @@ def test_a_default_that_changed_is_compared_by_what_ran_not_by_its_flags():
     text, checked, met = targets.tables(records, "")
     assert "| 10.00 | 20.00 | 50.0 % | yes |" in text and "11.00" not in text
     assert checked == met == 2 + 2
+
+
+def test_a_calibration_is_compared_with_baselines_calibrated_alike():
+    """--calib-samples N checks the default method's rows calibrated on N windows against baselines calibrated
+    alike; rows that do not name their windows ran the default of then (64)."""
+    records = [RECORDS[0], record("sharvet-plus", 0.7, 10.0, 10.0) | {"calib_samples": 256},
+               record("basis-sharing", 0.7, 20.0, 20.0) | {"calib_samples": 256},
+               record("basis-sharing", 0.7, 11.0, 11.0)]  # 64 windows: not comparable
+    text, checked, met = targets.tables(records, "", 256)
+    assert "| 10.00 | 20.00 | 50.0 % | yes |" in text and "11.00" not in text
+    assert checked == met == 2 + 2
+    assert targets.tables(records, "")[1] == 0  # none of them is a default row

@@ -75,7 +75,7 @@ def bench_shape(shape: str, variants: list[str], settings: BenchSettings, *, dev
         run.note = model.sharvet_inference.line()
         plan = plans[ratio]
         rows = records(dense_run, run, shape=shape, ratio=ratio, path="step", command=command, env=env,
-                       extra={"fuse": fuse, "compile_mode": _mode(settings, device), "method": method, "groups": len(plan.groups),
+                       extra={"fuse": model.sharvet_inference.fuse, "compile_mode": _mode(settings, device), "method": method, "groups": len(plan.groups),
                               "plan": f"{method} planner on random weights (structural similarity)",
                               "realised_ratio": round(plan.settings.budget.realised_ratio, 4)})
         log(f"{run.note} ({time.perf_counter() - start:.0f} s)\n{table(rows)}")
@@ -97,6 +97,7 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     plan = plan_of(model)
     source = original or plan.settings.model_id
     prepare(model, fuse=settings.fuse, align=settings.align)
+    fuse = model.sharvet_inference.fuse  # as resolved for where the model lies
     run = measure_generate(model, "compressed", settings, device)
     run.note = model.sharvet_inference.line()
     log(f"{run.note} ({time.perf_counter() - start:.0f} s)")
@@ -109,6 +110,7 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     release(device)
     rows = records(dense_run, run, shape=f"checkpoint {Path(folder).name}", ratio=plan.ratio, path="generate",
                    command=command, env=environment(device, dtype),
-                   extra={"fuse": settings.fuse, "compile_mode": _mode(settings, device), "method": plan.method, "original": source or BUNDLED_ID})
+                   extra={"fuse": fuse, "compile_mode": _mode(settings, device), "method": plan.method,
+                          "original": source or BUNDLED_ID})
     log(f"{table(rows)}\n({time.perf_counter() - start:.0f} s)")
     emit(rows)

@@ -35,15 +35,27 @@ except ImportError:
     gdc_launch_dependents = gdc_wait = None
 
 INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
-#: ``SHARVET_GROUPED_PDL=1``: launch with programmatic dependent launch (sm_90+), so a launch's programs start, and
-#: set up, while the launch before it finishes; they wait (``griddepcontrol.wait``) only before reading its output.
-#: Off by default until measured; never in the interpreter (it cannot run the PTX).
-PDL = os.environ.get("SHARVET_GROUPED_PDL") == "1" and gdc_wait is not None and not INTERPRET
-#: read each tile's weights one iteration ahead, the first before any wait (what lets PDL overlap a launch's first
-#: reads with the previous launch); on with PDL, or alone with ``SHARVET_GROUPED_AHEAD=1`` (which the interpreter
-#: tests use). Costs registers: 80 / 72 against 63 / 63 (first / second stage, default tile, sm_90): 6-7
-#: resident programs per SM instead of 8.
-AHEAD = PDL or os.environ.get("SHARVET_GROUPED_AHEAD") == "1"
+#: ``SHARVET_GROUPED_PDL``: programmatic dependent launch (Hopper's grid dependency control), so a launch's
+#: programs start, and read their first weight tile, while the launch before it finishes; they wait
+#: (``griddepcontrol.wait``) only before reading its output. ``auto`` (default): on for sm_90 and newer
+#: (:func:`pdl_on`); ``0``: off. Never in the interpreter (it cannot run the PTX). On an H200 at LLaMA-3-8B shapes it
+#: took one token's matmuls at 0.5 from 1.20x / 1.31x dense to 1.42x / 1.44x (tiles 4x1024x4 / 4x512x4), and the whole
+#: decode step from 1.24x to 1.26x at 0.5, 1.07x either way at 0.7 (norms and attention sit between most launches);
+#: the GPU tests pass with it, CUDA graphs included (2026-11-30, ninth session).
+PDL_MODE = os.environ.get("SHARVET_GROUPED_PDL", "auto").lower()
+if PDL_MODE not in ("auto", "0", "1"):
+    raise ValueError(f"SHARVET_GROUPED_PDL must be auto, 0 or 1, got {PDL_MODE!r}")
+PDL = PDL_MODE != "0" and gdc_wait is not None and not INTERPRET
+#: ``SHARVET_GROUPED_AHEAD=1``: read each tile's weights one iteration ahead, the first before any wait, without
+#: PDL (with it, always: that is what lets a launch's first reads overlap the previous launch; the interpreter tests
+#: use it alone). Costs registers: 80 / 72 against 63 / 63 (first / second stage, tile 4x1024x4, sm_90).
+AHEAD = os.environ.get("SHARVET_GROUPED_AHEAD") == "1"
+
+
+def pdl_on(device: torch.device) -> bool:
+    """Whether launches on ``device`` use programmatic dependent launch: allowed (:data:`PDL`) and sm_90 or newer,
+    where ``griddepcontrol`` exists."""
+    return PDL and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
 
 
 def parse_tiles(text: str) -> tuple[int, int, int, int]:
@@ -71,9 +83,11 @@ def parse_tiles(text: str) -> tuple[int, int, int, int]:
 MAX_TOKENS = int(os.environ.get("SHARVET_GROUPED_MAX_TOKENS", "1"))
 if not 1 <= MAX_TOKENS <= 16:
     raise ValueError(f"SHARVET_GROUPED_MAX_TOKENS must be 1-16 (tl.dot tiles of 16 rows), got {MAX_TOKENS}")
-#: 4 rows x 1024 columns, 4 warps: the fastest of five tiles for one token at ratios 0.5 and 0.7 (1.06x / 0.85x
-#: dense on the step's matmuls, against 8x512x4's 0.88x / 0.74x and cuBLAS's 0.91x / 0.77x; H200, 2026-11-30)
-BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "4x1024x4"))
+#: 8 rows x 512 columns, 4 warps: with 16-byte loads, one token's matmuls ran at 1.30x / 1.07x dense at ratios 0.5 /
+#: 0.7, the fastest at 0.7 and within 6 % of the fastest (4x2048x4, 1.38x / 1.01x) at 0.5, against 4x1024x4's
+#: 1.20x / 0.95x (H200, LLaMA-3-8B shapes, ``benchmarks/grouped_gemv.py``, 2026-11-30, ninth session; with 2-byte
+#: loads 4x1024x4 had won, 1.06x / 0.85x against 0.88x / 0.74x)
+BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
 #: a first stage split ``auto`` aims at this many programs per SM (a heuristic, not yet measured)
 PROGRAMS_PER_SM = 16
 
@@ -98,7 +112,8 @@ def describe() -> str:
     missing = "" if triton is not None else " (no Triton: modules run their own forward)"
     return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
             f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
-            f"{', weights a tile ahead' if AHEAD else ''}{', programmatic dependent launch' if PDL else ''}{missing}")
+            f"{', weights a tile ahead' if AHEAD else ''}"
+            f"{', programmatic dependent launch (weights a tile ahead) on sm_90+' if PDL else ''}{missing}")
 
 
 def block_m(tokens: int) -> int:
@@ -192,7 +207,7 @@ if triton is not None:
         graphs record the launch); ``launch`` = programs, rows and columns per tile, warps, alignment. ``x`` is
         ``(tokens, width)``, or ``(parts, tokens, width)`` float32 parts of a split first stage; the output is
         ``(tokens, rows)`` in ``dtype``, or ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
-        programs, block_n, block_k, warps, align = launch
+        programs, block_n, block_k, warps, align, ahead, pdl = launch
         parts = x.shape[0] if x.dim() == 3 else 1
         tokens = x.shape[-2]
         if split > 1:
@@ -203,8 +218,8 @@ if triton is not None:
                                          x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
                                          BLOCK_M=block_m(tokens), BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
-                                         AHEAD=AHEAD, USE_PDL=PDL, num_warps=warps,
-                                         **({"launch_pdl": True} if PDL else {}))
+                                         AHEAD=bool(ahead), USE_PDL=bool(pdl), num_warps=warps,
+                                         **({"launch_pdl": True} if pdl else {}))
         return y
 
     @grouped_gemv.register_fake
@@ -258,12 +273,15 @@ class _Launch:
         self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
         self.dtype, self.first_stage = weights[0].dtype, first_stage
         self.align = alignment(weights, scales, x_offsets)
+        self.pdl = pdl_on(device)
+        self.ahead = AHEAD or self.pdl
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         block_n, block_k, programs, starts, split = self.layouts[x.shape[-2] > 1]
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, split,
-                                              self.dtype, [programs, block_n, block_k, WARPS, self.align])
+                                              self.dtype, [programs, block_n, block_k, WARPS, self.align,
+                                                           int(self.ahead), int(self.pdl)])
 
 
 class GroupedStages(nn.Module):

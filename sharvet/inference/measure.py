@@ -35,7 +35,7 @@ class BenchSettings:
     repeats: int = 2
     #: Basis Sharing's throughput setting (batch, tokens), one forward; None skips it
     throughput: tuple[int, int] | None = (512, 32)
-    fuse: str = "auto"
+    fuse: str = "best"
     #: ranks padded to a multiple of this in the inference form (1: the planner's ranks as they are)
     align: int = DEFAULT_ALIGN
     compile: bool = True
