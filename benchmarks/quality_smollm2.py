@@ -346,7 +346,8 @@ def _record(row: dict, run: dict) -> dict:
             "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
             "default": _is_default(row),
-            "calib_data": calib_data, "calib_samples": row["calib_samples"], "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
+            "calib_data": calib_data, "calib_samples": row["calib_samples"],
+            "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
             "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
             "measured_by": " ".join(run["argv"])}

@@ -119,6 +119,37 @@ def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
     assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None
 
 
+def test_prefill_compiles_only_when_asked_and_on_gpus(monkeypatch):
+    """--compile-prefill: prefill and throughput forwards go through their own torch.compile (no CUDA graphs),
+    on a GPU only; the records say so, and records of either kind do not replace each other."""
+    from sharvet.inference import bench
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.records import _key
+    from sharvet.inference.shapes import random_model, shape_config
+
+    compiled = []
+    monkeypatch.setattr(torch, "compile", lambda fn, mode=None, dynamic=None: (compiled.append(fn.__name__), fn)[1])
+    model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
+    eager, asked = BenchSettings(), BenchSettings(compile_prefill=True)
+    StepRunner(model, eager, torch.device("cuda"))
+    assert compiled == ["_step"]  # the decode step only
+    compiled.clear()
+    runner = StepRunner(model, asked, torch.device("cuda"))
+    assert compiled == ["_step", "_prefill"]
+    calls = []
+    runner.prefill_step = lambda ids, cache: calls.append(ids.shape) or runner._prefill(ids, cache)
+    runner.device = torch.device("cpu")  # time it here: only the wrapping above needed the GPU's name
+    runner.prefill(1, 4)
+    assert calls == [(1, 4)] * (1 + asked.repeats)
+    compiled.clear()
+    StepRunner(model, asked, torch.device("cpu"))
+    assert compiled == []
+    assert bench._prefill_mode(asked, torch.device("cuda")) == "default"
+    assert bench._prefill_mode(eager, torch.device("cuda")) is None
+    assert bench._prefill_mode(asked, torch.device("cpu")) is None
+    assert _key({"prefill_compile_mode": "default"}) != _key({"prefill_compile_mode": None})
+
+
 def test_decode_profile_runs_the_steps_without_autograd(tmp_path, monkeypatch):
     """benchmarks/decode_profile.py times the steps as sharvet bench does, under no_grad: compiled with autograd
     on, the grouped kernels' operator (no backward) failed on the GPU (2026-11-30)."""

@@ -41,6 +41,11 @@ def _mode(settings: BenchSettings, device: torch.device) -> str | None:
     return settings.compile_mode + ("+coordinate-descent" if settings.coordinate_descent else "")
 
 
+def _prefill_mode(settings: BenchSettings, device: torch.device) -> str | None:
+    """The prefill and throughput forwards' torch.compile mode as recorded (None: eager)."""
+    return "default" if settings.compile_prefill and _mode(settings, device) else None
+
+
 def _variant(text: str, default_fuse: str) -> tuple[float, str]:
     ratio, _, fuse = text.partition(":")
     return float(ratio), fuse or default_fuse
@@ -75,7 +80,9 @@ def bench_shape(shape: str, variants: list[str], settings: BenchSettings, *, dev
         run.note = model.sharvet_inference.line()
         plan = plans[ratio]
         rows = records(dense_run, run, shape=shape, ratio=ratio, path="step", command=command, env=env,
-                       extra={"fuse": model.sharvet_inference.fuse, "compile_mode": _mode(settings, device), "method": method, "groups": len(plan.groups),
+                       extra={"fuse": model.sharvet_inference.fuse, "compile_mode": _mode(settings, device),
+                              "prefill_compile_mode": _prefill_mode(settings, device),
+                              "method": method, "groups": len(plan.groups),
                               "plan": f"{method} planner on random weights (structural similarity)",
                               "realised_ratio": round(plan.settings.budget.realised_ratio, 4)})
         log(f"{run.note} ({time.perf_counter() - start:.0f} s)\n{table(rows)}")

@@ -78,6 +78,9 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--coordinate-descent", action="store_true",
                    help="inductor's coordinate-descent tuning for the compiled decode step (gpt-fast's setting: "
                         "one-row matmuls become fused, tuned reduction kernels)")
+    p.add_argument("--compile-prefill", action="store_true",
+                   help="--shape's prefill and throughput forwards through torch.compile too (no CUDA graphs), as "
+                        "a server runs them (default: eager, as in every record so far)")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON file the records are merged into")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default="auto", help="auto (default): bfloat16 on a GPU, float32 on the CPU")
@@ -108,7 +111,8 @@ def bench_command(a: argparse.Namespace) -> int:
     settings = BenchSettings(batches=a.batches, prefill_len=a.prefill_len, decode_prompt=a.decode_prompt,
                              decode_steps=a.decode_steps, warmup=a.warmup, repeats=a.repeats,
                              throughput=a.throughput, fuse=a.fuse, align=a.align, compile=not a.no_compile,
-                             compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent, seed=a.seed)
+                             compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
+                             compile_prefill=a.compile_prefill, seed=a.seed)
     argv = [shlex.quote(x) for x in sys.argv]
     command = " ".join(["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
                        ["python", *argv] if sys.argv[0].endswith(".py") else argv)

@@ -38,10 +38,11 @@ INTERPRET = os.environ.get("TRITON_INTERPRET") == "1"
 #: ``SHARVET_GROUPED_PDL``: programmatic dependent launch (Hopper's grid dependency control), so a launch's
 #: programs start, and read their first weight tile, while the launch before it finishes; they wait
 #: (``griddepcontrol.wait``) only before reading its output. ``auto`` (default): on for sm_90 and newer
-#: (:func:`pdl_on`); ``0``: off. Never in the interpreter (it cannot run the PTX). On an H200 at LLaMA-3-8B shapes it
-#: took one token's matmuls at 0.5 from 1.20x / 1.31x dense to 1.42x / 1.44x (tiles 4x1024x4 / 4x512x4), and the whole
-#: decode step from 1.24x to 1.26x at 0.5, 1.07x either way at 0.7 (norms and attention sit between most launches);
-#: the GPU tests pass with it, CUDA graphs included (2026-11-30, ninth session).
+#: (:func:`pdl_on`; ``1``, its earlier opt-in, means the same); ``0``: off. Never in the interpreter (it cannot run
+#: the PTX). On an H200 at LLaMA-3-8B shapes it took one token's matmuls at 0.5 from 1.20x / 1.31x dense to 1.42x /
+#: 1.44x (tiles 4x1024x4 / 4x512x4), and the whole decode step from 1.24x to 1.26x at 0.5, 1.07x either way at 0.7
+#: (norms and attention sit between most launches); the GPU tests pass with it, CUDA graphs included (2026-11-30,
+#: ninth session).
 PDL_MODE = os.environ.get("SHARVET_GROUPED_PDL", "auto").lower()
 if PDL_MODE not in ("auto", "0", "1"):
     raise ValueError(f"SHARVET_GROUPED_PDL must be auto, 0 or 1, got {PDL_MODE!r}")

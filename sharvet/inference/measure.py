@@ -47,6 +47,10 @@ class BenchSettings:
     #: reduction kernel, tuned per shape and fused with its neighbours (the lambda multiply, the norm) instead of
     #: a cuBLAS GEMV launch of its own
     coordinate_descent: bool = False
+    #: prefill and throughput forwards through torch.compile too, on a GPU (mode "default": inductor's fusion of
+    #: the pointwise work, such as each compressed module's ``x * lambda``, with no CUDA graphs; one graph per
+    #: shape), as a server runs them. Off by default: every record before 2026-11-30 timed them eager
+    compile_prefill: bool = False
     seed: int = 0
 
 
@@ -145,6 +149,12 @@ class StepRunner:
             # read when the step compiles (its first call, within this runner's use), so set for the process
             torch._inductor.config.coordinate_descent_tuning = settings.coordinate_descent
         self.step = self._step if compiler is None else compiler(self._step)
+        compile_prefill = settings.compile_prefill and settings.compile and device.type == "cuda"
+        # its own function, so its graphs (one per prefill shape) count apart from the decode step's
+        self.prefill_step = torch.compile(self._prefill, dynamic=False) if compile_prefill else self._prefill
+
+    def _prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
+        return self._step(ids, None, cache)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
         """The greedy next token of each sequence (``pos`` None: a prefill, positions from the cache)."""
@@ -158,7 +168,7 @@ class StepRunner:
         times = []
         for i in range(1 + self.settings.repeats):
             cache.reset()
-            t = elapsed(lambda: self._step(ids, None, cache), self.device)
+            t = elapsed(lambda: self.prefill_step(ids, cache), self.device)
             if i:
                 times.append(t)
         return statistics.median(times)
