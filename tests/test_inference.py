@@ -189,6 +189,9 @@ def test_best_is_grouped_only_where_its_kernels_run(monkeypatch):
         monkeypatch.setattr(grouped, "available", lambda: triton)
         assert form.resolve_fuse(gpu, "best") == expected
     monkeypatch.setattr(grouped, "available", lambda: True)
+    monkeypatch.setattr(torch.version, "hip", "6.2")
+    assert form.resolve_fuse(gpu, "best") == "auto"  # ROCm: the kernels were never run there
+    monkeypatch.setattr(torch.version, "hip", None)
     half = SimpleNamespace(parameters=lambda: iter([SimpleNamespace(device=torch.device(d)) for d in ("cuda", "meta")]))
     assert form.resolve_fuse(half, "best") == "auto"  # offloaded weights: grouped refuses them
 

@@ -160,6 +160,24 @@ def test_matmul_benchmark_runs_on_the_cpu(tmp_path):
     assert record["kernels"].startswith("tile ") and record["commit"] and record["date"]  # the settings it ran
 
 
+def test_programmatic_dependent_launch_only_on_nvidia_sm90_and_newer(monkeypatch):
+    from sharvet.inference import grouped
+
+    monkeypatch.setattr(grouped, "PDL", True)
+    monkeypatch.setattr(torch.version, "hip", None)
+    for capability, expected in (((9, 0), True), ((10, 0), True), ((8, 9), False)):
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _d, c=capability: c)
+        assert grouped.pdl_on(torch.device("cuda")) is expected
+    assert not grouped.pdl_on(torch.device("cpu"))
+    monkeypatch.setattr(torch.version, "hip", "6.2")  # ROCm reports e.g. 9.4 for an MI300
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _d: (9, 4))
+    assert not grouped.pdl_on(torch.device("cuda"))
+    monkeypatch.setattr(torch.version, "hip", None)
+    monkeypatch.setattr(grouped, "PDL", False)  # SHARVET_GROUPED_PDL=0, an old Triton, or the interpreter
+    monkeypatch.setattr(torch.cuda, "get_device_capability", lambda _d: (9, 0))
+    assert not grouped.pdl_on(torch.device("cuda"))
+
+
 def test_tile_sizes_parse_or_fail_in_one_line():
     from sharvet.inference.grouped import parse_tiles
 

@@ -19,7 +19,7 @@
 - ``fuse="grouped"``: the modules reading one input run, for a one-token decode step on a GPU, as two
   grouped Triton launches (all first stages, then all second stages; :mod:`.grouped`), lambda applied inside the
   kernel and no basis copied; other steps take each module's own forward.
-- ``fuse="best"`` (the default): ``grouped`` where its kernels run (Triton, every weight on a CUDA GPU), else
+- ``fuse="best"`` (the default): ``grouped`` where its kernels run (Triton, every weight on an NVIDIA GPU), else
   ``auto`` (:func:`resolve_fuse`).
 
 - **ranks padded to a multiple of** ``align`` (8 by default) with zero basis rows and zero V columns: the same
@@ -52,13 +52,13 @@ FUSE_MODES = ("best", "auto", "always", "never", "grouped")
 
 
 def resolve_fuse(model: nn.Module, fuse: str) -> str:
-    """``best``: ``grouped`` where its kernels run (Triton, every weight on a CUDA GPU), else ``auto``. On an H200 at
-    LLaMA-3-8B shapes the grouped decode step ran at 1.24x / 1.07x / 1.40x dense at ratios 0.5 / 0.7 / 0.3, against
-    ``auto``'s 1.01x / 0.88x / 1.20x, with prefill and batches alike (``docs/results.md``, 2026-11-30); on a CPU the
-    grouped form has no kernels and ``auto``'s stacked matmuls are the faster."""
+    """``best``: ``grouped`` where its kernels run and were measured (Triton, every weight on an NVIDIA GPU), else
+    ``auto``. On an H200 at LLaMA-3-8B shapes the grouped decode step ran at 1.24x / 1.07x / 1.40x dense at ratios
+    0.5 / 0.7 / 0.3, against ``auto``'s 1.01x / 0.88x / 1.20x, with prefill and batches alike (``docs/results.md``,
+    2026-11-30); on a CPU the grouped form has no kernels and ``auto``'s stacked matmuls are the faster."""
     if fuse != "best":
         return fuse
-    on_gpu = all(p.device.type == "cuda" for p in model.parameters())
+    on_gpu = torch.version.hip is None and all(p.device.type == "cuda" for p in model.parameters())
     return "grouped" if grouped.available() and on_gpu and not grouped.INTERPRET else "auto"
 
 

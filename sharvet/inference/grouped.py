@@ -54,9 +54,11 @@ AHEAD = os.environ.get("SHARVET_GROUPED_AHEAD") == "1"
 
 
 def pdl_on(device: torch.device) -> bool:
-    """Whether launches on ``device`` use programmatic dependent launch: allowed (:data:`PDL`) and sm_90 or newer,
-    where ``griddepcontrol`` exists."""
-    return PDL and device.type == "cuda" and torch.cuda.get_device_capability(device)[0] >= 9
+    """Whether launches on ``device`` use programmatic dependent launch: allowed (:data:`PDL`), and an NVIDIA GPU of
+    sm_90 or newer, where ``griddepcontrol`` exists (ROCm builds report their GPUs as ``cuda`` too, with
+    capabilities such as 9.4 that mean something else)."""
+    return (PDL and device.type == "cuda" and torch.version.hip is None
+            and torch.cuda.get_device_capability(device)[0] >= 9)
 
 
 def parse_tiles(text: str) -> tuple[int, int, int, int]:
