@@ -19,7 +19,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from sharvet.inference.grouped import PDL, parse_tiles  # noqa: E402
+from sharvet.inference.grouped import PDL, parse_stage_tiles  # noqa: E402
 from sharvet.inference.grouped_aot import compile_ahead, kernel_code  # noqa: E402
 
 #: sm_90's register file and residency limits per SM
@@ -35,8 +35,9 @@ def programs_per_sm(registers: int, warps: int) -> int:
 def rows(tiles: list[str], align: int, pdl: bool = PDL) -> list[dict]:
     out = []
     for tile in tiles:
-        block_n, block_k, warps, _ = parse_tiles(tile)
+        stages = parse_stage_tiles(tile)
         for first in (True, False):
+            block_n, block_k, warps, _ = stages[first]
             code = kernel_code(compile_ahead(tokens=1, split=1, first=first, align=align, block_n=block_n,
                                              block_k=block_k, warps=warps, pdl=pdl))
             out.append({"tile": tile, "stage": "first" if first else "second", "registers": code.registers,

@@ -5,7 +5,8 @@ the inference form's padding), run for one token as one CUDA graph per variant, 
 
 - ``dense``: one GEMV per module (the dense model's weights);
 - ``cublas``: each compressed module's two GEMVs and its lambda multiply, as ``fuse="never"`` runs them;
-- ``grouped NxKxW``: ``fuse="grouped"``'s two Triton launches per layer input, for each tile size in ``--tiles``.
+- ``grouped NxKxW``: ``fuse="grouped"``'s two Triton launches per layer input, for each tile size in ``--tiles``
+  (``FIRST/SECOND`` gives each stage its own, e.g. ``4x512x4/8x512x4``).
 
 Prints microseconds per token, weight bytes read, the bandwidth that implies, and the speedup over dense beside
 the bytes bound (dense bytes / compressed bytes). Attention, norms and the LM head are left out: this isolates what
@@ -85,7 +86,7 @@ def main() -> None:
                                                a.repeats)))
     if grouped.available() and (device.type == "cuda" or grouped.INTERPRET):
         for tile in a.tiles.split(","):
-            grouped.BLOCK_N, grouped.BLOCK_K, grouped.WARPS, grouped.SPLIT_K = grouped.parse_tiles(tile)
+            grouped.TILES = grouped.parse_stage_tiles(tile)
             stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
             for m, x in xs.items():
                 run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731

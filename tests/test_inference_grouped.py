@@ -61,7 +61,7 @@ def test_grouped_modules_replace_every_compressed_module():
     from sharvet.inference import grouped  # the record says which kernel settings ran (they come from the env)
 
     assert fast.sharvet_inference.line().endswith(f"; grouped kernels: {grouped.describe()}")
-    assert grouped.describe().startswith(f"tile {grouped.BLOCK_N}x{grouped.BLOCK_K}x{grouped.WARPS}, first-stage split")
+    assert grouped.describe().startswith(f"tile {grouped.tile_text(grouped.TILES[True])}, first-stage split")
     torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
 
 
@@ -97,7 +97,8 @@ def _interpreter_works() -> bool:
 
 
 @needs_triton
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto", "ahead"])  # auto: first stages split in 2-4 parts
+# auto: first stages split in 2-4 parts (and the second stages take a tile of their own)
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead"])
 def test_kernels_match_the_reference_in_the_interpreter(tiles):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
@@ -183,6 +184,12 @@ def test_tile_sizes_parse_or_fail_in_one_line():
 
     assert parse_tiles("8x512x4") == (8, 512, 4, 1) and parse_tiles("16X256x8x4") == (16, 256, 8, 4)
     assert parse_tiles("4x1024x4xauto") == (4, 1024, 4, 0)
+    from sharvet.inference.grouped import parse_stage_tiles
+
+    assert parse_stage_tiles("8x512x4x2") == {True: (8, 512, 4, 2), False: (8, 512, 4, 1)}  # one tile, both stages
+    assert parse_stage_tiles("4x512x4xauto/8x256x8") == {True: (4, 512, 4, 0), False: (8, 256, 8, 1)}
+    with pytest.raises(ValueError, match="only the first stage splits"):
+        parse_stage_tiles("4x512x4/8x512x4x2")
     for bad in ("8x512", "8x512x4x2x1", "8xKx4", "6x512x4", "8x8x4", "8x512x4x3", "8x512xauto"):
         with pytest.raises(ValueError, match="SHARVET_GROUPED_TILES"):
             parse_tiles(bad)
@@ -195,7 +202,7 @@ def _compile_for_hopper(tokens: int, split: int, first: bool, align: int):
     weights = [torch.zeros(40, 64, dtype=torch.bfloat16)]
     block_n, block_k, *_ = grouped._Launch(weights, None, [0], first_stage=first).layouts[tokens > 1]
     return compile_ahead(tokens=tokens, split=split, first=first, align=align, block_n=block_n, block_k=block_k,
-                         warps=grouped.WARPS)
+                         warps=grouped.TILES[first][2])
 
 
 @needs_triton

@@ -80,6 +80,23 @@ def parse_tiles(text: str) -> tuple[int, int, int, int]:
     return n, k, w, split
 
 
+def parse_stage_tiles(text: str) -> dict[bool, tuple[int, int, int, int]]:
+    """``SHARVET_GROUPED_TILES``: one tile for both stages (``8x512x4``), or the first stage's and the second's
+    (``4x512x4/8x512x4``; only the first may split). Keyed by ``first_stage``. Why two: a layer's first stages have
+    few rows (the ranks, ~600-2,500 at 8B shapes) over long reductions, its second stages many rows (the outputs,
+    4,096-28,672) over short ones, so a row block that fills the GPU with programs in one may be too small in the other."""
+    first, _, second = text.partition("/")
+    tiles = {True: parse_tiles(first), False: parse_tiles(second or first)}
+    if second and tiles[False][3] != 1:
+        raise ValueError(f"SHARVET_GROUPED_TILES: only the first stage splits, got {text!r}")
+    tiles[False] = (*tiles[False][:3], 1)
+    return tiles
+
+
+def tile_text(tile: tuple[int, int, int, int]) -> str:
+    return "x".join(map(str, tile[:3]))
+
+
 #: decode steps of up to this many tokens take the grouped kernels (``SHARVET_GROUPED_MAX_TOKENS``, at most 16).
 #: One by default: on an H200 at LLaMA-3-8B shapes, 16-token steps ran at 0.29-0.51x dense against cuBLAS's 0.92x
 #: (``benchmarks/grouped_gemv.py``, 2026-11-30), so a batch's decode step takes the modules' own forward.
@@ -90,7 +107,7 @@ if not 1 <= MAX_TOKENS <= 16:
 #: 0.7, the fastest at 0.7 and within 6 % of the fastest (4x2048x4, 1.38x / 1.01x) at 0.5, against 4x1024x4's
 #: 1.20x / 0.95x (H200, LLaMA-3-8B shapes, ``benchmarks/grouped_gemv.py``, 2026-11-30, ninth session; with 2-byte
 #: loads 4x1024x4 had won, 1.06x / 0.85x against 0.88x / 0.74x)
-BLOCK_N, BLOCK_K, WARPS, SPLIT_K = parse_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
+TILES = parse_stage_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
 #: a first stage split ``auto`` aims at this many programs per SM (a heuristic, not yet measured)
 PROGRAMS_PER_SM = 16
 
@@ -111,9 +128,11 @@ def available() -> bool:
 
 def describe() -> str:
     """The kernels' settings as a record states them (they come from the environment, so a run says which)."""
-    split = "auto" if SPLIT_K == 0 else str(SPLIT_K)
+    split = "auto" if TILES[True][3] == 0 else str(TILES[True][3])
     missing = "" if triton is not None else " (no Triton: modules run their own forward)"
-    return (f"tile {BLOCK_N}x{BLOCK_K}x{WARPS}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
+    first, second = tile_text(TILES[True]), tile_text(TILES[False])
+    tiles = f"tile {first}" if first == second else f"tiles {first} (first stage) / {second} (second)"
+    return (f"{tiles}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
             f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
             f"{', weights a tile ahead' if AHEAD else ''}"
             f"{', programmatic dependent launch (weights a tile ahead) on sm_90+' if PDL else ''}{missing}")
@@ -263,10 +282,11 @@ class _Launch:
         #: rows and columns per program, programs, each group's first program, and the split of the reduction: for
         #: one token, and for several (``tl.dot`` needs tiles of at least 16 rows; a 16-token tile of 512 columns
         #: spills registers on sm_90, and so does summing 4 parts of 16 x 128). Only one-token first stages split.
+        tile_n, tile_k, self.warps, split_k = TILES[first_stage]
         self.layouts = {}
-        for several, block_n, block_k in ((False, BLOCK_N, BLOCK_K), (True, max(16, BLOCK_N), min(BLOCK_K, 128))):
+        for several, block_n, block_k in ((False, tile_n, tile_k), (True, max(16, tile_n), min(tile_k, 128))):
             blocks = [-(-w.shape[0] // block_n) for w in weights]
-            split = 1 if several or not first_stage else SPLIT_K or first_stage_split(sum(blocks), width, block_k, sms)
+            split = 1 if several or not first_stage else split_k or first_stage_split(sum(blocks), width, block_k, sms)
             self.layouts[several] = (block_n, block_k, sum(blocks), table(_offsets(blocks)), split)
         self.w = table([w.data_ptr() for w in weights])
         self.s = table([s.data_ptr() for s in scales]) if scales else self.w
@@ -283,7 +303,7 @@ class _Launch:
         block_n, block_k, programs, starts, split = self.layouts[x.shape[-2] > 1]
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, split,
-                                              self.dtype, [programs, block_n, block_k, WARPS, self.align,
+                                              self.dtype, [programs, block_n, block_k, self.warps, self.align,
                                                            int(self.ahead), int(self.pdl)])
 
 
