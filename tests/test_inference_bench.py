@@ -48,6 +48,21 @@ def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
     assert all("q+k+v in 4 layers" in r["inference_form"] and "+0 parameters" in r["inference_form"] for r in stacked)
 
 
+def test_bench_records_carry_the_kernel_settings_and_a_note(tmp_path, monkeypatch):
+    """The grouped kernels' environment settings lead the recorded command (it reruns as measured), and --note
+    lands in every record."""
+    out = tmp_path / "summary.json"
+    monkeypatch.setenv("SHARVET_GROUPED_TILES", "4x512x4/8x512x4")
+    monkeypatch.setattr("sys.argv", ["benchmarks/inference.py", "--shape", "tiny"])
+    args = ["bench", "--shape", "tiny", "--ratios", "0.5", "--throughput", "none", "--device", "cpu", "--out", str(out),
+            "--note", "GPU 1 idle", *SMALL]
+    assert main(args) == 0
+    rows = json.loads(out.read_text())["records"]
+    assert rows and all(r["note"] == "GPU 1 idle" for r in rows)
+    assert all(r["command"].startswith("SHARVET_GROUPED_TILES=4x512x4/8x512x4 python benchmarks/inference.py")
+               for r in rows)
+
+
 def test_bench_checkpoint_against_its_original(model_dir, data_dir, tmp_path):
     ck = tmp_path / "ck"
     assert main(["compress", str(model_dir), "-o", str(ck), "--ratio", "0.5", "--k", "2", "--data-dir", str(data_dir),

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import shlex
 import sys
 from pathlib import Path
@@ -82,6 +83,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="--shape's prefill and throughput forwards through torch.compile too (no CUDA graphs), as "
                         "a server runs them (default: eager, as in every record so far)")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON file the records are merged into")
+    p.add_argument("--note", default=None, help="a note stored in every record (the machine's state, the session)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
     p.add_argument("--dtype", default="auto", help="auto (default): bfloat16 on a GPU, float32 on the CPU")
     p.add_argument("--seed", type=int, default=0)
@@ -114,11 +116,14 @@ def bench_command(a: argparse.Namespace) -> int:
                              compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
                              compile_prefill=a.compile_prefill, seed=a.seed)
     argv = [shlex.quote(x) for x in sys.argv]
-    command = " ".join(["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
-                       ["python", *argv] if sys.argv[0].endswith(".py") else argv)
+    # the grouped kernels' settings come from the environment: the command says which were set
+    knobs = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("SHARVET_GROUPED_")]
+    command = " ".join(knobs + (["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
+                                ["python", *argv] if sys.argv[0].endswith(".py") else argv))
     rows: list[dict] = []
 
     def emit(new: list[dict]) -> None:
+        new = [{**r, "note": a.note} for r in new] if a.note else new
         rows.extend(new)
         write_records(a.out, new)
 
