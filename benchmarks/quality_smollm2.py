@@ -28,6 +28,7 @@ import argparse
 import copy
 import dataclasses
 import json
+import math
 import shlex
 import sys
 import time
@@ -318,6 +319,17 @@ def _compress_flags(name: str, calib_data: str, calib_samples: int) -> str:
     return flags + "".join(f" --{k.replace('_', '-')} {v}" for k, v in fields.items() if k != IN_BUDGET)
 
 
+def avg_acc_stderr(tasks: dict | None) -> float | None:
+    """Standard error (points) of the five tasks' average accuracy: the tasks' own standard errors of their headline
+    metrics (lm-eval's), combined as for a mean of independent estimates."""
+    if not tasks:
+        return None
+    errors = [t.get("metrics", {}).get(f"{t.get('headline_metric')}_stderr") for t in tasks.values()]
+    if any(e is None for e in errors):
+        return None
+    return round(100 * math.sqrt(sum(e * e for e in errors)) / len(errors), 3)
+
+
 #: calibration windows of a run whose records do not name the count: every run before the ninth session had 64
 CALIB_SAMPLES_BEFORE = 64
 
@@ -343,7 +355,8 @@ def _record(row: dict, run: dict) -> dict:
     keep = ("realised_ratio", "refine_mode", "preset", "lr", "steps", "train_data", "epochs", "batch_size",
             "tokens_per_s", "trainable", "loss_weights")
     return {"method": row["method"], "ratio": row["ratio"], "wikitext2_ppl": row["wikitext2_ppl"],
-            "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "adapters_in_budget": row["adapters_in_budget"],
+            "c4_ppl": row["c4_ppl"], "avg_acc": row.get("avg_acc"), "avg_acc_stderr": avg_acc_stderr(row.get("tasks")),
+            "adapters_in_budget": row["adapters_in_budget"],
             "train_tokens": row["train_tokens"], "command": command,
             "default": _is_default(row),
             "calib_data": calib_data, "calib_samples": row["calib_samples"],

@@ -71,6 +71,19 @@ def mean(rows: list[dict], key: str) -> tuple[float | None, int]:
     return (statistics.fmean(values) if values else None), len(values)
 
 
+def difference_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
+    """Standard error of the difference of two mean accuracies, from each record's own (lm-eval's per-task errors),
+    the runs of a side averaged; treated as independent, so it overstates the error of a paired comparison on the
+    same questions. None where a record does not carry one."""
+    sides = []
+    for rows in (ours, theirs):
+        errors = [r.get("avg_acc_stderr") for r in rows if r.get("avg_acc") is not None]
+        if not errors or any(e is None for e in errors):
+            return None
+        sides.append(statistics.fmean(e * e for e in errors) / len(errors))
+    return (sides[0] + sides[1]) ** 0.5
+
+
 def cell(value: float | None, n: int, digits: int = 2) -> str:
     return "not run" if value is None else f"{value:.{digits}f}" + (f" (mean of {n})" if n > 1 else "")
 
@@ -106,13 +119,16 @@ def tables(records: list[dict], flags: str, calib: int | None = None) -> tuple[s
                                f"{100 * lower:.1f} % | {'yes' if ok else '**no**'} |")
         acc, n = mean(mine, "avg_acc")
         for m, label in BASELINES.items():
-            theirs, k = mean([r for r in base[m] if r["ratio"] == ratio], "avg_acc")
+            rows = [r for r in base[m] if r["ratio"] == ratio]
+            theirs, k = mean(rows, "avg_acc")
             if acc is None or theirs is None:
                 continue
             ok = acc >= theirs
             met, checked = met + ok, checked + 1
+            se = difference_stderr(mine, rows)
+            behind = f"behind by {theirs - acc:.1f}" + (f"; SE of the difference {se:.1f}" if se else "")
             accuracy.append(f"| {ratio} | {label} | {cell(acc, n, 1)} | {cell(theirs, k, 1)} | "
-                            f"{'yes' if ok else f'**no** (behind by {theirs - acc:.1f}; SE ~1.1)'} |")
+                            f"{'yes' if ok else f'**no** ({behind})'} |")
     return "\n\n".join("\n".join(t) for t in (limits, margins, accuracy)), checked, met
 
 

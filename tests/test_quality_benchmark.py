@@ -90,3 +90,11 @@ def test_every_row_of_a_run_trains_the_default_methods_epochs():
     assert quality._same_epochs("basis-sharing", []) == ["--epochs", epochs]  # the paper's 2 by its own default
     assert quality._same_epochs("basis-sharing", ["--epochs", "1"]) == []  # a run's flags win
     assert quality._same_epochs(quality.DEFAULT_METHOD, []) == []
+
+
+def test_the_average_accuracy_has_the_standard_error_of_a_mean_of_the_tasks():
+    tasks = {"a": {"headline_metric": "acc", "metrics": {"acc": 0.5, "acc_stderr": 0.03}},
+             "b": {"headline_metric": "acc_norm", "metrics": {"acc_norm": 0.6, "acc_norm_stderr": 0.04}}}
+    assert quality.avg_acc_stderr(tasks) == 2.5  # 100 * sqrt(0.03^2 + 0.04^2) / 2
+    assert quality.avg_acc_stderr(None) is None
+    assert quality.avg_acc_stderr({"a": {"headline_metric": "acc", "metrics": {"acc": 0.5}}}) is None

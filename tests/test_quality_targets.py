@@ -61,3 +61,13 @@ def test_a_calibration_is_compared_with_baselines_calibrated_alike():
     assert "| 10.00 | 20.00 | 50.0 % | yes |" in text and "11.00" not in text
     assert checked == met == 2 + 2
     assert targets.tables(records, "")[1] == 0  # none of them is a default row
+
+
+def test_an_accuracy_shortfall_is_given_with_the_standard_error_of_the_difference():
+    """Each side's runs average their records' standard errors (1.0 and 1.2 points here, two runs and one):
+    sqrt(1.0^2 / 2 + 1.2^2 / 1) = 1.4."""
+    ours = [record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=43.0) | {"avg_acc_stderr": 1.0}] * 2
+    theirs = record("svd", 0.7, 20.0, 20.0, acc=43.5) | {"avg_acc_stderr": 1.2}
+    text, _, _ = targets.tables([RECORDS[0], *ours, theirs], "")
+    assert "behind by 0.5; SE of the difference 1.4" in text
+    assert targets.difference_stderr(ours, [record("svd", 0.7, 1.0, 1.0, acc=1.0)]) is None  # one side lacks it
