@@ -185,3 +185,21 @@ def test_decode_profile_runs_the_steps_without_autograd(tmp_path, monkeypatch):
     decode_profile.main()
     assert grad == [False, False]  # dense, then compressed
     assert set(json.loads(out.read_text())["models"]) == {"dense", "r0.5"}
+
+
+def test_speed_figure_from_records(tmp_path):
+    """benchmarks/plot_inference.py's figure: records of one shape at batch 1 (and the throughput setting) whose
+    note or command holds the text asked for; a PNG is written."""
+    from sharvet.inference.plots import chosen, speed_figure
+
+    def rec(phase: str, ratio: float, speedup: float, batch: int = 1, note: str = "s9") -> dict:
+        return {"shape": "llama3-8b", "phase": phase, "ratio": ratio, "speedup": speedup, "bound": 1 / ratio,
+                "batch": batch, "note": note, "command": "python benchmarks/inference.py"}
+
+    records = [rec("decode", 0.5, 1.2), rec("decode", 0.7, 1.0), rec("prefill", 0.5, 1.1),
+               rec("throughput", 0.5, 1.4, batch=512), rec("decode", 0.5, 1.0, batch=16),
+               rec("decode", 0.5, 0.9, note="s8"), {**rec("decode", 0.5, 1.0), "shape": "tiny"}]
+    picked = chosen(records, shape="llama3-8b", contains="s9")
+    assert [r["speedup"] for r in picked] == [1.2, 1.0, 1.1, 1.4]
+    path = speed_figure(picked, tmp_path / "speed.png", title="test")
+    assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
