@@ -63,7 +63,7 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
                    help="pad every rank of the inference form to a multiple of this with zeros (1: none)")
     p.add_argument("--fuse", default="best", choices=FUSE_MODES, help="first-stage stacking of the inference form "
                    "(auto: only where it copies no shared basis; grouped: Triton kernels for one-token steps; "
-                   "best: grouped on a GPU with Triton, else auto)")
+                   "best: grouped on an NVIDIA GPU with Triton, else auto)")
     p.add_argument("--batches", type=_ints, default=(1, 16, 64))
     p.add_argument("--prefill-len", type=at_least(1), default=2048, help="tokens per sequence of the prefill rows")
     p.add_argument("--decode-prompt", type=at_least(1), default=128, help="prompt before the timed decode steps")

@@ -49,7 +49,7 @@ class BenchSettings:
     coordinate_descent: bool = False
     #: prefill and throughput forwards through torch.compile too, on a GPU (mode "default": inductor's fusion of
     #: the pointwise work, such as each compressed module's ``x * lambda``, with no CUDA graphs; one graph per
-    #: shape), as a server runs them. Off by default: every record before 2026-11-30 timed them eager
+    #: shape), as a server runs them. Off by default: every record up to the ninth session timed them eager
     compile_prefill: bool = False
     seed: int = 0
 
