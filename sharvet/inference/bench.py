@@ -36,14 +36,14 @@ from .traffic import stored_bytes
 
 def _mode(settings: BenchSettings, device: torch.device) -> str | None:
     """The decode step's torch.compile mode as recorded (None: eager, or the CPU, which never compiles)."""
-    if not (settings.compile and device.type == "cuda"):
+    if not settings.compiles(device):
         return None
     return settings.compile_mode + ("+coordinate-descent" if settings.coordinate_descent else "")
 
 
 def _prefill_mode(settings: BenchSettings, device: torch.device) -> str | None:
     """The prefill and throughput forwards' torch.compile mode as recorded (None: eager)."""
-    return "default" if settings.compile_prefill and _mode(settings, device) else None
+    return "default" if settings.compiles_prefill(device) else None
 
 
 def _variant(text: str, default_fuse: str) -> tuple[float, str]:

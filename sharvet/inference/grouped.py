@@ -226,9 +226,10 @@ if triton is not None:
                      x_off: torch.Tensor, s: torch.Tensor, y_off: torch.Tensor, rows: int, groups: int, scaled: bool,
                      first_stage: bool, split: int, dtype: torch.dtype, launch: list[int]) -> torch.Tensor:
         """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
-        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps, alignment. ``x`` is
-        ``(tokens, width)``, or ``(parts, tokens, width)`` float32 parts of a split first stage; the output is
-        ``(tokens, rows)`` in ``dtype``, or ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
+        graphs record the launch); ``launch`` = programs, rows and columns per tile, warps, alignment, read-ahead
+        (0/1) and programmatic dependent launch (0/1). ``x`` is ``(tokens, width)``, or ``(parts, tokens, width)``
+        float32 parts of a split first stage; the output is ``(tokens, rows)`` in ``dtype``, or
+        ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
         programs, block_n, block_k, warps, align, ahead, pdl = launch
         parts = x.shape[0] if x.dim() == 3 else 1
         tokens = x.shape[-2]

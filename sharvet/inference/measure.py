@@ -53,6 +53,13 @@ class BenchSettings:
     compile_prefill: bool = False
     seed: int = 0
 
+    def compiles(self, device: torch.device) -> bool:
+        """Whether the decode step is compiled on ``device`` (a GPU only: the CPU runs it eagerly)."""
+        return self.compile and device.type == "cuda"
+
+    def compiles_prefill(self, device: torch.device) -> bool:
+        return self.compile_prefill and self.compiles(device)
+
 
 
 # ---------------------------------------------------------------------- timing
@@ -142,16 +149,16 @@ class StepRunner:
         when ``settings.compile``, else eager."""
         self.model, self.settings, self.device = model, settings, device
         self.cache_kw = _cache_kwarg(model)
-        if compiler is None and settings.compile and device.type == "cuda":
+        if compiler is None and settings.compiles(device):
             # one graph per batch size, as a server captures one CUDA graph per batch size: with dynamic=None a
             # second batch size recompiles with a symbolic batch, whose kernels may not be the specialised ones
             compiler = functools.partial(torch.compile, mode=settings.compile_mode, dynamic=False)
             # read when the step compiles (its first call, within this runner's use), so set for the process
             torch._inductor.config.coordinate_descent_tuning = settings.coordinate_descent
         self.step = self._step if compiler is None else compiler(self._step)
-        compile_prefill = settings.compile_prefill and settings.compile and device.type == "cuda"
         # its own function, so its graphs (one per prefill shape) count apart from the decode step's
-        self.prefill_step = torch.compile(self._prefill, dynamic=False) if compile_prefill else self._prefill
+        self.prefill_step = (torch.compile(self._prefill, dynamic=False) if settings.compiles_prefill(device)
+                             else self._prefill)
 
     def _prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
         return self._step(ids, None, cache)
@@ -224,7 +231,7 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(prefill, batch * settings.prefill_len / prefill,
                                                                          peak)
         run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
-    run.compile_s = round(compile_s, 1) if settings.compile and device.type == "cuda" else None
+    run.compile_s = round(compile_s, 1) if settings.compiles(device) else None
     if settings.throughput is not None:
         batch, length = settings.throughput
         _reset_peak(device)
