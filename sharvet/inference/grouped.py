@@ -103,11 +103,14 @@ def tile_text(tile: tuple[int, int, int, int]) -> str:
 MAX_TOKENS = int(os.environ.get("SHARVET_GROUPED_MAX_TOKENS", "1"))
 if not 1 <= MAX_TOKENS <= 16:
     raise ValueError(f"SHARVET_GROUPED_MAX_TOKENS must be 1-16 (tl.dot tiles of 16 rows), got {MAX_TOKENS}")
-#: 8 rows x 512 columns, 4 warps: with 16-byte loads, one token's matmuls ran at 1.30x / 1.07x dense at ratios 0.5 /
-#: 0.7, the fastest at 0.7 and within 6 % of the fastest (4x2048x4, 1.38x / 1.01x) at 0.5, against 4x1024x4's
-#: 1.20x / 0.95x (H200, LLaMA-3-8B shapes, ``benchmarks/grouped_gemv.py``, 2026-11-30, ninth session; with 2-byte
-#: loads 4x1024x4 had won, 1.06x / 0.85x against 0.88x / 0.74x)
-TILES = parse_stage_tiles(os.environ.get("SHARVET_GROUPED_TILES", "8x512x4"))
+#: First stages 2 rows x 1,024 columns, second stages 8 x 512, 4 warps each: with PDL on, one token's matmuls ran at
+#: 1.59x / 1.23x / 2.16x dense at ratios 0.5 / 0.7 / 0.3 (bytes bounds 1.76x / 1.26x / 2.92x), the fastest of 14
+#: tiles and pairs tried at 0.5 and 0.7 and within 2 % of the fastest at 0.3, against 8x512x4 for both stages'
+#: 1.39x / 1.12x / 1.66x; the whole decode step 1.36x / 1.15x / 1.65x against 1.14x / 1.04x / 1.39x in the same run
+#: (H200, LLaMA-3-8B shapes, ``benchmarks/grouped_gemv.py`` and ``benchmarks/inference.py``, 2026-11-30, tenth
+#: session). Why: first stages have few rows (the ranks) over the model width, so small row blocks give them enough
+#: programs (9 per SM at 56 registers against 8x512x4's 5 at 96); second stages have many rows over short rows.
+TILES = parse_stage_tiles(os.environ.get("SHARVET_GROUPED_TILES", "2x1024x4/8x512x4"))
 #: a first stage split ``auto`` aims at this many programs per SM (a heuristic, not yet measured)
 PROGRAMS_PER_SM = 16
 
