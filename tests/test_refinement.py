@@ -217,9 +217,13 @@ def test_matched_loss_scales_weight_each_term_to_the_initial_lm_loss(pair, tmp_p
     assert result.loss_weights["kd"] == pytest.approx(lm / kd, rel=1e-4)
     assert result.loss_weights["feature"] == pytest.approx(lm / feat, rel=1e-4)
     assert result.record()["loss_weights"] == result.loss_weights
-    off = refine(student, teacher, ids, _cfg(tmp_path / "b", epochs=1, batch_size=2, match_loss_scales=True,
-                                             kd_weight=0.0))
+    off = refine(copy.deepcopy(student), teacher, ids, _cfg(tmp_path / "b", epochs=1, batch_size=2,
+                                                             match_loss_scales=True, kd_weight=0.0))
     assert off.loss_weights["kd"] == 0.0 and off.loss_weights["feature"] > 0  # a weight of 0 stays off
+    twice = refine(copy.deepcopy(student), teacher, ids, _cfg(tmp_path / "c", epochs=1, batch_size=2,
+                                                               match_loss_scales=True, kd_weight=2.0))
+    assert twice.loss_weights["kd"] == pytest.approx(2 * lm / kd, rel=1e-4)  # an explicit weight scales its match
+    assert twice.loss_weights["feature"] == pytest.approx(lm / feat, rel=1e-4)  # the other stays matched
 
 
 def test_lm_only_needs_no_teacher(pair, tmp_path):

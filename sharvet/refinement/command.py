@@ -59,7 +59,8 @@ def add_refine_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--lm-only", action="store_true", help="LM loss only, no teacher (ablation SharVeT_L)")
     g.add_argument("--match-loss-scales", action="store_true",
                    help="set the KD and feature weights so each term starts at the LM loss's scale (paper, App. D), "
-                        "also with explicit weights or the reference preset")
+                        "also with the reference preset; with it an explicit --kd-weight / --feature-weight "
+                        "multiplies the matched weight (--kd-weight 2: twice the LM loss's scale)")
     g.add_argument("--train-data", default=TRAIN_DATA,
                    help="dataset name, file or folder of training text, or 'teacher' (sequences sampled from the "
                         "original model); several joined by '+' share --train-samples, and with 'teacher' among "

@@ -95,7 +95,9 @@ class RefineConfig:
     kd_weight: float | None = None
     feature_weight: float | None = None
     #: match the KD and feature weights to ``LM / term`` measured once before training, so every term
-    #: starts at the LM loss's scale (the paper's rule, App. D), whatever the preset; a weight of 0 stays off
+    #: starts at the LM loss's scale (the paper's rule, App. D), whatever the preset; a weight of 0 stays off, and
+    #: an explicit weight multiplies its matched one (``kd_weight=2``: twice the LM loss's scale), so one term can
+    #: be weighted up or down while the other stays matched
     match_loss_scales: bool = False
     l2_weight: float | None = None
     #: train sigma relative to its start (None: the preset's)
@@ -395,7 +397,8 @@ def _setup(student: nn.Module, teacher: nn.Module | None, ids: torch.Tensor, cfg
 
 
 def _matched_weights(run: _Run, cfg: RefineConfig, ids: torch.Tensor) -> LossWeights:
-    """KD and feature weights ``LM / term`` on the first step's sequences of epoch 0, with the untrained student.
+    """KD and feature weights ``LM / term`` on the first step's sequences of epoch 0, with the untrained student
+    (times an explicit ``kd_weight`` / ``feature_weight``).
 
     Measured here, before any checkpoint is restored, so a resumed run gets the same weights. Each process
     measures its own share of the first step and the terms are averaged over processes, so every process gets
@@ -415,9 +418,11 @@ def _matched_weights(run: _Run, cfg: RefineConfig, ids: torch.Tensor) -> LossWei
     means = acc.reduce(torch.tensor([local[k] for k in names], dtype=torch.float64, device=acc.device), "mean")
     terms = dict(zip(names, means.tolist()))
     w = run.weights
+    factors = {"kd": cfg.kd_weight, "feature": cfg.feature_weight}
 
     def matched(name: str, weight: float) -> float:
-        return terms["lm"] / terms[name] if weight > 0 and terms.get(name, 0.0) > 0 else 0.0
+        factor = 1.0 if factors[name] is None else factors[name]
+        return factor * terms["lm"] / terms[name] if weight > 0 and terms.get(name, 0.0) > 0 else 0.0
 
     matched_w = dataclasses.replace(w, kd=matched("kd", w.kd), feature=matched("feature", w.feature))
     log.info("loss weights matched to the LM loss %.3f: kd %.4g, feature %.4g", terms["lm"], matched_w.kd,
