@@ -37,6 +37,10 @@ def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
         ("prefill", 1, 8), ("prefill", 2, 8), ("decode", 1, 1), ("decode", 2, 1), ("throughput", 4, 8)}
     assert {r["fuse"] for r in rows} == {"auto", "always"}
     assert all(1 < r["bound"] < 3 for r in rows)  # ratio 0.5 of the linear layers, the LM head unchanged
+    # eager forwards say how long the host took to issue them (bound by launches when close to their time)
+    eager = [r for r in rows if r["phase"] != "decode"]
+    assert all(0 < r["dense_host_ms"] and 0 < r["compressed_host_ms"] for r in eager)
+    assert all(r["dense_host_ms"] is None for r in rows if r["phase"] == "decode")
     assert "| speedup | bound |" in capsys.readouterr().out
     assert main(args) == 0  # the same settings again replace their records
     assert len(json.loads(out.read_text())["records"]) == len(rows)

@@ -70,16 +70,26 @@ def _sync(device: torch.device) -> None:
 
 def elapsed(fn: Callable[[], Any], device: torch.device) -> float:
     """Seconds ``fn`` takes on ``device`` (CUDA events on a GPU, so only device time between them counts)."""
+    return timed(fn, device)[0]
+
+
+def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
+    """``(device seconds, host seconds)`` of ``fn``: on a GPU the events' time and how long the host took to issue
+    the work. Why both: an eager forward of a thousand small kernels can be bound by the host, and then the events'
+    time measures Python, not the GPU (host seconds close to device seconds say so). On a CPU both are wall time."""
     if device.type == "cuda":
         start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
         start.record()
+        t = time.perf_counter()
         fn()
+        host = time.perf_counter() - t
         end.record()
         end.synchronize()
-        return start.elapsed_time(end) / 1000
+        return start.elapsed_time(end) / 1000, host
     t = time.perf_counter()
     fn()
-    return time.perf_counter() - t
+    wall = time.perf_counter() - t
+    return wall, wall
 
 
 def graph_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, inner: int = 1) -> float:
@@ -168,17 +178,18 @@ class StepRunner:
         out = self.model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
         return out.logits[:, -1:].argmax(-1)
 
-    def prefill(self, batch: int, length: int) -> float:
-        """Median seconds of a ``batch x length`` forward into an empty static cache (after one warm-up)."""
+    def prefill(self, batch: int, length: int) -> tuple[float, float]:
+        """Median seconds of a ``batch x length`` forward into an empty static cache (after one warm-up), and the
+        median seconds the host took to issue it (:func:`timed`)."""
         ids = _ids(self.model, batch, length, self.device, self.settings.seed)
         cache = _static_cache(self.model, length)
         times = []
         for i in range(1 + self.settings.repeats):
             cache.reset()
-            t = elapsed(lambda: self.prefill_step(ids, cache), self.device)
+            t = timed(lambda: self.prefill_step(ids, cache), self.device)
             if i:
                 times.append(t)
-        return statistics.median(times)
+        return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
     def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
         """Prefill ``prompt`` into a static cache with room for ``new`` more tokens: (first token, position, cache)."""
@@ -224,19 +235,19 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
     compile_s = 0.0
     for batch in settings.batches:
         _reset_peak(device)
-        prefill = runner.prefill(batch, settings.prefill_len)
+        prefill, host = runner.prefill(batch, settings.prefill_len)
         per_step, warmup = runner.decode(batch)
         compile_s += warmup
         peak = _peak(device)
-        run.rows[("prefill", batch, settings.prefill_len)] = Measurement(prefill, batch * settings.prefill_len / prefill,
-                                                                         peak)
+        run.rows[("prefill", batch, settings.prefill_len)] = Measurement(
+            prefill, batch * settings.prefill_len / prefill, peak, host)
         run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
     run.compile_s = round(compile_s, 1) if settings.compiles(device) else None
     if settings.throughput is not None:
         batch, length = settings.throughput
         _reset_peak(device)
-        seconds = runner.prefill(batch, length)
-        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, _peak(device))
+        seconds, host = runner.prefill(batch, length)
+        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, _peak(device), host)
     return run
 
 

@@ -18,6 +18,9 @@ class Measurement:
     seconds: float
     tokens_per_s: float
     peak_gib: float | None = None
+    #: seconds the host took to issue an eager forward (None where CUDA graphs replay it): near ``seconds``, the
+    #: measurement is bound by Python and launches, not by the GPU
+    host_seconds: float | None = None
 
 
 @dataclass
@@ -60,6 +63,10 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _ms(seconds: float | None) -> float | None:
+    return None if seconds is None else _sig(seconds * 1000)
+
+
 def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, path: str, command: str,
             env: dict[str, Any], extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per (phase, batch, tokens per step) both runs measured."""
@@ -76,6 +83,7 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "dense_tokens_per_s": _sig(d.tokens_per_s), "compressed_tokens_per_s": _sig(c.tokens_per_s),
             "speedup": _sig(c.tokens_per_s / d.tokens_per_s), "bound": _sig(bound),
             "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
+            "dense_host_ms": _ms(d.host_seconds), "compressed_host_ms": _ms(c.host_seconds),
             "peak_gpu_gib_dense": None if d.peak_gib is None else round(d.peak_gib, 3),
             "peak_gpu_gib_compressed": None if c.peak_gib is None else round(c.peak_gib, 3),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
