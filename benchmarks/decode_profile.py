@@ -1,4 +1,4 @@
-"""Benchmark (issue 17): where a decode step's time goes, dense against compressed, kernel by kernel.
+"""Benchmark (issue 17): where a decode step's (or a prefill's) time goes, dense against compressed, kernel by kernel.
 
 Builds a published shape with random weights (dense, then the SharVeT planner's groups and ranks at ``--ratio``,
 in the inference form), compiles the decode step as ``sharvet bench`` does, and runs ``--steps`` steps under
@@ -8,6 +8,12 @@ row furthest from its bytes-read bound; this says whether the missing time is in
 reached), in many small kernels (launch and tail latency), or between kernels.
 
     python benchmarks/decode_profile.py --shape llama3-8b --ratio 0.5 --out /tmp/decode_profile.json
+    python benchmarks/decode_profile.py --shape llama3-8b --ratio 0.5 --prefill 2048 --out /tmp/prefill_profile.json
+
+``--prefill N`` profiles a batch's N-token forward instead (eager as ``sharvet bench`` times it, or compiled with
+``--compile-prefill``), with the host's issue time beside the device's: an eager forward of many small kernels may
+be bound by the host, and the profile says which kernels a compressed prefill adds (``x * lambda``, the second
+matmuls) and what they cost.
     python benchmarks/decode_profile.py --shape tiny --device cpu --out /tmp/p.json     # a CPU check in seconds
 """
 from __future__ import annotations
@@ -45,6 +51,40 @@ def profile_decode(model: torch.nn.Module, settings: BenchSettings, device: torc
             weight_bytes_per_token(model), "profile": summary}
 
 
+@torch.no_grad()
+def profile_prefill(model: torch.nn.Module, settings: BenchSettings, device: torch.device, batch: int,
+                    length: int) -> dict:
+    """``1 + repeats`` prefills (``StepRunner.prefill``) under the profiler after one untimed round (which compiles
+    when asked); per-forward figures."""
+    runner = StepRunner(model, settings, device)
+    runner.prefill(batch, length)
+    prof = profiler(device.type)
+    with prof:
+        seconds, host = runner.prefill(batch, length)
+    summary = top_operations(prof, device.type, n=30)
+    calls = 1 + settings.repeats
+    return {"forward_ms_profiled": round(seconds * 1000, 3), "host_ms": round(host * 1000, 3),
+            "busy_ms_per_forward": round(summary["total_ms"] / calls, 3),
+            "events_per_forward": round(summary["calls_with_time"] / calls, 1),
+            "bytes_per_token": weight_bytes_per_token(model), "profile": summary}
+
+
+def _profile(model: torch.nn.Module, settings: BenchSettings, device: torch.device, a: argparse.Namespace) -> dict:
+    if a.prefill:
+        return profile_prefill(model, settings, device, a.batch, a.prefill)
+    return profile_decode(model, settings, device, a.batch)
+
+
+def _headline(name: str, r: dict) -> str:
+    gib = r["bytes_per_token"] / 2**30
+    if "forward_ms_profiled" in r:
+        return (f"== {name}: {r['forward_ms_profiled']} ms a forward (profiled; the host issued it in "
+                f"{r['host_ms']} ms), device busy {r['busy_ms_per_forward']} ms, {r['events_per_forward']} kernels "
+                f"(on the CPU: operators) a forward, {gib:.2f} GiB of weights")
+    return (f"== {name}: {r['step_ms_profiled']} ms a step (profiled), device busy {r['busy_ms_per_step']} ms, "
+            f"{r['events_per_step']} kernels (on the CPU: operators) a step, {gib:.2f} GiB of weights a token")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--shape", default="llama3-8b")
@@ -55,28 +95,29 @@ def main() -> None:
     p.add_argument("--compile-mode", default="reduce-overhead", choices=(*COMPILE_MODES, "default"),
                    help="default: compiled without CUDA graphs (every kernel launched from the host)")
     p.add_argument("--coordinate-descent", action="store_true", help="as sharvet bench's")
+    p.add_argument("--prefill", type=int, default=0, metavar="N",
+                   help="profile an N-token forward of --batch sequences instead of decode steps")
+    p.add_argument("--compile-prefill", action="store_true", help="as sharvet bench's (a GPU only)")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     device = torch.device(a.device)
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     settings = BenchSettings(batches=(a.batch,), decode_steps=a.steps, compile_mode=a.compile_mode,
-                             coordinate_descent=a.coordinate_descent, throughput=None)
+                             coordinate_descent=a.coordinate_descent, throughput=None,
+                             compile_prefill=a.compile_prefill)
     config = shape_config(a.shape)
     dense = random_model(config, dtype, device, settings.seed)
     plan = plan_for(dense, a.ratio, device, "sharvet")
     result = {"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "argv": sys.argv, "torch": torch.__version__,
               "device": torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu", "models": {}}
-    result["models"]["dense"] = profile_decode(dense, settings, device, a.batch)
+    result["models"]["dense"] = _profile(dense, settings, device, a)
     del dense
     release(device)
     model = prepare(compressed_random(config, plan, dtype, device, settings.seed), fuse=a.fuse)
-    result["models"][f"r{a.ratio}"] = {**profile_decode(model, settings, device, a.batch),
-                                       "form": model.sharvet_inference.line()}
+    result["models"][f"r{a.ratio}"] = {**_profile(model, settings, device, a), "form": model.sharvet_inference.line()}
     for name, r in result["models"].items():
-        print(f"== {name}: {r['step_ms_profiled']} ms a step (profiled), device busy {r['busy_ms_per_step']} ms, "
-              f"{r['events_per_step']} kernels (on the CPU: operators) a step, "
-              f"{r['bytes_per_token'] / 2**30:.2f} GiB of weights a token")
+        print(_headline(name, r))
         print("\n".join(lines(r["profile"], 20)))
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(result, indent=1))

@@ -191,6 +191,25 @@ def test_decode_profile_runs_the_steps_without_autograd(tmp_path, monkeypatch):
     assert set(json.loads(out.read_text())["models"]) == {"dense", "r0.5"}
 
 
+def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch, capsys):
+    """``decode_profile.py --prefill N``: an N-token forward of each model, with the host's issue time beside it."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+    import decode_profile
+
+    out = tmp_path / "prefill.json"
+    monkeypatch.setattr(sys, "argv", ["decode_profile.py", "--shape", "tiny", "--prefill", "8", "--device", "cpu",
+                                      "--out", str(out)])
+    decode_profile.main()
+    models = json.loads(out.read_text())["models"]
+    assert set(models) == {"dense", "r0.5"}
+    assert all(m["forward_ms_profiled"] > 0 and m["host_ms"] > 0 and m["events_per_forward"] > 0
+               for m in models.values())
+    assert "ms a forward (profiled; the host issued it in" in capsys.readouterr().out
+
+
 def test_speed_figure_from_records(tmp_path):
     """benchmarks/plot_inference.py's figure: records of one shape at batch 1 (and the throughput setting) whose
     note or command holds the text asked for; a PNG is written."""
