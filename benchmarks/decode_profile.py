@@ -9,12 +9,12 @@ reached), in many small kernels (launch and tail latency), or between kernels.
 
     python benchmarks/decode_profile.py --shape llama3-8b --ratio 0.5 --out /tmp/decode_profile.json
     python benchmarks/decode_profile.py --shape llama3-8b --ratio 0.5 --prefill 2048 --out /tmp/prefill_profile.json
+    python benchmarks/decode_profile.py --shape tiny --device cpu --out /tmp/p.json     # a CPU check in seconds
 
 ``--prefill N`` profiles a batch's N-token forward instead (eager as ``sharvet bench`` times it, or compiled with
 ``--compile-prefill``), with the host's issue time beside the device's: an eager forward of many small kernels may
 be bound by the host, and the profile says which kernels a compressed prefill adds (``x * lambda``, the second
 matmuls) and what they cost.
-    python benchmarks/decode_profile.py --shape tiny --device cpu --out /tmp/p.json     # a CPU check in seconds
 """
 from __future__ import annotations
 
