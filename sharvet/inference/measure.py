@@ -124,6 +124,15 @@ def _peak(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
 
 
+def _model_run(model: nn.Module, label: str, device: torch.device) -> ModelRun:
+    """A model's run before any measurement, with what the GPU already holds beyond its weights (``resident_gib``):
+    whatever is allocated then counts in every peak of the run, so it tells memory left over from building the
+    model (or from an earlier model) from memory the forward passes take."""
+    stored = stored_bytes(model) / GIB
+    resident = torch.cuda.memory_allocated(device) / GIB - stored if device.type == "cuda" else None
+    return ModelRun(label, weight_bytes_per_token(model), stored, resident_gib=resident)
+
+
 def release(device: torch.device) -> None:
     """Drop compiled graphs (and their CUDA-graph memory pools) and cached blocks between models."""
     torch.compiler.reset()
@@ -230,7 +239,7 @@ class StepRunner:
 
 @torch.no_grad()
 def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device: torch.device) -> ModelRun:
-    run = ModelRun(label, weight_bytes_per_token(model), stored_bytes(model) / GIB)
+    run = _model_run(model, label, device)
     runner = StepRunner(model, settings, device)
     compile_s = 0.0
     for batch in settings.batches:
@@ -272,7 +281,7 @@ def measure_generate(model: nn.Module, label: str, settings: BenchSettings, devi
     On a GPU the cache is static, so transformers compiles the decode step (CUDA graphs); the first call of each
     batch size compiles and is not timed.
     """
-    run = ModelRun(label, weight_bytes_per_token(model), stored_bytes(model) / GIB)
+    run = _model_run(model, label, device)
     s = settings
     pad = model.generation_config.pad_token_id
     pad = model.generation_config.eos_token_id if pad is None else pad

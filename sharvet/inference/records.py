@@ -33,6 +33,8 @@ class ModelRun:
     rows: dict[tuple[str, int, int], Measurement] = field(default_factory=dict)
     compile_s: float | None = None
     note: str = ""
+    #: GiB allocated on the GPU beyond the weights before the first measurement (None off a GPU)
+    resident_gib: float | None = None
 
 
 
@@ -63,6 +65,10 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
+def _round(gib: float | None) -> float | None:
+    return None if gib is None else round(gib, 3)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else _sig(seconds * 1000)
 
@@ -90,6 +96,8 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
             "workspace_gib_dense": _minus(d.peak_gib, dense.stored_gib),
             "workspace_gib_compressed": _minus(c.peak_gib, compressed.stored_gib),
+            # of which allocated before any forward (left over from building the model, or from an earlier one)
+            "resident_gib_dense": _round(dense.resident_gib), "resident_gib_compressed": _round(compressed.resident_gib),
             "weight_bytes_per_token_dense": dense.weight_bytes_per_token,
             "weight_bytes_per_token_compressed": compressed.weight_bytes_per_token,
             "compile_s_dense": dense.compile_s, "compile_s_compressed": compressed.compile_s,
