@@ -98,6 +98,7 @@ def main() -> None:
     p.add_argument("--prefill", type=int, default=0, metavar="N",
                    help="profile an N-token forward of --batch sequences instead of decode steps")
     p.add_argument("--compile-prefill", action="store_true", help="as sharvet bench's (a GPU only)")
+    p.add_argument("--inductor-pdl", action=argparse.BooleanOptionalAction, default=None, help="as sharvet bench's")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     p.add_argument("--out", required=True)
     a = p.parse_args()
@@ -105,7 +106,7 @@ def main() -> None:
     dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
     settings = BenchSettings(batches=(a.batch,), decode_steps=a.steps, compile_mode=a.compile_mode,
                              coordinate_descent=a.coordinate_descent, throughput=None,
-                             compile_prefill=a.compile_prefill)
+                             compile_prefill=a.compile_prefill, inductor_pdl=a.inductor_pdl)
     config = shape_config(a.shape)
     dense = random_model(config, dtype, device, settings.seed)
     plan = plan_for(dense, a.ratio, device, "sharvet")

@@ -139,6 +139,30 @@ def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
     assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None
 
 
+def test_inductor_pdl_is_set_as_asked_and_recorded(monkeypatch):
+    """--inductor-pdl sets inductor's PDL for the process (dense and compressed alike), and the records' compile
+    modes say it (+pdl); unset, inductor's own setting stands; a torch without it fails in one line if asked."""
+    import torch._inductor.config as inductor_config
+
+    from sharvet.inference import bench
+    from sharvet.inference.measure import BenchSettings
+
+    if not hasattr(inductor_config.triton, "enable_pdl"):
+        pytest.skip("this torch's inductor has no PDL setting")
+    monkeypatch.setattr(inductor_config.triton, "enable_pdl", False)
+    cuda = torch.device("cuda")
+    assert bench._mode(BenchSettings(), cuda) == "reduce-overhead"  # inductor's setting (off) stands
+    asked = BenchSettings(inductor_pdl=True, compile_prefill=True)
+    assert bench._mode(asked, cuda) == "reduce-overhead+pdl" and inductor_config.triton.enable_pdl
+    assert bench._prefill_mode(asked, cuda) == "default+pdl"
+    assert bench._mode(BenchSettings(), cuda) == "reduce-overhead+pdl"  # on for the process, as recorded
+    assert bench._mode(BenchSettings(inductor_pdl=False), cuda) == "reduce-overhead"
+    monkeypatch.delattr(inductor_config.triton, "enable_pdl")
+    with pytest.raises(ValueError, match="no programmatic dependent launch"):
+        BenchSettings(inductor_pdl=True).apply_inductor_pdl()
+    assert not BenchSettings().apply_inductor_pdl()
+
+
 def test_prefill_compiles_only_when_asked_and_on_gpus(monkeypatch):
     """--compile-prefill: prefill and throughput forwards go through their own torch.compile (no CUDA graphs),
     on a GPU only; the records say so, and records of either kind do not replace each other."""

@@ -38,12 +38,15 @@ def _mode(settings: BenchSettings, device: torch.device) -> str | None:
     """The decode step's torch.compile mode as recorded (None: eager, or the CPU, which never compiles)."""
     if not settings.compiles(device):
         return None
-    return settings.compile_mode + ("+coordinate-descent" if settings.coordinate_descent else "")
+    return (settings.compile_mode + ("+coordinate-descent" if settings.coordinate_descent else "")
+            + ("+pdl" if settings.apply_inductor_pdl() else ""))
 
 
 def _prefill_mode(settings: BenchSettings, device: torch.device) -> str | None:
     """The prefill and throughput forwards' torch.compile mode as recorded (None: eager)."""
-    return "default" if settings.compiles_prefill(device) else None
+    if not settings.compiles_prefill(device):
+        return None
+    return "default" + ("+pdl" if settings.apply_inductor_pdl() else "")
 
 
 def _variant(text: str, default_fuse: str) -> tuple[float, str]:

@@ -82,6 +82,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-prefill", action="store_true",
                    help="--shape's prefill and throughput forwards through torch.compile too (no CUDA graphs), as "
                         "a server runs them (default: eager, as in every record so far)")
+    p.add_argument("--inductor-pdl", action=argparse.BooleanOptionalAction, default=None,
+                   help="programmatic dependent launch for inductor's own kernels (norms, rotary, activations) on "
+                        "sm_90+, dense and compressed alike; default: inductor's setting (TORCHINDUCTOR_ENABLE_PDL); "
+                        "records add +pdl to the compile mode")
     p.add_argument("--out", default=DEFAULT_OUT, help="JSON file the records are merged into")
     p.add_argument("--note", default=None, help="a note stored in every record (the machine's state, the session)")
     p.add_argument("--device", default=None, help="default: cuda if available, else cpu")
@@ -114,10 +118,11 @@ def bench_command(a: argparse.Namespace) -> int:
                              decode_steps=a.decode_steps, warmup=a.warmup, repeats=a.repeats,
                              throughput=a.throughput, fuse=a.fuse, align=a.align, compile=not a.no_compile,
                              compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
-                             compile_prefill=a.compile_prefill, seed=a.seed)
+                             compile_prefill=a.compile_prefill, inductor_pdl=a.inductor_pdl, seed=a.seed)
     argv = [shlex.quote(x) for x in sys.argv]
-    # the grouped kernels' settings come from the environment: the command says which were set
-    knobs = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items()) if k.startswith("SHARVET_GROUPED_")]
+    # the grouped kernels' settings and inductor's PDL may come from the environment: the command says which
+    knobs = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
+             if k.startswith("SHARVET_GROUPED_") or k == "TORCHINDUCTOR_ENABLE_PDL"]
     command = " ".join(knobs + (["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
                                 ["python", *argv] if sys.argv[0].endswith(".py") else argv))
     rows: list[dict] = []

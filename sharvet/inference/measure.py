@@ -51,6 +51,11 @@ class BenchSettings:
     #: the pointwise work, such as each compressed module's ``x * lambda``, with no CUDA graphs; one graph per
     #: shape), as a server runs them. Off by default: every record up to the ninth session timed them eager
     compile_prefill: bool = False
+    #: inductor's programmatic dependent launch for its own Triton kernels (``torch._inductor.config.triton.
+    #: enable_pdl``, Hopper and newer), dense and compressed alike: the norms, rotary and activation kernels between
+    #: the matmuls then start while the kernel before them finishes, as the grouped kernels already do among
+    #: themselves. None leaves inductor's setting as it is (``TORCHINDUCTOR_ENABLE_PDL``); not yet measured
+    inductor_pdl: bool | None = None
     seed: int = 0
 
     def compiles(self, device: torch.device) -> bool:
@@ -59,6 +64,19 @@ class BenchSettings:
 
     def compiles_prefill(self, device: torch.device) -> bool:
         return self.compile_prefill and self.compiles(device)
+
+    def apply_inductor_pdl(self) -> bool:
+        """Set inductor's PDL as asked (read when a graph compiles, so for the process) and say whether it is on.
+        Fails in one line on a torch whose inductor has no such setting."""
+        triton_config = torch._inductor.config.triton
+        if not hasattr(triton_config, "enable_pdl"):
+            if self.inductor_pdl:
+                raise ValueError(f"torch {torch.__version__}'s inductor has no programmatic dependent launch "
+                                 "(torch._inductor.config.triton.enable_pdl): drop --inductor-pdl")
+            return False
+        if self.inductor_pdl is not None:
+            triton_config.enable_pdl = self.inductor_pdl
+        return bool(triton_config.enable_pdl)
 
 
 
@@ -174,6 +192,7 @@ class StepRunner:
             compiler = functools.partial(torch.compile, mode=settings.compile_mode, dynamic=False)
             # read when the step compiles (its first call, within this runner's use), so set for the process
             torch._inductor.config.coordinate_descent_tuning = settings.coordinate_descent
+            settings.apply_inductor_pdl()
         self.step = self._step if compiler is None else compiler(self._step)
         # its own function, so its graphs (one per prefill shape) count apart from the decode step's
         self.prefill_step = (torch.compile(self._prefill, dynamic=False) if settings.compiles_prefill(device)
