@@ -32,6 +32,10 @@ assert grouped.AHEAD == (os.environ.get("SHARVET_GROUPED_AHEAD") == "1")  # the 
 from test_inference import compressed, converted
 model, ids = compressed()
 fast = converted(model, "grouped")
+if grouped.MIN_PROGRAMS:  # the tiny model's launches are short of programs: their row blocks were halved
+    stages = [m for m in fast.modules() if isinstance(m, grouped.GroupedStages)]
+    blocks = {launch.layouts[False][0] for m in stages for launch in (m.first, m.second)}
+    assert max(blocks) < min(grouped.TILES[True][0], grouped.TILES[False][0]), blocks
 tokens = []  # tokens of every grouped launch
 launch = grouped._Launch.__call__
 grouped._Launch.__call__ = lambda self, x: tokens.append(x.shape[0]) or launch(self, x)
@@ -100,7 +104,7 @@ def _interpreter_works() -> bool:
 
 @needs_triton
 # auto: first stages split in 2-4 parts (and the second stages take a tile of their own)
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead"])
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "min-programs"])
 def test_kernels_match_the_reference_in_the_interpreter(tiles):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
@@ -110,6 +114,8 @@ def test_kernels_match_the_reference_in_the_interpreter(tiles):
            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
     if tiles == "ahead":
         env["SHARVET_GROUPED_AHEAD"], env["SHARVET_GROUPED_TILES"] = "1", "4x16x4"  # several column tiles a row
+    elif tiles == "min-programs":  # row blocks halved to 1-2 rows: the tiny model's launches are short of programs
+        env["SHARVET_GROUPED_MIN_PROGRAMS"], env["SHARVET_GROUPED_TILES"] = "64", "8x32x4"
     elif tiles != "default":
         env["SHARVET_GROUPED_TILES"] = tiles
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
@@ -137,6 +143,16 @@ def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, monkeypatch):
         for _ in range(3):  # warm-up, CUDA-graph recording, replay
             logits = compiled(input_ids=step).logits.float()
     torch.testing.assert_close(logits, ref(step).logits.float(), atol=5e-2, rtol=2e-2)
+
+
+def test_row_blocks_halve_until_a_launch_has_programs_enough(monkeypatch):
+    from sharvet.inference import grouped
+
+    assert grouped.row_block([4096], 8, 132) == 8  # off by default: the tile's rows
+    monkeypatch.setattr(grouped, "MIN_PROGRAMS", 4)
+    assert grouped.row_block([4096], 8, 132) == 4  # o at 8B shapes: 512 programs < 528, 1,024 with 4 rows
+    assert grouped.row_block([14336, 14336], 8, 132) == 8  # gate+up: 3,584 programs already
+    assert grouped.row_block([3], 8, 132) == 1  # never below one row
 
 
 def test_first_stages_split_until_the_gpu_has_programs_enough():

@@ -113,6 +113,13 @@ if not 1 <= MAX_TOKENS <= 16:
 TILES = parse_stage_tiles(os.environ.get("SHARVET_GROUPED_TILES", "2x1024x4/8x512x4"))
 #: a first stage split ``auto`` aims at this many programs per SM (a heuristic, not yet measured)
 PROGRAMS_PER_SM = 16
+#: ``SHARVET_GROUPED_MIN_PROGRAMS=N``: a one-token launch halves its tile's row block while it has fewer than N
+#: programs per SM (0, the default: every launch of a stage takes its tile's rows). Why: one tile serves launches of
+#: very different heights (at 8B shapes o's and down's second stages have 4,096 rows, gate+up's 28,672), and the
+#: fastest first-stage tile was the one with the most programs (2 rows, tenth session). Not yet measured.
+MIN_PROGRAMS = int(os.environ.get("SHARVET_GROUPED_MIN_PROGRAMS", "0"))
+if MIN_PROGRAMS < 0:
+    raise ValueError(f"SHARVET_GROUPED_MIN_PROGRAMS must be >= 0, got {MIN_PROGRAMS}")
 
 
 def first_stage_split(programs: int, k: int, block_k: int, sms: int) -> int:
@@ -123,6 +130,14 @@ def first_stage_split(programs: int, k: int, block_k: int, sms: int) -> int:
     while programs * split < PROGRAMS_PER_SM * sms and 2 * split * block_k <= k:
         split *= 2
     return split
+
+
+def row_block(rows: list[int], block_n: int, sms: int) -> int:
+    """A one-token launch's rows per program: the tile's, halved while the launch (groups of ``rows`` rows) has
+    fewer than :data:`MIN_PROGRAMS` programs per SM."""
+    while MIN_PROGRAMS and block_n > 1 and sum(-(-r // block_n) for r in rows) < MIN_PROGRAMS * sms:
+        block_n //= 2
+    return block_n
 
 
 def available() -> bool:
@@ -137,6 +152,7 @@ def describe() -> str:
     tiles = f"tile {first}" if first == second else f"tiles {first} (first stage) / {second} (second)"
     return (f"{tiles}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
             f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
+            f"{f', row blocks halved to >= {MIN_PROGRAMS} programs per SM' if MIN_PROGRAMS else ''}"
             f"{', weights a tile ahead' if AHEAD else ''}"
             f"{', programmatic dependent launch (weights a tile ahead) on sm_90+' if PDL else ''}{missing}")
 
@@ -288,7 +304,8 @@ class _Launch:
         #: spills registers on sm_90, and so does summing 4 parts of 16 x 128). Only one-token first stages split.
         tile_n, tile_k, self.warps, split_k = TILES[first_stage]
         self.layouts = {}
-        for several, block_n, block_k in ((False, tile_n, tile_k), (True, max(16, tile_n), min(tile_k, 128))):
+        one_token_rows = row_block([w.shape[0] for w in weights], tile_n, sms)
+        for several, block_n, block_k in ((False, one_token_rows, tile_k), (True, max(16, tile_n), min(tile_k, 128))):
             blocks = [-(-w.shape[0] // block_n) for w in weights]
             split = 1 if several or not first_stage else split_k or first_stage_split(sum(blocks), width, block_k, sms)
             self.layouts[several] = (block_n, block_k, sum(blocks), table(_offsets(blocks)), split)
