@@ -139,6 +139,27 @@ def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
     assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None
 
 
+def test_records_of_other_kernel_settings_are_added_not_replaced(tmp_path):
+    """Records name the grouped kernels' settings (they come from the environment) and merge by them: a run with
+    other tiles must not overwrite the default tiles' records in the summary."""
+    from sharvet.inference import bench, grouped
+    from sharvet.inference.form import prepare
+    from sharvet.inference.records import write_records
+    from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config
+
+    cpu, config = torch.device("cpu"), shape_config("tiny")
+    plan = plan_for(random_model(config, torch.float32, cpu, 0), 0.5, cpu)
+    assert bench._kernels(prepare(compressed_random(config, plan, torch.float32, cpu, 0), fuse="grouped")) \
+        == grouped.describe()
+    assert bench._kernels(prepare(compressed_random(config, plan, torch.float32, cpu, 0), fuse="auto")) is None
+    record = {"shape": "tiny", "ratio": 0.5, "fuse": "grouped", "phase": "decode", "batch": 1, "speedup": 1.0}
+    out = write_records(tmp_path / "s.json", [{**record, "kernels": "tile 8x512x4"}])
+    write_records(out, [{**record, "kernels": "tiles 2x1024x4 (first stage) / 8x512x4 (second)"}])
+    assert len(json.loads(out.read_text())["records"]) == 2
+    write_records(out, [{**record, "kernels": "tile 8x512x4", "speedup": 1.1}])  # the same settings: replaced
+    assert sorted(r["speedup"] for r in json.loads(out.read_text())["records"]) == [1.0, 1.1]
+
+
 def test_inductor_pdl_is_set_as_asked_and_recorded(monkeypatch):
     """--inductor-pdl sets inductor's PDL for the process (dense and compressed alike), and the records' compile
     modes say it (+pdl); unset, inductor's own setting stands; a torch without it fails in one line if asked."""

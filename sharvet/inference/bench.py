@@ -28,6 +28,7 @@ from typing import Any, Callable
 import torch
 
 from .form import prepare
+from .grouped import GroupedStages, describe
 from .measure import BenchSettings, measure_generate, measure_steps, release
 from .records import GIB, environment, records, table
 from .shapes import compressed_random, plan_for, random_model, shape_config
@@ -40,6 +41,13 @@ def _mode(settings: BenchSettings, device: torch.device) -> str | None:
         return None
     return (settings.compile_mode + ("+coordinate-descent" if settings.coordinate_descent else "")
             + ("+pdl" if settings.apply_inductor_pdl() else ""))
+
+
+def _kernels(model: torch.nn.Module) -> str | None:
+    """The grouped kernels' settings (tiles, PDL, ...; they come from the environment) where the model runs them:
+    part of a record's merge key, so a run with other tiles adds records instead of replacing the defaults'."""
+    uses = any(isinstance(m, GroupedStages) for m in model.modules())
+    return describe() if uses else None
 
 
 def _prefill_mode(settings: BenchSettings, device: torch.device) -> str | None:
@@ -83,7 +91,8 @@ def bench_shape(shape: str, variants: list[str], settings: BenchSettings, *, dev
         run.note = model.sharvet_inference.line()
         plan = plans[ratio]
         rows = records(dense_run, run, shape=shape, ratio=ratio, path="step", command=command, env=env,
-                       extra={"fuse": model.sharvet_inference.fuse, "compile_mode": _mode(settings, device),
+                       extra={"fuse": model.sharvet_inference.fuse, "kernels": _kernels(model),
+                              "compile_mode": _mode(settings, device),
                               "prefill_compile_mode": _prefill_mode(settings, device),
                               "method": method, "groups": len(plan.groups),
                               "plan": f"{method} planner on random weights (structural similarity)",
@@ -108,6 +117,7 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     source = original or plan.settings.model_id
     prepare(model, fuse=settings.fuse, align=settings.align)
     fuse = model.sharvet_inference.fuse  # as resolved for where the model lies
+    kernels = _kernels(model)
     run = measure_generate(model, "compressed", settings, device)
     run.note = model.sharvet_inference.line()
     log(f"{run.note} ({time.perf_counter() - start:.0f} s)")
@@ -120,7 +130,8 @@ def bench_checkpoint(folder: str, original: str | None, settings: BenchSettings,
     release(device)
     rows = records(dense_run, run, shape=f"checkpoint {Path(folder).name}", ratio=plan.ratio, path="generate",
                    command=command, env=environment(device, dtype),
-                   extra={"fuse": fuse, "compile_mode": _mode(settings, device), "method": plan.method,
+                   extra={"fuse": fuse, "kernels": kernels, "compile_mode": _mode(settings, device),
+                          "method": plan.method,
                           "original": source or BUNDLED_ID})
     log(f"{table(rows)}\n({time.perf_counter() - start:.0f} s)")
     emit(rows)

@@ -120,8 +120,9 @@ def table(rows: list[dict[str, Any]]) -> str:
 
 
 def _key(r: dict[str, Any]) -> tuple:
-    return tuple(r.get(k) for k in ("shape", "method", "ratio", "fuse", "compile_mode", "prefill_compile_mode",
-                                    "phase", "path", "batch", "tokens_per_step", "device", "dtype"))
+    return tuple(r.get(k) for k in ("shape", "method", "ratio", "fuse", "kernels", "compile_mode",
+                                    "prefill_compile_mode", "phase", "path", "batch", "tokens_per_step", "device",
+                                    "dtype"))
 
 
 def write_records(path: str | Path, new: list[dict[str, Any]]) -> Path:
