@@ -55,7 +55,8 @@ def resolve_fuse(model: nn.Module, fuse: str) -> str:
     """``best``: ``grouped`` where its kernels run and were measured (Triton, every weight on an NVIDIA GPU), else
     ``auto``. On an H200 at LLaMA-3-8B shapes the grouped decode step ran at 1.24x / 1.07x / 1.40x dense at ratios
     0.5 / 0.7 / 0.3, against ``auto``'s 1.01x / 0.88x / 1.20x, with prefill and batches alike (``docs/results.md``,
-    2026-11-30); on a CPU the grouped form has no kernels and ``auto``'s stacked matmuls are the faster."""
+    2026-11-30; 1.36x / 1.15x / 1.65x with the tenth session's tiles); on a CPU the grouped form has no kernels and
+    ``auto``'s stacked matmuls are the faster."""
     if fuse != "best":
         return fuse
     on_gpu = torch.version.hip is None and all(p.device.type == "cuda" for p in model.parameters())
