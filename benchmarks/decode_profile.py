@@ -32,7 +32,8 @@ from sharvet.inference.form import FUSE_MODES, prepare  # noqa: E402
 from sharvet.inference.command import COMPILE_MODES  # noqa: E402
 from sharvet.inference.measure import BenchSettings, StepRunner, release  # noqa: E402
 from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
-from sharvet.inference.traffic import weight_bytes_per_token  # noqa: E402
+from sharvet.inference.records import GIB  # noqa: E402
+from sharvet.inference.traffic import stored_bytes, weight_bytes_per_token  # noqa: E402
 from sharvet.profiling import lines, profiler, top_operations  # noqa: E402
 
 
@@ -70,9 +71,21 @@ def profile_prefill(model: torch.nn.Module, settings: BenchSettings, device: tor
 
 
 def _profile(model: torch.nn.Module, settings: BenchSettings, device: torch.device, a: argparse.Namespace) -> dict:
+    """The profile, with the model's memory beside it as ``sharvet bench`` counts it (GiB beyond the stored
+    weights: allocated before the first forward, and at the peak of the profiled run; None off a GPU)."""
+    stored = stored_bytes(model) / GIB
+    gpu = device.type == "cuda"
+    if gpu:
+        torch.cuda.reset_peak_memory_stats(device)
+    resident = torch.cuda.memory_allocated(device) / GIB - stored if gpu else None
     if a.prefill:
-        return profile_prefill(model, settings, device, a.batch, a.prefill)
-    return profile_decode(model, settings, device, a.batch)
+        out = profile_prefill(model, settings, device, a.batch, a.prefill)
+    else:
+        out = profile_decode(model, settings, device, a.batch)
+    workspace = torch.cuda.max_memory_allocated(device) / GIB - stored if gpu else None
+    rounded = lambda x: None if x is None else round(x, 3)  # noqa: E731
+    return {**out, "stored_gib": round(stored, 6), "resident_gib": rounded(resident),
+            "workspace_gib": rounded(workspace)}
 
 
 def _headline(name: str, r: dict) -> str:
@@ -80,9 +93,13 @@ def _headline(name: str, r: dict) -> str:
     if "forward_ms_profiled" in r:
         return (f"== {name}: {r['forward_ms_profiled']} ms a forward (profiled; the host issued it in "
                 f"{r['host_ms']} ms), device busy {r['busy_ms_per_forward']} ms, {r['events_per_forward']} kernels "
-                f"(on the CPU: operators) a forward, {gib:.2f} GiB of weights")
+                f"(on the CPU: operators) a forward, {gib:.2f} GiB of weights"
+                + (f"; GiB beyond them: {r['resident_gib']} before, {r['workspace_gib']} at the peak"
+                   if r["resident_gib"] is not None else ""))
+    memory = f"; GiB beyond the weights: {r['resident_gib']} before, {r['workspace_gib']} at the peak"
     return (f"== {name}: {r['step_ms_profiled']} ms a step (profiled), device busy {r['busy_ms_per_step']} ms, "
-            f"{r['events_per_step']} kernels (on the CPU: operators) a step, {gib:.2f} GiB of weights a token")
+            f"{r['events_per_step']} kernels (on the CPU: operators) a step, {gib:.2f} GiB of weights a token"
+            + (memory if r["resident_gib"] is not None else ""))
 
 
 def main() -> None:

@@ -267,6 +267,8 @@ def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch
     assert set(models) == {"dense", "r0.5"}
     assert all(m["forward_ms_profiled"] > 0 and m["host_ms"] > 0 and m["events_per_forward"] > 0
                for m in models.values())
+    assert models["r0.5"]["stored_gib"] < models["dense"]["stored_gib"]
+    assert all(m["resident_gib"] is None and m["workspace_gib"] is None for m in models.values())  # no GPU here
     assert "ms a forward (profiled; the host issued it in" in capsys.readouterr().out
 
 
