@@ -30,10 +30,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharvet.inference.form import FUSE_MODES, prepare  # noqa: E402
 from sharvet.inference.command import COMPILE_MODES  # noqa: E402
-from sharvet.inference.measure import BenchSettings, StepRunner, release  # noqa: E402
+from sharvet.inference.measure import (BenchSettings, StepRunner, model_run, peak_gib, release,  # noqa: E402
+                                      reset_peak)
 from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402
-from sharvet.inference.records import GIB  # noqa: E402
-from sharvet.inference.traffic import stored_bytes, weight_bytes_per_token  # noqa: E402
+from sharvet.inference.records import gib_beyond, round_gib  # noqa: E402
+from sharvet.inference.traffic import weight_bytes_per_token  # noqa: E402
 from sharvet.profiling import lines, profiler, top_operations  # noqa: E402
 
 
@@ -73,19 +74,14 @@ def profile_prefill(model: torch.nn.Module, settings: BenchSettings, device: tor
 def _profile(model: torch.nn.Module, settings: BenchSettings, device: torch.device, a: argparse.Namespace) -> dict:
     """The profile, with the model's memory beside it as ``sharvet bench`` counts it (GiB beyond the stored
     weights: allocated before the first forward, and at the peak of the profiled run; None off a GPU)."""
-    stored = stored_bytes(model) / GIB
-    gpu = device.type == "cuda"
-    if gpu:
-        torch.cuda.reset_peak_memory_stats(device)
-    resident = torch.cuda.memory_allocated(device) / GIB - stored if gpu else None
+    run = model_run(model, "", device)
+    reset_peak(device)
     if a.prefill:
         out = profile_prefill(model, settings, device, a.batch, a.prefill)
     else:
         out = profile_decode(model, settings, device, a.batch)
-    workspace = torch.cuda.max_memory_allocated(device) / GIB - stored if gpu else None
-    rounded = lambda x: None if x is None else round(x, 3)  # noqa: E731
-    return {**out, "stored_gib": round(stored, 6), "resident_gib": rounded(resident),
-            "workspace_gib": rounded(workspace)}
+    return {**out, "stored_gib": round(run.stored_gib, 6), "resident_gib": round_gib(run.resident_gib),
+            "workspace_gib": gib_beyond(peak_gib(device), run.stored_gib)}
 
 
 def _headline(name: str, r: dict) -> str:

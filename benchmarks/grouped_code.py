@@ -53,10 +53,11 @@ def main() -> None:
     p.add_argument("--align", type=int, default=8, help="the kernel's ALIGN (8: 16-byte rows; 1: no alignment hint)")
     p.add_argument("--no-pdl", action="store_true", help="compile without programmatic dependent launch")
     a = p.parse_args()
-    print(f"sm_90, one token, {'without' if a.no_pdl or not PDL else 'with'} programmatic dependent launch")
+    pdl = PDL and not a.no_pdl
+    print(f"sm_90, one token, {'with' if pdl else 'without'} programmatic dependent launch")
     print("| tile | stage | registers | spilled bytes | loads (bytes: count) | narrow loads | programs / SM |")
     print("|---|---|---|---|---|---|---|")
-    for r in rows(a.tiles.split(","), a.align, PDL and not a.no_pdl):
+    for r in rows(a.tiles.split(","), a.align, pdl):
         loads = ", ".join(f"{w}: {n}" for w, n in r["loads"].items())
         print(f"| {r['tile']} | {r['stage']} | {r['registers']} | {r['spill_bytes']} | {loads} | "
               f"{r['narrow_loads']} | {r['programs_per_sm']} |")

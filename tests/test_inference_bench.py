@@ -240,15 +240,15 @@ def test_decode_profile_runs_the_steps_without_autograd(tmp_path, monkeypatch):
 def test_runs_record_what_the_gpu_holds_beyond_the_weights_before_measuring(monkeypatch):
     """``resident_gib``: memory allocated before the first forward, beyond the weights (the workspace rows' share
     that no forward takes: leftovers of building the model); None off a GPU."""
-    from sharvet.inference.measure import _model_run
+    from sharvet.inference.measure import model_run
     from sharvet.inference.records import GIB
     from sharvet.inference.shapes import random_model, shape_config
     from sharvet.inference.traffic import stored_bytes
 
     model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
-    assert _model_run(model, "dense", torch.device("cpu")).resident_gib is None
+    assert model_run(model, "dense", torch.device("cpu")).resident_gib is None
     monkeypatch.setattr(torch.cuda, "memory_allocated", lambda device=None: stored_bytes(model) + 3 * GIB)
-    assert _model_run(model, "dense", torch.device("cuda")).resident_gib == pytest.approx(3.0)
+    assert model_run(model, "dense", torch.device("cuda")).resident_gib == pytest.approx(3.0)
 
 
 def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch, capsys):

@@ -84,7 +84,8 @@ def parse_stage_tiles(text: str) -> dict[bool, tuple[int, int, int, int]]:
     """``SHARVET_GROUPED_TILES``: one tile for both stages (``8x512x4``), or the first stage's and the second's
     (``4x512x4/8x512x4``; only the first may split). Keyed by ``first_stage``. Why two: a layer's first stages have
     few rows (the ranks, ~600-2,500 at 8B shapes) over long reductions, its second stages many rows (the outputs,
-    4,096-28,672) over short ones, so a row block that fills the GPU with programs in one may be too small in the other."""
+    4,096-28,672) over short ones, so a row block that fills the GPU with programs in one may be too small in the
+    other."""
     first, _, second = text.partition("/")
     tiles = {True: parse_tiles(first), False: parse_tiles(second or first)}
     if second and tiles[False][3] != 1:

@@ -133,16 +133,16 @@ def graph_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, inn
     return elapsed(lambda: [graph.replay() for _ in range(repeats)], device) / (repeats * inner)
 
 
-def _reset_peak(device: torch.device) -> None:
+def reset_peak(device: torch.device) -> None:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats(device)
 
 
-def _peak(device: torch.device) -> float | None:
+def peak_gib(device: torch.device) -> float | None:
     return torch.cuda.max_memory_allocated(device) / GIB if device.type == "cuda" else None
 
 
-def _model_run(model: nn.Module, label: str, device: torch.device) -> ModelRun:
+def model_run(model: nn.Module, label: str, device: torch.device) -> ModelRun:
     """A model's run before any measurement, with what the GPU already holds beyond its weights (``resident_gib``):
     whatever is allocated then counts in every peak of the run, so it tells memory left over from building the
     model (or from an earlier model) from memory the forward passes take."""
@@ -258,24 +258,24 @@ class StepRunner:
 
 @torch.no_grad()
 def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device: torch.device) -> ModelRun:
-    run = _model_run(model, label, device)
+    run = model_run(model, label, device)
     runner = StepRunner(model, settings, device)
     compile_s = 0.0
     for batch in settings.batches:
-        _reset_peak(device)
+        reset_peak(device)
         prefill, host = runner.prefill(batch, settings.prefill_len)
         per_step, warmup = runner.decode(batch)
         compile_s += warmup
-        peak = _peak(device)
+        peak = peak_gib(device)
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(
             prefill, batch * settings.prefill_len / prefill, peak, host)
         run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
     run.compile_s = round(compile_s, 1) if settings.compiles(device) else None
     if settings.throughput is not None:
         batch, length = settings.throughput
-        _reset_peak(device)
+        reset_peak(device)
         seconds, host = runner.prefill(batch, length)
-        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, _peak(device), host)
+        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, peak_gib(device), host)
     return run
 
 
@@ -300,7 +300,7 @@ def measure_generate(model: nn.Module, label: str, settings: BenchSettings, devi
     On a GPU the cache is static, so transformers compiles the decode step (CUDA graphs); the first call of each
     batch size compiles and is not timed.
     """
-    run = _model_run(model, label, device)
+    run = model_run(model, label, device)
     s = settings
     pad = model.generation_config.pad_token_id
     pad = model.generation_config.eos_token_id if pad is None else pad
@@ -318,14 +318,14 @@ def measure_generate(model: nn.Module, label: str, settings: BenchSettings, devi
 
     for batch in s.batches:
         ids = _ids(model, batch, s.decode_prompt, device, s.seed)
-        _reset_peak(device)
+        reset_peak(device)
         t = time.perf_counter()
         generate(ids)  # compiles the decode step on a GPU
         run.compile_s = round((run.compile_s or 0) + time.perf_counter() - t, 1)
         timed = [generate(ids) for _ in range(s.repeats)]
         first = statistics.median(t for t, _ in timed)
         per_step = statistics.median(t for _, t in timed)
-        peak = _peak(device)
+        peak = peak_gib(device)
         run.rows[("ttft", batch, s.decode_prompt)] = Measurement(first, batch * s.decode_prompt / first, peak)
         run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
     return run

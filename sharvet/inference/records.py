@@ -57,7 +57,7 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
-def _minus(peak: float | None, stored: float) -> float | None:
+def gib_beyond(peak: float | None, stored: float) -> float | None:
     return None if peak is None else round(peak - stored, 3)
 
 
@@ -65,7 +65,7 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def _round(gib: float | None) -> float | None:
+def round_gib(gib: float | None) -> float | None:
     return None if gib is None else round(gib, 3)
 
 
@@ -90,14 +90,14 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "speedup": _sig(c.tokens_per_s / d.tokens_per_s), "bound": _sig(bound),
             "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
             "dense_host_ms": _ms(d.host_seconds), "compressed_host_ms": _ms(c.host_seconds),
-            "peak_gpu_gib_dense": None if d.peak_gib is None else round(d.peak_gib, 3),
-            "peak_gpu_gib_compressed": None if c.peak_gib is None else round(c.peak_gib, 3),
+            "peak_gpu_gib_dense": round_gib(d.peak_gib), "peak_gpu_gib_compressed": round_gib(c.peak_gib),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
             # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
-            "workspace_gib_dense": _minus(d.peak_gib, dense.stored_gib),
-            "workspace_gib_compressed": _minus(c.peak_gib, compressed.stored_gib),
+            "workspace_gib_dense": gib_beyond(d.peak_gib, dense.stored_gib),
+            "workspace_gib_compressed": gib_beyond(c.peak_gib, compressed.stored_gib),
             # of which allocated before any forward (left over from building the model, or from an earlier one)
-            "resident_gib_dense": _round(dense.resident_gib), "resident_gib_compressed": _round(compressed.resident_gib),
+            "resident_gib_dense": round_gib(dense.resident_gib),
+            "resident_gib_compressed": round_gib(compressed.resident_gib),
             "weight_bytes_per_token_dense": dense.weight_bytes_per_token,
             "weight_bytes_per_token_compressed": compressed.weight_bytes_per_token,
             "compile_s_dense": dense.compile_s, "compile_s_compressed": compressed.compile_s,
