@@ -1,6 +1,7 @@
 """``sharvet bench`` on the CPU: tiny shapes and a tiny checkpoint, valid records merged into one JSON file."""
 from __future__ import annotations
 
+import functools
 import json
 
 import pytest
@@ -288,3 +289,25 @@ def test_speed_figure_from_records(tmp_path):
     assert [r["speedup"] for r in picked] == [1.2, 1.0, 1.1, 1.4]
     path = speed_figure(picked, tmp_path / "speed.png", title="test")
     assert path.stat().st_size > 10_000 and path.read_bytes()[:4] == b"\x89PNG"
+
+
+def test_compiled_prefill_traces_once():
+    """A compiled prefill is traced once per shape: its static cache is allocated by an eager forward first (a
+    graph traced over transformers' lazily allocated cache was recompiled at every timed call on the H200)."""
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import random_model, shape_config
+
+    traced = []
+
+    def backend(gm, _inputs):  # dynamo's backend: called once per (re)compilation
+        traced.append(gm)
+        return gm.forward
+
+    torch._dynamo.reset()
+    model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
+    compile_ = functools.partial(torch.compile, backend=backend, dynamic=False)
+    runner = StepRunner(model, BenchSettings(), torch.device("cpu"), prefill_compiler=compile_)
+    with torch.no_grad():
+        runner.prefill(1, 8)  # a warm-up and the timed calls
+    torch._dynamo.reset()
+    assert len(traced) == 1
