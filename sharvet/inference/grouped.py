@@ -339,9 +339,10 @@ class GroupedStages(nn.Module):
         super().__init__()
         self.parts = nn.ModuleList(modules)
         self._memo = SliceMemo(len(modules))
-        self._build()
+        self.rebuild()
 
-    def _build(self) -> None:
+    def rebuild(self) -> None:
+        """The pointer tables, from where the weights lie now."""
         mods = list(self.parts)
         for m in mods:  # the kernels index rows by ``row * k``: contiguous storage
             m.basis.data, m.v.data = m.basis.data.contiguous(), m.v.data.contiguous()
@@ -356,12 +357,12 @@ class GroupedStages(nn.Module):
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
         out = super()._apply(fn, recurse)
-        self._build()
+        self.rebuild()
         return out
 
     def __setstate__(self, state: dict) -> None:  # a deep copy: its tables must point at its own tensors
         super().__setstate__(state)
-        self._build()
+        self.rebuild()
 
     def fast(self, x: torch.Tensor) -> bool:
         """A step of at most :data:`MAX_TOKENS` tokens (one by default: a decode step) on a GPU (or the Triton

@@ -1,0 +1,49 @@
+"""The layers' weights packed into a few allocations: same values, same sharing, tables re-pointed."""
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from sharvet.inference.arena import ALIGN_BYTES, pack_parameters
+
+
+def _params(*shapes: tuple[int, ...]) -> list[nn.Parameter]:
+    torch.manual_seed(0)
+    return [nn.Parameter(torch.randn(*s), requires_grad=False) for s in shapes]
+
+
+def test_packing_keeps_values_and_sharing_and_fills_arenas_in_order():
+    a, b, c = _params((3, 5), (7,), (2, 2))
+    twin = nn.Parameter(a.data, requires_grad=False)  # another Parameter over the same memory (a shared basis)
+    before = [p.detach().clone() for p in (a, b, c)]
+    assert pack_parameters([a, b, twin, c, a]) == 1
+    for p, old in zip((a, b, c), before):
+        assert torch.equal(p, old)
+    assert twin.data_ptr() == a.data_ptr()
+    storage = a.untyped_storage().data_ptr()
+    assert all(p.untyped_storage().data_ptr() == storage for p in (b, c))
+    offsets = [p.data_ptr() - storage for p in (a, b, c)]
+    assert offsets == sorted(offsets) and all(o % ALIGN_BYTES == 0 for o in offsets)
+
+
+def test_arenas_hold_at_most_their_size_and_split_by_dtype():
+    a, b, c = _params((64, 64), (64, 64), (64, 64))  # 16 KiB each
+    c.data = c.data.double()
+    assert pack_parameters([a, b, c], arena_bytes=20 << 10) == 3  # a and b apart (too big together); c alone
+    assert a.untyped_storage().data_ptr() != b.untyped_storage().data_ptr()
+
+
+def test_prepare_packs_and_the_grouped_tables_point_at_the_packed_weights():
+    from sharvet.inference.form import prepare
+    from sharvet.inference.grouped import GroupedStages
+    from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config
+
+    config, cpu = shape_config("tiny"), torch.device("cpu")
+    plan = plan_for(random_model(config, torch.float32, cpu, 0), 0.5, cpu)
+    model = prepare(compressed_random(config, plan, torch.float32, cpu, 0), fuse="grouped")
+    assert model.sharvet_inference.arenas == 1
+    groups = [m for m in model.modules() if isinstance(m, GroupedStages)]
+    assert groups
+    for g in groups:
+        assert g.first.w.tolist() == [m.basis.data_ptr() for m in g.parts]
+        assert g.second.w.tolist() == [m.v.data_ptr() for m in g.parts]
