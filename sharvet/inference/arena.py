@@ -76,4 +76,6 @@ def pack_parameters(params: Iterable[nn.Parameter], arena_bytes: int = ARENA_BYT
         if chunk:
             _arena(chunk)
             arenas += 1
+    if any(device.type == "cuda" for device, _ in groups):
+        torch.cuda.empty_cache()  # the separate allocations' blocks, now free, back to the driver
     return arenas
