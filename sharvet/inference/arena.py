@@ -5,7 +5,7 @@ fewer, rounder ones. A GPU caching allocator rounds each allocation up: PyTorch'
 splitting it would leave less than 1 MiB, so a tensor can hold up to a MiB it never uses. At LLaMA-3-8B shapes that
 was 0.08-0.09 GiB above the stored bytes before the first forward (H200, 2026-11-30, the bench records'
 ``resident_gib_compressed``; dense: 0.00). :func:`pack_parameters` copies the weights into views of a few arenas
-whose sizes are whole 2 MiB pages, so at most one page's rounding is left per arena.
+whose sizes are whole 2 MiB pages, filled largest first so that little is left to round.
 """
 from __future__ import annotations
 
@@ -56,26 +56,36 @@ def _arena(entries: list[list[nn.Parameter]]) -> None:
             p.data = view
 
 
+def _nbytes(same: list[nn.Parameter]) -> int:
+    return _round_up(same[0].numel() * same[0].element_size(), ALIGN_BYTES)
+
+
+def _bins(entries: list[list[nn.Parameter]], capacity: int) -> list[list[list[nn.Parameter]]]:
+    """First fit, largest first: the small tensors (lambdas, norms) fill the gaps the large ones leave, so every
+    arena but the last is full to within a few KiB and little is left to round."""
+    bins: list[list] = []  # [free bytes, members]
+    for same in sorted(entries, key=_nbytes, reverse=True):
+        size = _nbytes(same)
+        home = next((b for b in bins if b[0] >= size), None)
+        if home is None:
+            home = [max(capacity, size), []]
+            bins.append(home)
+        home[0] -= size
+        home[1].append(same)
+    return [members for _, members in bins]
+
+
 def pack_parameters(params: Iterable[nn.Parameter], arena_bytes: int = ARENA_BYTES) -> int:
-    """Move the parameters' data into arenas of up to ``arena_bytes`` each (per device and dtype), in order, and
-    return how many arenas were made. Values, shapes and sharing are unchanged; only where the data lies changes
-    (so anything holding raw pointers, such as the grouped kernels' tables, must be rebuilt after)."""
+    """Move the parameters' data into arenas of up to ``arena_bytes`` each (per device and dtype; a larger tensor
+    gets one of its own) and return how many arenas were made. Values, shapes and sharing are unchanged; only where
+    the data lies changes (so anything holding raw pointers, such as the grouped kernels' tables, must be rebuilt
+    after)."""
     groups: dict[tuple, list[list[nn.Parameter]]] = {}
     for key, same in _distinct(params).items():
         groups.setdefault(key[:2], []).append(same)
-    arenas = 0
-    for entries in groups.values():
-        chunk, size = [], 0
-        for same in entries:
-            nbytes = _round_up(same[0].numel() * same[0].element_size(), ALIGN_BYTES)
-            if chunk and size + nbytes > arena_bytes:
-                _arena(chunk)
-                arenas, chunk, size = arenas + 1, [], 0
-            chunk.append(same)
-            size += nbytes
-        if chunk:
-            _arena(chunk)
-            arenas += 1
+    arenas = [members for entries in groups.values() for members in _bins(entries, arena_bytes)]
+    for members in arenas:
+        _arena(members)
     if any(device.type == "cuda" for device, _ in groups):
         torch.cuda.empty_cache()  # the separate allocations' blocks, now free, back to the driver
-    return arenas
+    return len(arenas)

@@ -94,8 +94,7 @@ class InferenceReport:
                 f"{self.lambda_kept} modules; {self.ranks_padded} ranks padded ({self.padding_parameters:+,} zeros); "
                 f"first stages fused: {fused} ({self.fused_matrices} stacked matrices, "
                 f"{self.extra_parameters:+,} parameters); layer weights packed into {self.arenas} arenas"
-                + (f"; grouped kernels: {grouped.describe()}"
-                                                              if self.fuse == "grouped" else ""))
+                + (f"; grouped kernels: {grouped.describe()}" if self.fuse == "grouped" else ""))
 
 
 def _f32(t: torch.Tensor) -> torch.Tensor:
