@@ -74,6 +74,9 @@ def save(model: nn.Module, out_dir: str | Path, *, tokenizer=None, summary: str 
     """
     out = check_output(out_dir, overwrite)
     plan_of(model)  # refuse to save something that is not a sharvet model
+    if hasattr(model, "sharvet_inference"):  # sigma absorbed, ranks padded, modules regrouped: not the plan's layout
+        raise ValueError("this model is in its inference form (sharvet.inference.prepare), which does not load back "
+                         "as a checkpoint: save the model as loaded or refined, before prepare")
     tensors, aliases = dedupe_state_dict(model)
     check_finite(tensors, f"the model to be saved in {out}")
     remove_stale_partials(out)

@@ -278,3 +278,14 @@ def test_cache_files_appear_only_whole(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="disk full"):
         outputs.save_whole({"ids": torch.arange(6)}, other)
     assert sorted(p.name for p in other.parent.iterdir()) == [path.name]
+
+
+def test_a_prepared_model_is_not_saved_as_a_checkpoint(good_ck, tmp_path):
+    """The inference form (sigma absorbed, ranks padded, modules regrouped) does not load back as its plan: saving it
+    fails at once with one clear line instead of writing a checkpoint that fails later."""
+    from sharvet.checkpoint import load, save
+    from sharvet.inference.form import prepare
+
+    with pytest.raises(ValueError, match="inference form"):
+        save(prepare(load(good_ck), fuse="never"), tmp_path / "saved")
+    assert not (tmp_path / "saved").exists()
