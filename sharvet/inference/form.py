@@ -218,7 +218,7 @@ def prepare(model: nn.Module, *, fuse: str = "best", align: int = DEFAULT_ALIGN)
     ``generate`` and every forward keep working on any device; the logits equal the reference forward's up to
     rounding. Call it after loading and after any refinement (it absorbs sigma, which training needs apart).
     ``align`` pads every rank to a multiple of it (1: no padding). What changed: ``model.sharvet_inference`` (an
-    :class:`InferenceReport`).
+    :class:`InferenceReport`). The result is for running, not saving (:func:`sharvet.checkpoint.save` refuses it).
     """
     if fuse not in FUSE_MODES:
         raise ValueError(f"fuse must be one of {', '.join(FUSE_MODES)}, got {fuse!r}")
