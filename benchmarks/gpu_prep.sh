@@ -3,13 +3,15 @@
 #   .model/a, .model/b  the bundled SmolLM2 GGUF in two halves (a call carries at most 64 MiB)
 #   .whl                lm-eval 0.4.13 and what it needs beyond the GPU image, plus gguf (Python 3.12 wheels)
 #   .data               the study's data folder (shared data + sharvet fetch-data)
-# Then, on the device tool (two quick calls first, the second within ~30 s of the first, while /tmp lives):
-#   carry [.model/a, .whl]:  mkdir -p /tmp/m && cp .model/a/part00 /tmp/m/ && python3 -m pip install -q --no-index
-#                            --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-#   carry [.model/b, .data]: cat /tmp/m/part00 .model/b/part01 > /tmp/m/smol.gguf && sha256sum check
+# Then, on the device tool (quick calls first, each within ~30 s of the one before, while /tmp lives; a call carries
+# at most 64 MiB with the tracked tree, so a half of the model travels with .data (9 MB) but not with all of .whl):
+#   carry [.model/a, .data]: mkdir -p /tmp/m && cp .model/a/part00 /tmp/m/ && cp -r .data /tmp/data
+#   carry [.whl]:            python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade
+#                            --target /tmp/site .whl/*.whl   (rows without lm-eval tasks need only the gguf wheel)
+#   carry [.model/b, ...]:   cat /tmp/m/part00 .model/b/part01 > /tmp/m/smol.gguf && sha256sum check, then the work
 #   then each stage:         export PYTHONPATH=/tmp/site:$PWD HF_HUB_OFFLINE=1 HF_DATASETS_OFFLINE=1;
 #                            python3 benchmarks/study_smollm2.py run --stages ... --model /tmp/m/smol.gguf
-#                            --data-dir .data --results-dir $OUT --runs-dir /tmp/runs [--table2-rows ... --tag=-x]
+#                            --data-dir /tmp/data --results-dir $OUT --runs-dir /tmp/runs [--table2-rows ... --tag=-x]
 #                            (then tar the runs' history.jsonl files into $OUT: at most 8 files come back)
 #   Stages may share the one GPU to save device time (`run --jobs 2`, or two runs side by side with their own
 #   --tag): two at a time fit (a process peaks at about 33 GB of GPU memory, its distillation logits); six at a
@@ -36,4 +38,5 @@ for p in lm_eval==0.4.13 datasets==5.2.0 evaluate==0.4.6 dill==0.4.1 multiproces
 done
 python -m pip wheel -q --no-deps --no-build-isolation sqlitedict==2.1.0 rouge_score==0.1.2 word2number==1.1 -w .whl
 sharvet fetch-data --out .data --base ../shared/data > /dev/null
+rm -rf .data/.wheels  # fetch-data's own download (82 MB), not needed there
 du -sh .model/a .model/b .whl .data
