@@ -23,6 +23,8 @@ def test_packing_keeps_values_and_sharing():
     storage = a.untyped_storage().data_ptr()
     assert all(p.untyped_storage().data_ptr() == storage for p in (b, c))
     assert all((p.data_ptr() - storage) % ALIGN_BYTES == 0 for p in (a, b, c))
+    # exactly as large as its aligned members (no rounding up to pages: the allocator may reuse a long tail)
+    assert a.untyped_storage().nbytes() == ALIGN_BYTES * 3
 
 
 def test_arenas_are_filled_largest_first_within_their_size_and_split_by_dtype():
@@ -52,3 +54,7 @@ def test_prepare_packs_and_the_grouped_tables_point_at_the_packed_weights():
     for g in groups:
         assert g.first.w.tolist() == [m.basis.data_ptr() for m in g.parts]
         assert g.second.w.tolist() == [m.v.data_ptr() for m in g.parts]
+        for launch in (g.first, g.second):  # a launch's tables: one allocation, not one each
+            tables = [launch.w, launch.s, launch.n, launch.k, launch.x_off, launch.y_off,
+                      *[layout[3] for layout in launch.layouts.values()]]
+            assert len({t.untyped_storage().data_ptr() for t in tables}) == 1

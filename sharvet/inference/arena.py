@@ -4,8 +4,10 @@ A compressed model holds hundreds of tensors of odd sizes (a rank times a width)
 fewer, rounder ones. A GPU caching allocator rounds each allocation up: PyTorch's keeps a large block whole when
 splitting it would leave less than 1 MiB, so a tensor can hold up to a MiB it never uses. At LLaMA-3-8B shapes that
 was 0.08-0.09 GiB above the stored bytes before the first forward (H200, 2026-11-30, the bench records'
-``resident_gib_compressed``; dense: 0.00). :func:`pack_parameters` copies the weights into views of a few arenas
-whose sizes are whole 2 MiB pages, filled largest first so that little is left to round.
+``resident_gib_compressed``; dense: 0.00). :func:`pack_parameters` copies the weights into views of a few arenas,
+filled largest first so that little is left to round. An arena is allocated at its exact size, not rounded up to the
+driver's 2 MiB pages: the allocator then splits off a tail of more than 1 MiB for other tensors, where a rounded
+arena would hold it unused (up to 2 MiB a model, measured on the H200 on 2026-12-01 with the pointer tables).
 """
 from __future__ import annotations
 
@@ -19,7 +21,6 @@ ARENA_BYTES = 1 << 30
 #: every view starts at a multiple of this many bytes, the allocator's own granularity, so alignments that held for
 #: separate allocations (the grouped kernels' 16-byte loads) still hold
 ALIGN_BYTES = 512
-PAGE_BYTES = 2 << 20
 
 
 def _round_up(n: int, to: int) -> int:
@@ -47,7 +48,7 @@ def _arena(entries: list[list[nn.Parameter]]) -> None:
     for same in entries:
         offsets.append(total)
         total += _round_up(same[0].numel() * item, ALIGN_BYTES)
-    arena = torch.empty(_round_up(total, PAGE_BYTES) // item, dtype=first.dtype, device=first.device)
+    arena = torch.empty(total // item, dtype=first.dtype, device=first.device)
     for offset, same in zip(offsets, entries):
         start = offset // item
         view = arena[start:start + same[0].numel()].view(same[0].shape)

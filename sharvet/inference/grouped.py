@@ -282,11 +282,34 @@ def alignment(weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_
     return vec if aligned else 1
 
 
+def device_tables(device: torch.device, *tables: list[int]) -> tuple[torch.Tensor, ...]:
+    """int64 tables as views of one device tensor. Each tensor of its own would take at least the caching
+    allocator's 512 bytes, and a model's launches hold thousands of tables of a few entries: about 1 MiB at
+    LLaMA-3-8B shapes, above what the weights store."""
+    flat = torch.tensor([v for values in tables for v in values], dtype=torch.int64, device=device)
+    return flat.split([len(values) for values in tables])
+
+
 def _offsets(sizes: list[int]) -> list[int]:
     out, total = [], 0
     for s in sizes:
         out.append(total)
         total += s
+    return out
+
+
+def _layouts(weights: list[torch.Tensor], first_stage: bool, sms: int) -> list[tuple]:
+    """(several tokens, rows per tile, columns per tile, programs per group, split of the reduction) for one token
+    and for several: ``tl.dot`` needs tiles of at least 16 rows; a 16-token tile of 512 columns spills registers on
+    sm_90, and so does summing 4 parts of 16 x 128. Only one-token first stages split."""
+    tile_n, tile_k, _, split_k = TILES[first_stage]
+    width = max(w.shape[1] for w in weights)
+    out = []
+    for several, block_n, block_k in ((False, row_block([w.shape[0] for w in weights], tile_n, sms), tile_k),
+                                      (True, max(16, tile_n), min(tile_k, 128))):
+        blocks = [-(-w.shape[0] // block_n) for w in weights]
+        split = 1 if several or not first_stage else split_k or first_stage_split(sum(blocks), width, block_k, sms)
+        out.append((several, block_n, block_k, blocks, split))
     return out
 
 
@@ -297,24 +320,18 @@ class _Launch:
     def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int],
                  *, first_stage: bool) -> None:
         device = weights[0].device
-        table = lambda values: torch.tensor(values, dtype=torch.int64, device=device)  # noqa: E731
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
-        width = max(w.shape[1] for w in weights)
-        #: rows and columns per program, programs, each group's first program, and the split of the reduction: for
-        #: one token, and for several (``tl.dot`` needs tiles of at least 16 rows; a 16-token tile of 512 columns
-        #: spills registers on sm_90, and so does summing 4 parts of 16 x 128). Only one-token first stages split.
-        tile_n, tile_k, self.warps, split_k = TILES[first_stage]
-        self.layouts = {}
-        one_token_rows = row_block([w.shape[0] for w in weights], tile_n, sms)
-        for several, block_n, block_k in ((False, one_token_rows, tile_k), (True, max(16, tile_n), min(tile_k, 128))):
-            blocks = [-(-w.shape[0] // block_n) for w in weights]
-            split = 1 if several or not first_stage else split_k or first_stage_split(sum(blocks), width, block_k, sms)
-            self.layouts[several] = (block_n, block_k, sum(blocks), table(_offsets(blocks)), split)
-        self.w = table([w.data_ptr() for w in weights])
-        self.s = table([s.data_ptr() for s in scales]) if scales else self.w
-        self.n, self.k = table([w.shape[0] for w in weights]), table([w.shape[1] for w in weights])
-        self.x_off = table(x_offsets)
-        self.y_off = table(_offsets([w.shape[0] for w in weights]))
+        self.warps = TILES[first_stage][2]
+        layouts = _layouts(weights, first_stage, sms)
+        sizes, pointers = [w.shape[0] for w in weights], [w.data_ptr() for w in weights]
+        tables = device_tables(device, pointers, [s.data_ptr() for s in scales] if scales else pointers, sizes,
+                               [w.shape[1] for w in weights], x_offsets, _offsets(sizes),
+                               *[_offsets(blocks) for _, _, _, blocks, _ in layouts])
+        self.w, self.s, self.n, self.k, self.x_off, self.y_off, *starts = tables
+        #: per step kind (several tokens or one): rows and columns per tile, programs, each group's first program,
+        #: and the split of the reduction
+        self.layouts = {several: (block_n, block_k, sum(blocks), table, split)
+                        for (several, block_n, block_k, blocks, split), table in zip(layouts, starts)}
         self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
         self.dtype, self.first_stage = weights[0].dtype, first_stage
         self.align = alignment(weights, scales, x_offsets)
@@ -348,8 +365,8 @@ class GroupedStages(nn.Module):
             m.basis.data, m.v.data = m.basis.data.contiguous(), m.v.data.contiguous()
         scales = None
         if any(m.scale is not None for m in mods):  # one table for all: ones where a module has no lambda
-            scales = [m.scale if m.scale is not None else
-                      torch.ones(m.in_features, dtype=m.basis.dtype, device=m.basis.device) for m in mods]
+            ones = torch.ones(mods[0].in_features, dtype=mods[0].basis.dtype, device=mods[0].basis.device)
+            scales = [ones if m.scale is None else m.scale for m in mods]
         self._scales = scales  # kept alive: the pointer table points at them
         self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), first_stage=True)
         self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]), first_stage=False)
