@@ -273,6 +273,16 @@ def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch
     assert "ms a forward (profiled; the host issued it in" in capsys.readouterr().out
 
 
+def test_the_workspace_excess_is_recorded_in_mib():
+    """The memory target compares workspaces (peak minus weights); the excess is kept at 0.01 MiB, below the GiB
+    fields' rounding."""
+    from sharvet.inference.records import excess_mib
+
+    assert excess_mib(15.5, 15.0, 9.0 + 3 / 1024, 8.5) == pytest.approx(3.0)
+    assert excess_mib(15.5, 15.0, 8.9, 8.5) == pytest.approx(-102.4)
+    assert excess_mib(None, 15.0, 9.0, 8.5) is None
+
+
 def test_speed_figure_from_records(tmp_path):
     """benchmarks/plot_inference.py's figure: records of one shape at batch 1 (and the throughput setting) whose
     note or command holds the text asked for; a PNG is written."""

@@ -61,6 +61,15 @@ def gib_beyond(peak: float | None, stored: float) -> float | None:
     return None if peak is None else round(peak - stored, 3)
 
 
+def excess_mib(dense: float | None, dense_stored: float, compressed: float | None,
+               compressed_stored: float) -> float | None:
+    """MiB the compressed model's workspace (peak minus its weights) takes beyond dense's: what the memory target
+    compares, at a resolution the GiB fields (three decimals, ~1 MiB) do not have."""
+    if dense is None or compressed is None:
+        return None
+    return round(((compressed - compressed_stored) - (dense - dense_stored)) * 1024, 2)
+
+
 def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
@@ -95,6 +104,7 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
             "workspace_gib_dense": gib_beyond(d.peak_gib, dense.stored_gib),
             "workspace_gib_compressed": gib_beyond(c.peak_gib, compressed.stored_gib),
+            "workspace_excess_mib": excess_mib(d.peak_gib, dense.stored_gib, c.peak_gib, compressed.stored_gib),
             # of which allocated before any forward (left over from building the model, or from an earlier one)
             "resident_gib_dense": round_gib(dense.resident_gib),
             "resident_gib_compressed": round_gib(compressed.resident_gib),
