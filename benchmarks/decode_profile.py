@@ -45,7 +45,7 @@ def profile_decode(model: torch.nn.Module, settings: BenchSettings, device: torc
     cache would not replay the recorded graph as the first does."""
     runner = StepRunner(model, settings, device)
     prof = profiler(device.type)
-    per_step, _ = runner.decode(batch, watch=prof)
+    per_step = runner.decode(batch, watch=prof).seconds_per_step
     summary = top_operations(prof, device.type, n=30)
     steps = settings.decode_steps
     return {"step_ms_profiled": round(per_step * 1000, 4), "busy_ms_per_step": round(summary["total_ms"] / steps, 4),

@@ -111,7 +111,8 @@ def test_compiled_decode_steps_match_eager_across_batch_sizes():
                StepRunner(model, settings, device, lambda f: torch.compile(f, backend="eager", fullgraph=True))]
     with torch.no_grad():
         for batch in (1, 3):
-            assert min(runners[1].decode(batch)) > 0
+            timing = runners[1].decode(batch)
+            assert timing.seconds_per_step > 0 and timing.warmup_seconds > 0 and timing.spread >= 0
             tokens = []
             for runner in runners:
                 torch.manual_seed(0)
@@ -271,6 +272,33 @@ def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch
     assert models["r0.5"]["stored_gib"] < models["dense"]["stored_gib"]
     assert all(m["resident_gib"] is None and m["workspace_gib"] is None for m in models.values())  # no GPU here
     assert "ms a forward (profiled; the host issued it in" in capsys.readouterr().out
+
+
+def test_decode_windows_replay_the_same_positions_and_keep_the_median():
+    """Each timed window decodes the same positions from the same token (so windows differ only in time), the
+    median per step is kept and the windows' spread is recorded."""
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import random_model, shape_config
+
+    device = torch.device("cpu")
+    model = random_model(shape_config("tiny"), torch.float32, device, 0)
+    seen: list[tuple[int, int]] = []
+
+    def recording(step):
+        def run(ids, pos, cache):
+            seen.append((int(pos), int(ids[0, 0])))
+            return step(ids, pos, cache)
+        return run
+
+    settings = BenchSettings(decode_prompt=4, decode_steps=3, warmup=2, decode_windows=3)
+    with torch.no_grad():
+        timing = StepRunner(model, settings, device, recording).decode(1)
+    # the first warm-up, then per window: the timed steps (and before each later window, the warm-up again)
+    assert [p for p, _ in seen[:2]] == [4, 5] and len(seen) == 2 + 3 + 2 * (2 + 3)
+    windows = [seen[2:5], seen[7:10], seen[12:15]]
+    assert windows[0] == windows[1] == windows[2] and [p for p, _ in windows[0]] == [6, 7, 8]
+    assert seen[5:7] == seen[10:12] == seen[:2]
+    assert timing.seconds_per_step > 0 and timing.spread >= 0
 
 
 def test_the_workspace_excess_is_recorded_in_mib():

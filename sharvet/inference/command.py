@@ -69,6 +69,8 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--decode-prompt", type=at_least(1), default=128, help="prompt before the timed decode steps")
     p.add_argument("--decode-steps", type=at_least(2), default=32, help="timed decode steps (new tokens)")
     p.add_argument("--warmup", type=at_least(1), default=3)
+    p.add_argument("--decode-windows", type=at_least(1), default=5,
+                   help="timed windows of --decode-steps each (median kept, spread recorded)")
     p.add_argument("--repeats", type=at_least(1), default=2, help="timed prefill / generate calls (median)")
     p.add_argument("--throughput", type=_throughput, default=(512, 32),
                    help="Basis Sharing's throughput setting BATCHxTOKENS, one forward (--shape only; none skips)")
@@ -116,6 +118,7 @@ def bench_command(a: argparse.Namespace) -> int:
     dtype = parse_dtype(a.dtype) or (torch.bfloat16 if device.type == "cuda" else torch.float32)
     settings = BenchSettings(batches=a.batches, prefill_len=a.prefill_len, decode_prompt=a.decode_prompt,
                              decode_steps=a.decode_steps, warmup=a.warmup, repeats=a.repeats,
+                             decode_windows=a.decode_windows,
                              throughput=a.throughput, fuse=a.fuse, align=a.align, compile=not a.no_compile,
                              compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
                              compile_prefill=a.compile_prefill, inductor_pdl=a.inductor_pdl, seed=a.seed)

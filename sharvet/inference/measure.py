@@ -31,6 +31,10 @@ class BenchSettings:
     decode_prompt: int = 128
     decode_steps: int = 32
     warmup: int = 3
+    #: timed windows of ``decode_steps`` steps each, over the same positions; the median is kept and the spread
+    #: recorded (one window, as until the twelfth session, swung 1.18-1.37x at 0.5 from one process to the next on
+    #: one H200 while dense held steady: the spread says whether that swing is inside a process)
+    decode_windows: int = 5
     #: timed repetitions of a prefill / a generate call (the median is kept)
     repeats: int = 2
     #: Basis Sharing's throughput setting (batch, tokens), one forward; None skips it
@@ -108,6 +112,19 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
     fn()
     wall = time.perf_counter() - t
     return wall, wall
+
+
+@dataclass
+class DecodeTiming:
+    seconds_per_step: float
+    warmup_seconds: float
+    #: (slowest - fastest) / median of the timed windows; 0 with one window
+    spread: float
+
+
+def spread(times: list[float]) -> float:
+    """How far apart repeated timings lie, relative to their median."""
+    return (max(times) - min(times)) / statistics.median(times)
 
 
 def graph_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, inner: int = 1) -> float:
@@ -248,20 +265,27 @@ class StepRunner:
         self._steps(token, pos, cache, new - 1, out)
         return torch.cat(out, dim=1)
 
-    def decode(self, batch: int, watch: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
-        """Seconds per decode step after ``decode_prompt`` tokens, and the seconds the warm-up steps took (they
-        compile and record the CUDA graph). ``watch`` (e.g. a profiler) is entered around the timed steps only."""
+    def decode(self, batch: int, watch: contextlib.AbstractContextManager | None = None) -> DecodeTiming:
+        """Seconds per decode step after ``decode_prompt`` tokens (the median of ``decode_windows`` timed windows,
+        each from the same prompt, positions and token), and the seconds the first warm-up steps took (they compile
+        and record the CUDA graph). ``watch`` (e.g. a profiler) is entered around one timed window only."""
         s = self.settings
-        token, pos, cache = self._start(_ids(self.model, batch, s.decode_prompt, self.device, s.seed),
-                                        s.warmup + s.decode_steps)
+        prompt = _ids(self.model, batch, s.decode_prompt, self.device, s.seed)
+        token, pos, cache = self._start(prompt, s.warmup + s.decode_steps)
         _sync(self.device)
         start = time.perf_counter()
         token = self._steps(token, pos, cache, s.warmup)
         _sync(self.device)
         warmup = time.perf_counter() - start
-        with watch or contextlib.nullcontext():
-            seconds = elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device)
-        return seconds / s.decode_steps, warmup
+        windows = []
+        for i in range(1 if watch is not None else s.decode_windows):
+            if i:  # back to where the first window started: the same cache tensors (the recorded graph's)
+                cache.reset()
+                pos.fill_(prompt.shape[1])
+                token = self._steps(self._step(prompt, None, cache), pos, cache, s.warmup)
+            with watch or contextlib.nullcontext():
+                windows.append(elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device))
+        return DecodeTiming(statistics.median(windows) / s.decode_steps, warmup, spread(windows))
 
 
 @torch.no_grad()
@@ -272,12 +296,13 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
     for batch in settings.batches:
         reset_peak(device)
         prefill, host = runner.prefill(batch, settings.prefill_len)
-        per_step, warmup = runner.decode(batch)
-        compile_s += warmup
+        timing = runner.decode(batch)
+        compile_s += timing.warmup_seconds
         peak = peak_gib(device)
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(
             prefill, batch * settings.prefill_len / prefill, peak, host)
-        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak)
+        per_step = timing.seconds_per_step
+        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak, spread=timing.spread)
     run.compile_s = round(compile_s, 1) if settings.compiles(device) else None
     if settings.throughput is not None:
         batch, length = settings.throughput

@@ -21,6 +21,8 @@ class Measurement:
     #: seconds the host took to issue an eager forward (None where CUDA graphs replay it): near ``seconds``, the
     #: measurement is bound by Python and launches, not by the GPU
     host_seconds: float | None = None
+    #: (slowest - fastest) / median of the repeated timings behind ``seconds`` (None: not repeated)
+    spread: float | None = None
 
 
 @dataclass
@@ -78,6 +80,10 @@ def round_gib(gib: float | None) -> float | None:
     return None if gib is None else round(gib, 3)
 
 
+def _round3(x: float | None) -> float | None:
+    return None if x is None else round(x, 3)
+
+
 def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else _sig(seconds * 1000)
 
@@ -99,6 +105,7 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "speedup": _sig(c.tokens_per_s / d.tokens_per_s), "bound": _sig(bound),
             "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
             "dense_host_ms": _ms(d.host_seconds), "compressed_host_ms": _ms(c.host_seconds),
+            "dense_spread": _round3(d.spread), "compressed_spread": _round3(c.spread),
             "peak_gpu_gib_dense": round_gib(d.peak_gib), "peak_gpu_gib_compressed": round_gib(c.peak_gib),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
             # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
