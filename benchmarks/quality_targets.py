@@ -71,17 +71,33 @@ def mean(rows: list[dict], key: str) -> tuple[float | None, int]:
     return (statistics.fmean(values) if values else None), len(values)
 
 
-def difference_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
-    """Standard error of the difference of two mean accuracies, from each record's own (lm-eval's per-task errors),
-    the runs of a side averaged; treated as independent, so it overstates the error of a paired comparison on the
-    same questions. None where a record does not carry one."""
+def runs_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
+    """Standard error of the difference of two mean accuracies from the runs' own spread: how sure the means are
+    for these questions. None unless both sides have two runs or more."""
+    sides = [[r["avg_acc"] for r in rows if r.get("avg_acc") is not None] for rows in (ours, theirs)]
+    if any(len(v) < 2 for v in sides):
+        return None
+    return sum(statistics.variance(v) / len(v) for v in sides) ** 0.5
+
+
+def questions_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
+    """Standard error of the difference of one run of each side from lm-eval's per-task errors (the tasks' finite
+    questions), as if the two models' answers were independent: repeating runs on the same questions does not
+    shrink it, and pairing on the same questions would. None where a record does not carry one."""
     sides = []
     for rows in (ours, theirs):
         errors = [r.get("avg_acc_stderr") for r in rows if r.get("avg_acc") is not None]
         if not errors or any(e is None for e in errors):
             return None
-        sides.append(statistics.fmean(e * e for e in errors) / len(errors))
+        sides.append(statistics.fmean(e * e for e in errors))
     return (sides[0] + sides[1]) ** 0.5
+
+
+def shortfall(ours: list[dict], theirs: list[dict], gap: float) -> str:
+    """How far behind, with both standard errors where they can be computed."""
+    errors = [f"SE across runs {se:.2f}" for se in [runs_stderr(ours, theirs)] if se is not None]
+    errors += [f"SE of one run's questions {se:.1f}" for se in [questions_stderr(ours, theirs)] if se is not None]
+    return f"behind by {gap:.1f}" + "".join(f"; {e}" for e in errors)
 
 
 def cell(value: float | None, n: int, digits: int = 2) -> str:
@@ -125,10 +141,8 @@ def tables(records: list[dict], flags: str, calib: int | None = None) -> tuple[s
                 continue
             ok = acc >= theirs
             met, checked = met + ok, checked + 1
-            se = difference_stderr(mine, rows)
-            behind = f"behind by {theirs - acc:.1f}" + (f"; SE of the difference {se:.1f}" if se else "")
             accuracy.append(f"| {ratio} | {label} | {cell(acc, n, 1)} | {cell(theirs, k, 1)} | "
-                            f"{'yes' if ok else f'**no** ({behind})'} |")
+                            f"{'yes' if ok else f'**no** ({shortfall(mine, rows, theirs - acc)})'} |")
     return "\n\n".join("\n".join(t) for t in (limits, margins, accuracy)), checked, met
 
 

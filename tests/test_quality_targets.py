@@ -63,11 +63,12 @@ def test_a_calibration_is_compared_with_baselines_calibrated_alike():
     assert targets.tables(records, "")[1] == 0  # none of them is a default row
 
 
-def test_an_accuracy_shortfall_is_given_with_the_standard_error_of_the_difference():
-    """Each side's runs average their records' standard errors (1.0 and 1.2 points here, two runs and one):
-    sqrt(1.0^2 / 2 + 1.2^2 / 1) = 1.4."""
-    ours = [record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=43.0) | {"avg_acc_stderr": 1.0}] * 2
-    theirs = record("svd", 0.7, 20.0, 20.0, acc=43.5) | {"avg_acc_stderr": 1.2}
-    text, _, _ = targets.tables([RECORDS[0], *ours, theirs], "")
-    assert "behind by 0.5; SE of the difference 1.4" in text
-    assert targets.difference_stderr(ours, [record("svd", 0.7, 1.0, 1.0, acc=1.0)]) is None  # one side lacks it
+def test_an_accuracy_shortfall_is_given_with_both_standard_errors():
+    """Across runs: from the runs' spread (43.0 and 43.4 against 43.5 and 44.3: sqrt(0.08 / 2 + 0.32 / 2) = 0.45).
+    Of one run's questions: from lm-eval's errors, not divided by the runs (sqrt(1.0^2 + 1.2^2) = 1.6)."""
+    ours = [record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=a) | {"avg_acc_stderr": 1.0} for a in (43.0, 43.4)]
+    theirs = [record("svd", 0.7, 20.0, 20.0, acc=a) | {"avg_acc_stderr": 1.2} for a in (43.5, 44.3)]
+    text, _, _ = targets.tables([RECORDS[0], *ours, *theirs], "")
+    assert "behind by 0.7; SE across runs 0.45; SE of one run's questions 1.6" in text
+    assert targets.runs_stderr(ours, theirs[:1]) is None  # one run: no spread
+    assert targets.questions_stderr(ours, [record("svd", 0.7, 1.0, 1.0, acc=1.0)]) is None  # one side lacks it
