@@ -13,6 +13,7 @@ Repeated runs of a row are averaged (the spread of identical GPU runs is ~2-3 %)
     python benchmarks/quality_targets.py results/quality/summary.json
     python benchmarks/quality_targets.py results/quality/summary.json --flags "--epochs 4"   # a candidate default
     python benchmarks/quality_targets.py results/quality/summary.json --calib-samples 256    # another calibration
+    python benchmarks/quality_targets.py results/quality/summary.json --plot docs/figures/quality_targets.png
 """
 from __future__ import annotations
 
@@ -25,6 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharvet.methods import DEFAULT_METHOD  # noqa: E402
+from sharvet.plots import pyplot, save_figure  # noqa: E402
 
 BASELINES = {"basis-sharing": "Basis Sharing + LoRA", "svd": "per-layer SVD + LoRA",
              "basis-sharing-in-budget": "Basis Sharing + LoRA, in budget", "svd-in-budget": "per-layer SVD + LoRA, in budget"}
@@ -146,11 +148,65 @@ def tables(records: list[dict], flags: str, calib: int | None = None) -> tuple[s
     return "\n\n".join("\n".join(t) for t in (limits, margins, accuracy)), checked, met
 
 
+PANELS = {**SETS, "avg_acc": "average accuracy (5 tasks)"}
+
+
+def _column(ax, x: float, values: list[float], color: str) -> None:
+    """One method's runs as dots (spread sideways so repeats show) and their mean as a bar."""
+    offsets = [0.0] if len(values) == 1 else [0.24 * (i / (len(values) - 1) - 0.5) for i in range(len(values))]
+    ax.scatter([x + o for o in offsets], values, s=14, color=color, alpha=0.7, zorder=3)
+    ax.hlines(statistics.fmean(values), x - 0.3, x + 0.3, color=color, linewidth=2.5, zorder=4)
+
+
+def _target_line(ax, key: str, ratio: float, original: dict, means: list[float]) -> None:
+    """Where the default must be: 10 % below the best baseline's perplexity (and within the limit of the
+    original's), or not below the best baseline's accuracy."""
+    if key == "avg_acc":
+        ax.axhline(max(means), color="grey", linestyle=":", label="best baseline (not behind)")
+        return
+    ax.axhline((1 - MARGIN) * min(means), color="grey", linestyle=":", label="10 % below the best baseline")
+    limit = LIMITS.get(ratio, {}).get(key)
+    if limit is not None:
+        ax.axhline(limit * original[key], color="tab:red", linestyle="--", linewidth=1,
+                   label=f"{limit}x the original's")
+
+
+def targets_figure(records: list[dict], flags: str, calib: int | None, path: str | Path) -> Path:
+    """Issue 15's targets as a picture: per ratio (rows) and measure (columns) every run of the default and of each
+    baseline of the same setting, their means, and the line each target draws."""
+    original = next(r for r in records if r["method"] == "original")
+    ours, base = chosen(records, flags, calib)
+    ratios = sorted({r["ratio"] for r in ours}, reverse=True)
+    labels = {DEFAULT_METHOD: "SharVeT default", **BASELINES}
+    plt = pyplot()
+    fig, axes = plt.subplots(len(ratios), len(PANELS), figsize=(5.2 * len(PANELS), 3.9 * len(ratios)), squeeze=False)
+    for row, ratio in zip(axes, ratios):
+        sides = {DEFAULT_METHOD: [r for r in ours if r["ratio"] == ratio],
+                 **{m: [r for r in rows if r["ratio"] == ratio] for m, rows in base.items()}}
+        for ax, (key, name) in zip(row, PANELS.items()):
+            runs = {m: [r[key] for r in rows if r.get(key) is not None] for m, rows in sides.items()}
+            shown = [m for m, v in runs.items() if v]
+            for x, m in enumerate(shown):
+                _column(ax, x, runs[m], "tab:blue" if m == DEFAULT_METHOD else "tab:orange")
+            baselines = [statistics.fmean(runs[m]) for m in shown if m != DEFAULT_METHOD]
+            if baselines and runs[DEFAULT_METHOD]:
+                _target_line(ax, key, ratio, original, baselines)
+                ax.legend(fontsize=7, loc="best")
+            ax.set_xticks(range(len(shown)), [labels[m].replace(", ", ",\n").replace(" + ", "\n+ ") for m in shown],
+                          fontsize=7)
+            ax.set_title(f"ratio {ratio}: {name}", fontsize=10)
+            ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("issue 15's targets: each dot a run, each bar a mean (lower perplexity and higher accuracy are "
+                 "better)", fontsize=10)
+    return save_figure(fig, path)
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("summary", help="results/quality/summary.json")
     p.add_argument("--flags", default="", help="refinement flags of the rows to check (default: none, the defaults)")
     p.add_argument("--calib-samples", type=int, default=None, help="check rows calibrated on this many windows")
+    p.add_argument("--plot", default=None, help="also draw the runs and the targets' lines into this PNG")
     a = p.parse_args()
     records = json.loads(Path(a.summary).read_text())
     text, checked, met = tables(records, a.flags, a.calib_samples)
@@ -158,6 +214,8 @@ def main() -> None:
     what += f", {a.calib_samples} calibration windows" if a.calib_samples else ""
     print(f"issue 15's targets, {what} ({DEFAULT_METHOD}) against baselines of the same fine-tuning setting:\n\n{text}\n\n"
           f"{met} of {checked} checked targets met")
+    if a.plot:
+        print(f"figure: {targets_figure(records, a.flags, a.calib_samples, a.plot)}")
 
 
 if __name__ == "__main__":

@@ -72,3 +72,13 @@ def test_an_accuracy_shortfall_is_given_with_both_standard_errors():
     assert "behind by 0.7; SE across runs 0.45; SE of one run's questions 1.6" in text
     assert targets.runs_stderr(ours, theirs[:1]) is None  # one run: no spread
     assert targets.questions_stderr(ours, [record("svd", 0.7, 1.0, 1.0, acc=1.0)]) is None  # one side lacks it
+
+
+def test_the_targets_figure_shows_the_compared_runs(tmp_path, monkeypatch):
+    """--plot: one panel per ratio and measure, holding exactly the runs the tables compare (the default's two and
+    the one comparable baseline run at 0.7), with the target's line."""
+    drawn: list[tuple[float, list[float]]] = []
+    monkeypatch.setattr(targets, "_column", lambda ax, x, values, color: drawn.append((x, values)))
+    path = targets.targets_figure(RECORDS, "", None, tmp_path / "targets.png")
+    assert path.stat().st_size > 0
+    assert drawn == [(0, [30.0, 32.0]), (1, [35.0]), (0, [56.0, 52.0]), (1, [59.0]), (0, [43.0]), (1, [44.0])]
