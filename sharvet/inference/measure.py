@@ -116,6 +116,8 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
 
 @dataclass
 class DecodeTiming:
+    """One decode measurement: the median step time, what the first warm-up took (compiling), the windows' spread."""
+
     seconds_per_step: float
     warmup_seconds: float
     #: (slowest - fastest) / median of the timed windows; 0 with one window
