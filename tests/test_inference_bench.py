@@ -43,7 +43,12 @@ def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
     assert all(0 < r["dense_host_ms"] and 0 < r["compressed_host_ms"] for r in eager)
     assert all(r["dense_host_ms"] is None for r in rows if r["phase"] == "decode")
     assert all(r["resident_gib_dense"] is None and r["resident_gib_compressed"] is None for r in rows)  # no GPU
-    assert "| speedup | bound |" in capsys.readouterr().out
+    printed = capsys.readouterr().out
+    assert "| spread d / c | speedup | bound |" in printed
+    decode = [r for r in rows if r["phase"] == "decode"]  # five timed windows each: a spread, the others none
+    assert all(r["dense_spread"] >= 0 and r["compressed_spread"] >= 0 for r in decode)
+    assert all(r["dense_spread"] is None for r in rows if r["phase"] != "decode")
+    assert all(r["workspace_excess_mib"] is None for r in rows)  # no GPU
     assert main(args) == 0  # the same settings again replace their records
     assert len(json.loads(out.read_text())["records"]) == len(rows)
     # Basis Sharing's plan: alike groups for every type, so the first stages stack without copies

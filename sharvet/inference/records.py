@@ -123,16 +123,23 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
     return out
 
 
+def _percent(x: float | None) -> str:
+    return "-" if x is None else f"{100 * x:.1f} %"
+
+
 def table(rows: list[dict[str, Any]]) -> str:
-    """The records as a Markdown table, the bound beside each speedup."""
-    head = ("| shape | ratio | fuse | phase | batch | tokens/step | dense tok/s | compressed tok/s | speedup | bound | "
-            "peak GiB dense | peak GiB compressed |")
+    """The records as a Markdown table, the bound beside each speedup, the spread of repeated timings (decode
+    windows) beside the throughputs, and the compressed workspace's excess over dense's."""
+    head = ("| shape | ratio | fuse | phase | batch | tokens/step | dense tok/s | compressed tok/s | spread d / c | "
+            "speedup | bound | peak GiB dense | peak GiB compressed | workspace excess MiB |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
+        excess = r.get("workspace_excess_mib")
         lines.append(f"| {r['shape']} | {r['ratio']} | {r.get('fuse', '')} | {r['phase']} | {r['batch']} | "
                      f"{r['tokens_per_step']} | {r['dense_tokens_per_s']:,.0f} | {r['compressed_tokens_per_s']:,.0f} | "
+                     f"{_percent(r.get('dense_spread'))} / {_percent(r.get('compressed_spread'))} | "
                      f"{r['speedup']:.2f}x | {r['bound']:.2f}x | {r['peak_gpu_gib_dense']} | "
-                     f"{r['peak_gpu_gib_compressed']} |")
+                     f"{r['peak_gpu_gib_compressed']} | {'-' if excess is None else f'{excess:+.2f}'} |")
     return "\n".join(lines)
 
 
