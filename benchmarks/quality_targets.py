@@ -97,9 +97,13 @@ def questions_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
 
 def shortfall(ours: list[dict], theirs: list[dict], gap: float) -> str:
     """How far behind, with both standard errors where they can be computed."""
-    errors = [f"SE across runs {se:.2f}" for se in [runs_stderr(ours, theirs)] if se is not None]
-    errors += [f"SE of one run's questions {se:.1f}" for se in [questions_stderr(ours, theirs)] if se is not None]
-    return f"behind by {gap:.1f}" + "".join(f"; {e}" for e in errors)
+    text = f"behind by {gap:.1f}"
+    runs, questions = runs_stderr(ours, theirs), questions_stderr(ours, theirs)
+    if runs is not None:
+        text += f"; SE across runs {runs:.2f}"
+    if questions is not None:
+        text += f"; SE of one run's questions {questions:.1f}"
+    return text
 
 
 def cell(value: float | None, n: int, digits: int = 2) -> str:

@@ -49,7 +49,7 @@ def _arena(entries: list[list[nn.Parameter]]) -> None:
     offsets, total = [], 0
     for same in entries:
         offsets.append(total)
-        total += _round_up(same[0].numel() * item, ALIGN_BYTES)
+        total += _nbytes(same)
     arena = torch.empty(total // item, dtype=first.dtype, device=first.device)
     for offset, same in zip(offsets, entries):
         start = offset // item

@@ -76,12 +76,12 @@ def _sig(x: float) -> float:
     return float(f"{x:.4g}")
 
 
-def round_gib(gib: float | None) -> float | None:
-    return None if gib is None else round(gib, 3)
-
-
-def _round3(x: float | None) -> float | None:
+def round3(x: float | None) -> float | None:
+    """Three decimals (GiB fields: ~1 MiB; spreads: 0.1 %); None passes through."""
     return None if x is None else round(x, 3)
+
+
+round_gib = round3
 
 
 def _ms(seconds: float | None) -> float | None:
@@ -105,7 +105,7 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "speedup": _sig(c.tokens_per_s / d.tokens_per_s), "bound": _sig(bound),
             "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
             "dense_host_ms": _ms(d.host_seconds), "compressed_host_ms": _ms(c.host_seconds),
-            "dense_spread": _round3(d.spread), "compressed_spread": _round3(c.spread),
+            "dense_spread": round3(d.spread), "compressed_spread": round3(c.spread),
             "peak_gpu_gib_dense": round_gib(d.peak_gib), "peak_gpu_gib_compressed": round_gib(c.peak_gib),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
             # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
