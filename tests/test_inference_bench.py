@@ -48,6 +48,10 @@ def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
     decode = [r for r in rows if r["phase"] == "decode"]  # five timed windows each: a spread, the others none
     assert all(r["dense_spread"] >= 0 and r["compressed_spread"] >= 0 for r in decode)
     assert all(r["dense_spread"] is None for r in rows if r["phase"] != "decode")
+    # and each window's step time, device and host, so a spread can be read (one slow window, or host-bound ones)
+    assert all(len(r[f"{m}_windows_ms"]) == len(r[f"{m}_host_windows_ms"]) == 5 and min(r[f"{m}_windows_ms"]) > 0
+               for r in decode for m in ("dense", "compressed"))
+    assert all("dense_windows_ms" not in r for r in rows if r["phase"] != "decode")
     assert all(r["workspace_excess_mib"] is None for r in rows)  # no GPU
     assert main(args) == 0  # the same settings again replace their records
     assert len(json.loads(out.read_text())["records"]) == len(rows)
@@ -144,6 +148,11 @@ def test_decode_step_compiles_in_the_chosen_mode_on_gpus(monkeypatch):
     assert bench._mode(settings, torch.device("cuda")) == "max-autotune"
     assert bench._mode(settings, torch.device("cpu")) is None
     assert bench._mode(BenchSettings(compile=False), torch.device("cuda")) is None
+    # the default records its own CUDA graph per step: compiled without torch.compile's graphs
+    default = BenchSettings()
+    StepRunner(model, default, torch.device("cuda"))
+    assert modes[-1] == ("default", False) and default.captures(torch.device("cuda"))
+    assert not default.captures(torch.device("cpu")) and not settings.captures(torch.device("cuda"))
 
 
 def test_records_of_other_kernel_settings_are_added_not_replaced(tmp_path):
@@ -179,12 +188,12 @@ def test_inductor_pdl_is_set_as_asked_and_recorded(monkeypatch):
         pytest.skip("this torch's inductor has no PDL setting")
     monkeypatch.setattr(inductor_config.triton, "enable_pdl", False)
     cuda = torch.device("cuda")
-    assert bench._mode(BenchSettings(), cuda) == "reduce-overhead"  # inductor's setting (off) stands
+    assert bench._mode(BenchSettings(), cuda) == "cuda-graph"  # inductor's setting (off) stands
     asked = BenchSettings(inductor_pdl=True, compile_prefill=True)
-    assert bench._mode(asked, cuda) == "reduce-overhead+pdl" and inductor_config.triton.enable_pdl
+    assert bench._mode(asked, cuda) == "cuda-graph+pdl" and inductor_config.triton.enable_pdl
     assert bench._prefill_mode(asked, cuda) == "default+pdl"
-    assert bench._mode(BenchSettings(), cuda) == "reduce-overhead+pdl"  # on for the process, as recorded
-    assert bench._mode(BenchSettings(inductor_pdl=False), cuda) == "reduce-overhead"
+    assert bench._mode(BenchSettings(), cuda) == "cuda-graph+pdl"  # on for the process, as recorded
+    assert bench._mode(BenchSettings(inductor_pdl=False), cuda) == "cuda-graph"
     monkeypatch.delattr(inductor_config.triton, "enable_pdl")
     with pytest.raises(ValueError, match="no programmatic dependent launch"):
         BenchSettings(inductor_pdl=True).apply_inductor_pdl()
@@ -304,6 +313,8 @@ def test_decode_windows_replay_the_same_positions_and_keep_the_median():
     assert windows[0] == windows[1] == windows[2] and [p for p, _ in windows[0]] == [6, 7, 8]
     assert seen[5:7] == seen[10:12] == seen[:2]
     assert timing.seconds_per_step > 0 and timing.spread >= 0
+    assert len(timing.windows) == len(timing.host_windows) == 3
+    assert timing.seconds_per_step == sorted(timing.windows)[1]
 
 
 def test_the_workspace_excess_is_recorded_in_mib():
@@ -354,3 +365,23 @@ def test_compiled_prefill_traces_once():
         runner.prefill(1, 8)  # a warm-up and the timed calls
     torch._dynamo.reset()
     assert len(traced) == 1
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_captured_decode_steps_match_eager_ones():
+    """The default decode (compiled, each step replayed from a CUDA graph of its own) gives eager's tokens, and a
+    second greedy run on a new cache records a new graph instead of replaying one that writes the old cache."""
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import random_model, shape_config
+
+    cuda = torch.device("cuda")
+    model = random_model(shape_config("tiny"), torch.float32, cuda, 0)
+    prompt = torch.randint(100, 256, (2, 5), generator=torch.Generator().manual_seed(1)).to(cuda)
+    with torch.no_grad():
+        eager = StepRunner(model, BenchSettings(compile=False), cuda).greedy(prompt, 8)
+        runner = StepRunner(model, BenchSettings(), cuda)
+        assert runner.captures
+        first, second = runner.greedy(prompt, 8), runner.greedy(prompt, 8)
+        timing = runner.decode(2)
+    assert torch.equal(first, eager) and torch.equal(second, eager)
+    assert len(timing.windows) == len(timing.host_windows) == 5

@@ -10,8 +10,10 @@ from pathlib import Path
 from ..argtypes import at_least
 from .form import DEFAULT_ALIGN, FUSE_MODES
 
-#: torch.compile modes of the decode step on a GPU (both with CUDA graphs)
-COMPILE_MODES = ("reduce-overhead", "max-autotune")
+#: the decode step's mode that records one CUDA graph of its own per step (see ``BenchSettings.compile_mode``)
+CAPTURE_MODE = "cuda-graph"
+#: how the decode step runs on a GPU (each with CUDA graphs; see ``BenchSettings.compile_mode``)
+COMPILE_MODES = (CAPTURE_MODE, "reduce-overhead", "max-autotune")
 
 DEFAULT_OUT = "results/inference/summary.json"
 
@@ -75,9 +77,11 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--throughput", type=_throughput, default=(512, 32),
                    help="Basis Sharing's throughput setting BATCHxTOKENS, one forward (--shape only; none skips)")
     p.add_argument("--no-compile", action="store_true", help="eager decode (no torch.compile / CUDA graphs)")
-    p.add_argument("--compile-mode", default="reduce-overhead", choices=COMPILE_MODES,
-                   help="torch.compile mode of the decode step on a GPU (max-autotune also times inductor's own "
-                        "matmul kernels; compiling takes longer)")
+    p.add_argument("--compile-mode", default=CAPTURE_MODE, choices=COMPILE_MODES,
+                   help="the decode step on a GPU: cuda-graph (compiled, then replayed from a CUDA graph of its own, "
+                        "as serving engines run it), reduce-overhead (torch.compile's own CUDA graphs, whose "
+                        "per-call host checks grow with the model's tensors), max-autotune (reduce-overhead, and "
+                        "inductor times its own matmul kernels; compiling takes longer)")
     p.add_argument("--coordinate-descent", action="store_true",
                    help="inductor's coordinate-descent tuning for the compiled decode step (gpt-fast's setting: "
                         "one-row matmuls become fused, tuned reduction kernels)")

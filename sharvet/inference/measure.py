@@ -18,6 +18,7 @@ import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
+from .command import CAPTURE_MODE
 from .form import DEFAULT_ALIGN
 from .records import GIB, Measurement, ModelRun
 from .traffic import stored_bytes, weight_bytes_per_token
@@ -43,10 +44,13 @@ class BenchSettings:
     #: ranks padded to a multiple of this in the inference form (1: the planner's ranks as they are)
     align: int = DEFAULT_ALIGN
     compile: bool = True
-    #: torch.compile mode of the decode step on a GPU: "reduce-overhead" (CUDA graphs) or "max-autotune" (CUDA
-    #: graphs, and inductor times its own Triton matmul kernels against cuBLAS for each shape: the skinny
-    #: two-stage matmuls of a compressed layer are where cuBLAS's defaults may not be the fastest)
-    compile_mode: str = "reduce-overhead"
+    #: how the decode step runs on a GPU. "cuda-graph": compiled by torch.compile (no CUDA graphs of its own), then
+    #: each step recorded once as a plain CUDA graph and replayed, as serving engines run a compiled model.
+    #: "reduce-overhead" (torch.compile's own CUDA graphs) checks guards and inputs on the host at every call:
+    #: 3-7 ms per step for the compressed LLaMA-3-8B shape (its thousands of tensors), as long as its GPU time, so
+    #: those records timed the host (thirteenth session); 0.55 ms for dense. "max-autotune": reduce-overhead, and
+    #: inductor times its own Triton matmul kernels against cuBLAS for each shape
+    compile_mode: str = "cuda-graph"
     #: inductor's coordinate-descent tuning (gpt-fast's setting): a decode matmul with one row becomes a
     #: reduction kernel, tuned per shape and fused with its neighbours (the lambda multiply, the norm) instead of
     #: a cuBLAS GEMV launch of its own
@@ -68,6 +72,13 @@ class BenchSettings:
 
     def compiles_prefill(self, device: torch.device) -> bool:
         return self.compile_prefill and self.compiles(device)
+
+    def captures(self, device: torch.device) -> bool:
+        """Whether decode steps replay a CUDA graph of their own (the step compiled without torch.compile's)."""
+        return self.compile_mode == CAPTURE_MODE and self.compiles(device)
+
+    def torch_compile_mode(self) -> str:
+        return "default" if self.compile_mode == CAPTURE_MODE else self.compile_mode
 
     def apply_inductor_pdl(self) -> bool:
         """Set inductor's PDL as asked (read when a graph compiles, so for the process) and say whether it is on.
@@ -122,6 +133,10 @@ class DecodeTiming:
     warmup_seconds: float
     #: (slowest - fastest) / median of the timed windows; 0 with one window
     spread: float
+    #: each window's seconds per step on the device, and the host's seconds per step to issue it (host close to
+    #: device: the steps wait for Python, not for the GPU), in the order they ran
+    windows: tuple[float, ...] = ()
+    host_windows: tuple[float, ...] = ()
 
 
 def spread(times: list[float]) -> float:
@@ -196,6 +211,35 @@ def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: 
     return torch.randint(min(100, vocab // 2), vocab, (batch, length), generator=g).to(device)
 
 
+#: decode steps run uncaptured before a step is recorded as a CUDA graph (the first compiles)
+CAPTURE_WARMUP = 2
+
+
+class CapturedStep:
+    """One decode step recorded as a CUDA graph: the next token written back as the next step's input, the position
+    advanced, the static cache written in place (its tensors and write position are device tensors). Replaying
+    it costs the host one call per step, whatever the model's number of tensors."""
+
+    def __init__(self, step: Callable, token: torch.Tensor, pos: torch.Tensor, cache) -> None:
+        self.token, self.pos, self.cache = token.clone(), pos, cache
+        self.graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(self.graph):
+            self.token.copy_(step(self.token, pos, cache))
+            pos.add_(1)
+
+    def serves(self, token: torch.Tensor, pos: torch.Tensor, cache) -> bool:
+        return pos is self.pos and cache is self.cache and token.shape == self.token.shape
+
+    def run(self, token: torch.Tensor, n: int, out: list | None = None) -> torch.Tensor:
+        """``n`` steps from ``token``; the returned token is the graph's own input (the next run's default)."""
+        self.token.copy_(token)
+        for _ in range(n):
+            self.graph.replay()
+            if out is not None:
+                out.append(self.token.clone())
+        return self.token
+
+
 class StepRunner:
     """Prefill and one-token decode steps of a model with a static cache (gpt-fast style)."""
 
@@ -210,11 +254,13 @@ class StepRunner:
         if compiler is None and settings.compiles(device):
             # one graph per batch size, as a server captures one CUDA graph per batch size: with dynamic=None a
             # second batch size recompiles with a symbolic batch, whose kernels may not be the specialised ones
-            compiler = functools.partial(torch.compile, mode=settings.compile_mode, dynamic=False)
+            compiler = functools.partial(torch.compile, mode=settings.torch_compile_mode(), dynamic=False)
             # read when the step compiles (its first call, within this runner's use), so set for the process
             torch._inductor.config.coordinate_descent_tuning = settings.coordinate_descent
             settings.apply_inductor_pdl()
         self.step = self._step if compiler is None else compiler(self._step)
+        self.captures = settings.captures(device)
+        self._captured: CapturedStep | None = None
         # its own function, so its graphs (one per prefill shape) count apart from the decode step's
         if prefill_compiler is None and settings.compiles_prefill(device):
             prefill_compiler = functools.partial(torch.compile, dynamic=False)
@@ -253,6 +299,29 @@ class StepRunner:
         return self._step(prompt, None, cache), pos, cache
 
     def _steps(self, token: torch.Tensor, pos: torch.Tensor, cache, n: int, out: list | None = None) -> torch.Tensor:
+        if not self.captures:
+            return self._plain_steps(token, pos, cache, n, out)
+        captured = self._captured
+        if captured is None or not captured.serves(token, pos, cache):
+            first = min(n, CAPTURE_WARMUP)  # run as they are (they compile, and warm up what capture needs)
+            token = self._plain_steps(token, pos, cache, first, out, side_stream=True)
+            n -= first
+            if n == 0:
+                return token
+            captured = self._captured = CapturedStep(self.step, token, pos, cache)
+        return captured.run(token, n, out)
+
+    def _plain_steps(self, token: torch.Tensor, pos: torch.Tensor, cache, n: int, out: list | None = None,
+                     side_stream: bool = False) -> torch.Tensor:
+        """``n`` steps through ``self.step``; ``side_stream``: on a stream of their own, as warm-up before a CUDA
+        graph's capture should run (lazily made per-stream state, such as cuBLAS's workspace, then exists)."""
+        if side_stream:
+            stream = torch.cuda.Stream(self.device)
+            stream.wait_stream(torch.cuda.current_stream(self.device))
+            with torch.cuda.stream(stream):
+                token = self._plain_steps(token, pos, cache, n, out)
+            torch.cuda.current_stream(self.device).wait_stream(stream)
+            return token
         for _ in range(n):
             token = self.step(token, pos, cache).clone()
             pos.add_(1)
@@ -279,15 +348,17 @@ class StepRunner:
         token = self._steps(token, pos, cache, s.warmup)
         _sync(self.device)
         warmup = time.perf_counter() - start
-        windows = []
+        windows: list[tuple[float, float]] = []
         for i in range(1 if watch is not None else s.decode_windows):
             if i:  # back to where the first window started: the same cache tensors (the recorded graph's)
                 cache.reset()
                 pos.fill_(prompt.shape[1])
                 token = self._steps(self._step(prompt, None, cache), pos, cache, s.warmup)
             with watch or contextlib.nullcontext():
-                windows.append(elapsed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device))
-        return DecodeTiming(statistics.median(windows) / s.decode_steps, warmup, spread(windows))
+                windows.append(timed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device))
+        device_s = tuple(w[0] / s.decode_steps for w in windows)
+        return DecodeTiming(statistics.median(device_s), warmup, spread(list(device_s)), device_s,
+                            tuple(w[1] / s.decode_steps for w in windows))
 
 
 @torch.no_grad()
@@ -304,7 +375,8 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(
             prefill, batch * settings.prefill_len / prefill, peak, host)
         per_step = timing.seconds_per_step
-        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak, spread=timing.spread)
+        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak, spread=timing.spread,
+                                                     windows=timing.windows, host_windows=timing.host_windows)
     run.compile_s = round(compile_s, 1) if settings.compiles(device) else None
     if settings.throughput is not None:
         batch, length = settings.throughput

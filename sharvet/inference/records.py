@@ -23,6 +23,9 @@ class Measurement:
     host_seconds: float | None = None
     #: (slowest - fastest) / median of the repeated timings behind ``seconds`` (None: not repeated)
     spread: float | None = None
+    #: decode: each timed window's seconds per step on the device and on the host, in the order they ran
+    windows: tuple[float, ...] = ()
+    host_windows: tuple[float, ...] = ()
 
 
 @dataclass
@@ -88,6 +91,14 @@ def _ms(seconds: float | None) -> float | None:
     return None if seconds is None else _sig(seconds * 1000)
 
 
+def _windows(label: str, m: Measurement) -> dict[str, list[float]]:
+    """A decode row's per-window step times in ms, device and host (none for other rows)."""
+    if not m.windows:
+        return {}
+    return {f"{label}_windows_ms": [_sig(t * 1000) for t in m.windows],
+            f"{label}_host_windows_ms": [_sig(t * 1000) for t in m.host_windows]}
+
+
 def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, path: str, command: str,
             env: dict[str, Any], extra: dict[str, Any] | None = None) -> list[dict[str, Any]]:
     """One record per (phase, batch, tokens per step) both runs measured."""
@@ -106,6 +117,7 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "dense_ms": _sig(d.seconds * 1000), "compressed_ms": _sig(c.seconds * 1000),
             "dense_host_ms": _ms(d.host_seconds), "compressed_host_ms": _ms(c.host_seconds),
             "dense_spread": round3(d.spread), "compressed_spread": round3(c.spread),
+            **_windows("dense", d), **_windows("compressed", c),
             "peak_gpu_gib_dense": round_gib(d.peak_gib), "peak_gpu_gib_compressed": round_gib(c.peak_gib),
             "stored_gib_dense": round(dense.stored_gib, 3), "stored_gib_compressed": round(compressed.stored_gib, 3),
             # peak minus the weights: KV cache, activations, CUDA-graph pools (the target: compressed <= dense)
