@@ -97,7 +97,7 @@ def questions_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
 
 def shortfall(ours: list[dict], theirs: list[dict], gap: float) -> str:
     """How far behind, with both standard errors where they can be computed."""
-    text = f"behind by {gap:.1f}"
+    text = f"behind by {gap:.2f}"
     runs, questions = runs_stderr(ours, theirs), questions_stderr(ours, theirs)
     if runs is not None:
         text += f"; SE across runs {runs:.2f}"
@@ -147,7 +147,7 @@ def tables(records: list[dict], flags: str, calib: int | None = None) -> tuple[s
                 continue
             ok = acc >= theirs
             met, checked = met + ok, checked + 1
-            accuracy.append(f"| {ratio} | {label} | {cell(acc, n, 1)} | {cell(theirs, k, 1)} | "
+            accuracy.append(f"| {ratio} | {label} | {cell(acc, n)} | {cell(theirs, k)} | "
                             f"{'yes' if ok else f'**no** ({shortfall(mine, rows, theirs - acc)})'} |")
     return "\n\n".join("\n".join(t) for t in (limits, margins, accuracy)), checked, met
 

@@ -69,7 +69,7 @@ def test_an_accuracy_shortfall_is_given_with_both_standard_errors():
     ours = [record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=a) | {"avg_acc_stderr": 1.0} for a in (43.0, 43.4)]
     theirs = [record("svd", 0.7, 20.0, 20.0, acc=a) | {"avg_acc_stderr": 1.2} for a in (43.5, 44.3)]
     text, _, _ = targets.tables([RECORDS[0], *ours, *theirs], "")
-    assert "behind by 0.7; SE across runs 0.45; SE of one run's questions 1.6" in text
+    assert "behind by 0.70; SE across runs 0.45; SE of one run's questions 1.6" in text
     assert targets.runs_stderr(ours, theirs[:1]) is None  # one run: no spread
     assert targets.questions_stderr(ours, [record("svd", 0.7, 1.0, 1.0, acc=1.0)]) is None  # one side lacks it
 
