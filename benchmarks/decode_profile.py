@@ -105,7 +105,7 @@ def main() -> None:
     p.add_argument("--fuse", default="best", choices=FUSE_MODES)
     p.add_argument("--batch", type=int, default=1)
     p.add_argument("--steps", type=int, default=16, help="decode steps profiled")
-    p.add_argument("--compile-mode", default="reduce-overhead", choices=(*COMPILE_MODES, "default"),
+    p.add_argument("--compile-mode", default=COMPILE_MODES[0], choices=(*COMPILE_MODES, "default"),
                    help="default: compiled without CUDA graphs (every kernel launched from the host)")
     p.add_argument("--coordinate-descent", action="store_true", help="as sharvet bench's")
     p.add_argument("--prefill", type=int, default=0, metavar="N",

@@ -39,3 +39,11 @@ def test_where_skips_torch_frames_and_shows_the_source_line(tmp_path):
     assert shown[1].startswith("cab.py:9 call")
     text = pm.report("r0.5", pm.Peak(3 * pm.MIB, [_ev("alloc", 1, 3 * pm.MIB, frames)]), 0, 5)
     assert "3.0 MiB" in text and "buf7" in text
+
+
+def test_torch_frames_are_shown_when_asked():
+    frames = [{"filename": "/site/torch/_inductor/autotune.py", "line": 1, "name": "bench"},
+              {"filename": "/site/torch/cuda/graphs.py", "line": 2, "name": "capture"}]
+    assert pm.where(frames) == []
+    shown = pm.where(frames, 4, torch_frames=True)
+    assert [s.split(" ")[0] for s in shown] == ["autotune.py:1", "graphs.py:2"]
