@@ -385,3 +385,21 @@ def test_captured_decode_steps_match_eager_ones():
         timing = runner.decode(2)
     assert torch.equal(first, eager) and torch.equal(second, eager)
     assert len(timing.windows) == len(timing.host_windows) == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_measured_model_leaves_no_memory_to_the_next():
+    """Every capture warms up and records on one stream per GPU: a stream per capture left its cuBLAS workspace
+    (32 MiB on an H200) allocated, which the next model's peak counted."""
+    from sharvet.inference.measure import BenchSettings, StepRunner, release
+    from sharvet.inference.shapes import random_model, shape_config
+
+    cuda = torch.device("cuda")
+    model = random_model(shape_config("tiny"), torch.bfloat16, cuda, 0)
+    with torch.no_grad():
+        StepRunner(model, BenchSettings(), cuda).decode(1)
+        release(cuda)
+        before = torch.cuda.memory_allocated(cuda)
+        StepRunner(model, BenchSettings(), cuda).decode(1)
+        release(cuda)
+    assert torch.cuda.memory_allocated(cuda) - before < 1 << 20
