@@ -12,7 +12,8 @@ Two sources of models, one record format:
   those shapes, lambdas drawn around 1 as after refinement. Prefill is one eager forward of ``batch x
   prefill_len`` tokens into a static cache; decode is a gpt-fast loop: one token per step, compiled by
   ``torch.compile`` and replayed from a CUDA graph (by default one of its own, see ``BenchSettings.compile_mode``)
-  with a static cache, no host sync inside the timed steps. The throughput setting of Basis Sharing (512 x 32 tokens, one forward) is a prefill row.
+  with a static cache, no host sync inside the timed steps. The throughput setting of Basis Sharing (512 x 32
+  tokens, one forward) is a prefill row.
 
 Times come from CUDA events after warm-up (on the CPU: ``perf_counter``); the peak is
 ``torch.cuda.max_memory_allocated`` over one batch's runs, this model alone on the GPU. Each row carries
