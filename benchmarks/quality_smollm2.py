@@ -341,6 +341,13 @@ def _argv_calib_samples(argv: list[str]) -> int:
     return p.parse_known_args(argv)[0].calib_samples
 
 
+def task_outcomes(tasks: dict | None) -> dict:
+    """Each task's per-question outcomes where the run logged them (since the thirteenth session), for comparing
+    two methods on the same questions; nothing for older runs."""
+    correct = {name: t["correct"] for name, t in (tasks or {}).items() if t.get("correct")}
+    return {"task_correct": correct} if correct else {}
+
+
 def _record(row: dict, run: dict) -> dict:
     flags = "".join(f" {shlex.quote(f)}" for f in row["refine_flags"])
     ratio = row.get("compress_ratio", row["ratio"])
@@ -363,7 +370,7 @@ def _record(row: dict, run: dict) -> dict:
             "train_dtype": row.get("train_dtype", "float32"), **{k: row[k] for k in keep},
             "compress_ratio": row.get("compress_ratio", row["ratio"]),
             "date": run["date"], "device": run["device"],
-            "measured_by": " ".join(run["argv"])}
+            "measured_by": " ".join(run["argv"]), **task_outcomes(row.get("tasks"))}
 
 
 def cmd_summary(a: argparse.Namespace) -> None:

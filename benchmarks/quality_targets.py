@@ -95,14 +95,41 @@ def questions_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
     return (sides[0] + sides[1]) ** 0.5
 
 
+def paired_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
+    """Standard error (points) of the difference of the two sides' mean accuracies over these tasks' questions,
+    paired: per question, the share of each side's runs that answered it right; per task, the spread of the
+    difference over its questions; the average weighs the tasks alike, as ``avg_acc`` does. Both models answer
+    the same questions, so this is far below the unpaired error. None unless every run of both sides logged every
+    task's outcomes (``task_correct``)."""
+    sides = [[r for r in rows if r.get("avg_acc") is not None] for rows in (ours, theirs)]
+    runs = sides[0] + sides[1]
+    if not all(sides) or any("task_correct" not in r for r in runs):
+        return None
+    tasks = sorted(runs[0]["task_correct"])
+    if any(sorted(r["task_correct"]) != tasks for r in runs):
+        return None
+    variance = 0.0
+    for task in tasks:
+        outcomes = [[r["task_correct"][task] for r in side] for side in sides]
+        if len({len(o) for side in outcomes for o in side}) != 1:
+            return None
+        share = [[statistics.fmean(int(o[q]) for o in side) for q in range(len(side[0]))] for side in outcomes]
+        diff = [a - b for a, b in zip(*share)]
+        variance += statistics.variance(diff) / len(diff)
+    return 100 * variance ** 0.5 / len(tasks)
+
+
 def shortfall(ours: list[dict], theirs: list[dict], gap: float) -> str:
-    """How far behind, with both standard errors where they can be computed."""
+    """How far behind, with the standard errors that can be computed."""
     text = f"behind by {gap:.2f}"
     runs, questions = runs_stderr(ours, theirs), questions_stderr(ours, theirs)
+    paired = paired_stderr(ours, theirs)
     if runs is not None:
         text += f"; SE across runs {runs:.2f}"
     if questions is not None:
         text += f"; SE of one run's questions {questions:.1f}"
+    if paired is not None:
+        text += f"; paired SE of the questions {paired:.2f}"
     return text
 
 

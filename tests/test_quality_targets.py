@@ -4,6 +4,8 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
+import pytest
+
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "benchmarks"))
 import quality_targets as targets  # noqa: E402
 
@@ -72,6 +74,21 @@ def test_an_accuracy_shortfall_is_given_with_both_standard_errors():
     assert "behind by 0.70; SE across runs 0.45; SE of one run's questions 1.6" in text
     assert targets.runs_stderr(ours, theirs[:1]) is None  # one run: no spread
     assert targets.questions_stderr(ours, [record("svd", 0.7, 1.0, 1.0, acc=1.0)]) is None  # one side lacks it
+    assert targets.paired_stderr(ours, theirs) is None  # no per-question outcomes logged
+
+
+def test_the_paired_error_compares_the_same_questions():
+    """Two tasks of four questions. Task a: ours right on q0-q1 in both runs, theirs on q0 and, in one run, q1:
+    differences 0, 0.5, 0, 0 (variance 1/16, over 4 questions). Task b: the same answers on both sides (variance 0).
+    SE = 100 * sqrt(1/64) / 2 = 6.25 points."""
+    mine = {"a": "1100", "b": "1010"}
+    ours = [record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=50.0) | {"task_correct": mine}] * 2
+    theirs = [record("svd", 0.7, 20.0, 20.0, acc=a) | {"task_correct": {"a": c, "b": "1010"}}
+              for a, c in ((50.0, "1100"), (37.5, "1000"))]
+    assert targets.paired_stderr(ours, theirs) == pytest.approx(6.25)
+    assert targets.paired_stderr(ours, theirs[:1] + [theirs[1] | {"task_correct": {"a": "1000"}}]) is None
+    assert targets.paired_stderr(ours, [theirs[0] | {"task_correct": {"a": "110", "b": "101"}}]) is None
+    assert "paired SE of the questions 6.25" in targets.shortfall(theirs, ours, 6.25)
 
 
 def test_the_targets_figure_shows_the_compared_runs(tmp_path, monkeypatch):

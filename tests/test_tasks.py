@@ -260,6 +260,13 @@ def test_acc_and_acc_norm_are_read_from_their_own_keys() -> None:
     lambada = task_results.result_from_lm_eval("lambada_openai", output)
     assert lambada.headline == 0.3 and lambada.metrics["perplexity"] == 40.5
     assert task_results.parse_metrics({"exact_match,strict-match": 0.5}) == {"exact_match[strict-match]": 0.5}
+    assert piqa.correct is None  # no logged samples
+    samples = [{"doc_id": 1, "filter": "none", "acc": 0.0, "acc_norm": 1.0},
+               {"doc_id": 0, "filter": "none", "acc": 1.0, "acc_norm": 1.0},
+               {"doc_id": 2, "filter": "none", "acc": 1.0, "acc_norm": 0.0}]
+    assert task_results.result_from_lm_eval("piqa", output | {"samples": {"piqa": samples}}).correct == "110"
+    assert task_results.correct_of(samples, "acc") == "101"
+    assert task_results.correct_of([{"doc_id": 0, "perplexity": 40.5}], "perplexity") is None
     # a task whose headline metric is missing falls back to acc, and says so
     assert task_results.headline_of("arc_easy", {"acc": 0.5}) == ("acc", 0.5)
 
@@ -357,6 +364,8 @@ def test_evaluate_end_to_end_on_a_tiny_model(tmp_path: Path) -> None:
     assert piqa["status"] == "ok" and piqa["source"] == "local" and piqa["n_samples"] == 2 and piqa["n_docs"] == 3
     assert {"acc", "acc_norm"} <= set(piqa["metrics"]) and piqa["headline"] == piqa["metrics"]["acc_norm"]
     assert piqa["num_fewshot"] == 0 and piqa["limit"] == 2
+    # each document's outcome, so that two models can be compared on the same questions
+    assert len(piqa["correct"]) == 2 and piqa["correct"].count("1") / 2 == piqa["headline"]
     assert result["tasks"]["copa"]["status"] == "not run"
     assert set(result["versions"]) >= {"torch", "transformers", "lm_eval", "sharvet"} and result["seed"] == 0
     assert result["wall_time_s"] >= 0

@@ -34,6 +34,9 @@ class TaskResult:
     limit: int | float | None = None
     reason: str | None = None
     wall_time_s: float | None = None
+    #: one character per scored document in document order, "1" where the headline metric scored it right (tasks
+    #: whose headline is right-or-wrong per document): what comparing two models on the same questions needs
+    correct: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {k: v for k, v in asdict(self).items() if v is not None and v != {}}
@@ -66,13 +69,25 @@ def headline_of(name: str, metrics: Mapping[str, float | None]) -> tuple[str | N
     return None, None
 
 
+def correct_of(samples: list[Mapping[str, Any]], metric: str | None) -> str | None:
+    """Each document's outcome of ``metric`` from lm-eval's logged samples (filter "none"), in document order, or
+    None where the metric is not 0 or 1 per document."""
+    scored = sorted((s for s in samples if s.get("filter", "none") == "none"), key=lambda s: s["doc_id"])
+    values = [s.get(metric) for s in scored]
+    if not values or any(v not in (0, 1) for v in values):
+        return None
+    return "".join("1" if v else "0" for v in values)
+
+
 def result_from_lm_eval(name: str, output: Mapping[str, Any]) -> TaskResult:
-    """A :class:`TaskResult` from the dict ``lm_eval.simple_evaluate`` returned."""
+    """A :class:`TaskResult` from the dict ``lm_eval.simple_evaluate`` returned (with its logged samples, each
+    document's outcome too)."""
     metrics = parse_metrics(output["results"][name])
     metric, value = headline_of(name, metrics)
     samples = output.get("n-samples", {}).get(name, {})
     return TaskResult(name, metrics=metrics, headline_metric=metric, headline=value,
                       n_samples=samples.get("effective"), n_docs=samples.get("original"),
-                      num_fewshot=output.get("n-shot", {}).get(name))
+                      num_fewshot=output.get("n-shot", {}).get(name),
+                      correct=correct_of(output.get("samples", {}).get(name, []), metric))
 
 

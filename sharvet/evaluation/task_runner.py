@@ -50,7 +50,7 @@ def _evaluate_one(lm: LM, task: Task, manager: TaskManager, *, limit: int | floa
     start = time.perf_counter()
     output = lm_eval.simple_evaluate(
         model=lm, tasks=[task], task_manager=manager, limit=limit, bootstrap_iters=bootstrap_iters,
-        log_samples=False, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
+        log_samples=True, random_seed=seed, numpy_random_seed=seed, torch_random_seed=seed,
         fewshot_random_seed=seed,
     )
     result = result_from_lm_eval(task.task_name, output)
