@@ -78,10 +78,12 @@ def probe(model, label: str, args: argparse.Namespace, settings) -> Peak:
     benchmark's whole decode measurement instead (prompt, warm-up steps that compile, capture, timed windows)."""
     import torch
 
-    from sharvet.inference.measure import StepRunner, _ids, _static_cache
+    from sharvet.inference.measure import StepRunner, _ids, _static_cache, capture_stream
 
     device = torch.device("cuda")
     runner = StepRunner(model, settings, device)
+    if runner.captures:  # its cuBLAS workspace made before the trace, for the first model as for the others
+        capture_stream(device)
     ids = _ids(model, args.batch, args.length, device, settings.seed)
     cache = _static_cache(model, args.length)
     with torch.no_grad():
