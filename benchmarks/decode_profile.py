@@ -29,7 +29,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sharvet.inference.form import FUSE_MODES, prepare  # noqa: E402
-from sharvet.inference.command import COMPILE_MODES  # noqa: E402
+from sharvet.inference.modes import COMPILE_MODES  # noqa: E402
 from sharvet.inference.measure import (BenchSettings, StepRunner, model_run, peak_gib, release,  # noqa: E402
                                       reset_peak)
 from sharvet.inference.shapes import compressed_random, plan_for, random_model, shape_config  # noqa: E402

@@ -9,11 +9,7 @@ from pathlib import Path
 
 from ..argtypes import at_least
 from .form import DEFAULT_ALIGN, FUSE_MODES
-
-#: the decode step's mode that records one CUDA graph of its own per step (see ``BenchSettings.compile_mode``)
-CAPTURE_MODE = "cuda-graph"
-#: how the decode step runs on a GPU (each with CUDA graphs; see ``BenchSettings.compile_mode``)
-COMPILE_MODES = (CAPTURE_MODE, "reduce-overhead", "max-autotune")
+from .modes import CAPTURE_MODE, COMPILE_MODES
 
 DEFAULT_OUT = "results/inference/summary.json"
 

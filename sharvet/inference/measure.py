@@ -18,8 +18,8 @@ import torch
 from torch import nn
 from transformers.generation.streamers import BaseStreamer
 
-from .command import CAPTURE_MODE
 from .form import DEFAULT_ALIGN
+from .modes import CAPTURE_MODE
 from .records import GIB, Measurement, ModelRun
 from .traffic import stored_bytes, weight_bytes_per_token
 
