@@ -20,7 +20,7 @@ from transformers.generation.streamers import BaseStreamer
 
 from .form import DEFAULT_ALIGN
 from .modes import CAPTURE_MODE
-from .records import GIB, Measurement, ModelRun
+from .records import GIB, Measurement, ModelRun, spread
 from .traffic import stored_bytes, weight_bytes_per_token
 
 
@@ -127,21 +127,21 @@ def timed(fn: Callable[[], Any], device: torch.device) -> tuple[float, float]:
 
 @dataclass
 class DecodeTiming:
-    """One decode measurement: the median step time, what the first warm-up took (compiling), the windows' spread."""
+    """One decode measurement: what the first warm-up took (compiling), and each timed window's seconds per step on
+    the device and the host's seconds per step to issue it (host close to device: the steps wait for Python, not
+    for the GPU), in the order they ran. The step time kept is the windows' median."""
 
-    seconds_per_step: float
     warmup_seconds: float
-    #: (slowest - fastest) / median of the timed windows; 0 with one window
-    spread: float
-    #: each window's seconds per step on the device, and the host's seconds per step to issue it (host close to
-    #: device: the steps wait for Python, not for the GPU), in the order they ran
-    windows: tuple[float, ...] = ()
-    host_windows: tuple[float, ...] = ()
+    windows: tuple[float, ...]
+    host_windows: tuple[float, ...]
 
+    @property
+    def seconds_per_step(self) -> float:
+        return statistics.median(self.windows)
 
-def spread(times: list[float]) -> float:
-    """How far apart repeated timings lie, relative to their median."""
-    return (max(times) - min(times)) / statistics.median(times)
+    @property
+    def spread(self) -> float:
+        return spread(self.windows)
 
 
 def capture_stream(device: torch.device) -> torch.cuda.Stream:
@@ -378,8 +378,7 @@ class StepRunner:
                 token = self._steps(self._step(prompt, None, cache), pos, cache, s.warmup)
             with watch or contextlib.nullcontext():
                 windows.append(timed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device))
-        device_s = tuple(w[0] / s.decode_steps for w in windows)
-        return DecodeTiming(statistics.median(device_s), warmup, spread(list(device_s)), device_s,
+        return DecodeTiming(warmup, tuple(w[0] / s.decode_steps for w in windows),
                             tuple(w[1] / s.decode_steps for w in windows))
 
 
@@ -399,8 +398,8 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(
             prefill, batch * settings.prefill_len / prefill, peak, host)
         per_step = timing.seconds_per_step
-        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak, spread=timing.spread,
-                                                     windows=timing.windows, host_windows=timing.host_windows)
+        run.rows[("decode", batch, 1)] = Measurement(per_step, batch / per_step, peak, windows=timing.windows,
+                                                     host_windows=timing.host_windows)
     run.compile_s = round(compile_s, 1) if settings.compiles(device) else None
     if settings.throughput is not None:
         batch, length = settings.throughput

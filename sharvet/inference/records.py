@@ -4,6 +4,8 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import statistics
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,11 +23,19 @@ class Measurement:
     #: seconds the host took to issue an eager forward (None where CUDA graphs replay it): near ``seconds``, the
     #: measurement is bound by Python and launches, not by the GPU
     host_seconds: float | None = None
-    #: (slowest - fastest) / median of the repeated timings behind ``seconds`` (None: not repeated)
-    spread: float | None = None
     #: decode: each timed window's seconds per step on the device and on the host, in the order they ran
     windows: tuple[float, ...] = ()
     host_windows: tuple[float, ...] = ()
+
+    @property
+    def spread(self) -> float | None:
+        """(slowest - fastest) / median of the timed windows behind ``seconds`` (None: not repeated)."""
+        return spread(self.windows) if self.windows else None
+
+
+def spread(times: Sequence[float]) -> float:
+    """How far apart repeated timings lie, relative to their median."""
+    return (max(times) - min(times)) / statistics.median(times)
 
 
 @dataclass
@@ -95,8 +105,8 @@ def _windows(label: str, m: Measurement) -> dict[str, list[float]]:
     """A decode row's per-window step times in ms, device and host (none for other rows)."""
     if not m.windows:
         return {}
-    return {f"{label}_windows_ms": [_sig(t * 1000) for t in m.windows],
-            f"{label}_host_windows_ms": [_sig(t * 1000) for t in m.host_windows]}
+    return {f"{label}_windows_ms": [_ms(t) for t in m.windows],
+            f"{label}_host_windows_ms": [_ms(t) for t in m.host_windows]}
 
 
 def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, path: str, command: str,
