@@ -120,7 +120,8 @@ def paired_stderr(ours: list[dict], theirs: list[dict]) -> float | None:
 
 
 def shortfall(ours: list[dict], theirs: list[dict], gap: float) -> str:
-    """How far behind, with the standard errors that can be computed."""
+    """How far behind, with the standard errors that can be computed; where only some runs logged their questions,
+    the paired comparison of those runs alone."""
     text = f"behind by {gap:.2f}"
     runs, questions = runs_stderr(ours, theirs), questions_stderr(ours, theirs)
     paired = paired_stderr(ours, theirs)
@@ -129,8 +130,20 @@ def shortfall(ours: list[dict], theirs: list[dict], gap: float) -> str:
     if questions is not None:
         text += f"; SE of one run's questions {questions:.1f}"
     if paired is not None:
-        text += f"; paired SE of the questions {paired:.2f}"
-    return text
+        return text + f"; paired SE of the questions {paired:.2f}"
+    return text + logged_comparison(ours, theirs)
+
+
+def logged_comparison(ours: list[dict], theirs: list[dict]) -> str:
+    """``; of the runs that logged their questions (n and m): behind by x, paired SE y``, or nothing where a side
+    has none: older runs predate the logging, and the paired error needs every compared run's outcomes."""
+    logged = [[r for r in rows if "task_correct" in r and r.get("avg_acc") is not None] for rows in (ours, theirs)]
+    paired = paired_stderr(*logged)
+    if paired is None:
+        return ""
+    gap = mean(logged[1], "avg_acc")[0] - mean(logged[0], "avg_acc")[0]
+    return (f"; of the runs that logged their questions ({len(logged[0])} and {len(logged[1])}): "
+            f"{'behind' if gap > 0 else 'ahead'} by {abs(gap):.2f}, paired SE {paired:.2f}")
 
 
 def cell(value: float | None, n: int, digits: int = 2) -> str:

@@ -91,6 +91,20 @@ def test_the_paired_error_compares_the_same_questions():
     assert "paired SE of the questions 6.25" in targets.shortfall(theirs, ours, 6.25)
 
 
+def test_runs_that_predate_the_logging_leave_a_paired_comparison_of_the_logged_ones():
+    """Both sides mix runs with and without per-question outcomes: the paired error of all runs cannot be had, so
+    the shortfall adds the logged runs' own comparison (50.0 against 43.75: ahead by 6.25; SE as above)."""
+    mine = {"a": "1100", "b": "1010"}
+    ours = [record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=50.0) | {"task_correct": mine},
+            record("sharvet-plus", 0.7, 10.0, 10.0, default=True, acc=40.0)]
+    theirs = [record("svd", 0.7, 20.0, 20.0, acc=a) | {"task_correct": {"a": c, "b": "1010"}}
+              for a, c in ((50.0, "1100"), (37.5, "1000"))] + [record("svd", 0.7, 20.0, 20.0, acc=60.0)]
+    text = targets.shortfall(ours, theirs, 4.1)
+    assert "paired SE of the questions" not in text
+    assert text.endswith("of the runs that logged their questions (1 and 2): ahead by 6.25, paired SE 6.25")
+    assert targets.logged_comparison(ours[1:], theirs) == ""  # our logged run removed: nothing to pair
+
+
 def test_the_targets_figure_shows_the_compared_runs(tmp_path, monkeypatch):
     """--plot: one panel per ratio and measure, holding exactly the runs the tables compare (the default's two and
     the one comparable baseline run at 0.7), with the target's line."""
