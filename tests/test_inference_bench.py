@@ -68,14 +68,15 @@ def test_bench_records_carry_the_kernel_settings_and_a_note(tmp_path, monkeypatc
     lands in every record."""
     out = tmp_path / "summary.json"
     monkeypatch.setenv("SHARVET_GROUPED_TILES", "4x512x4/8x512x4")
+    monkeypatch.setenv("SHARVET_PREFILL_CHUNK", "1024")
     monkeypatch.setattr("sys.argv", ["benchmarks/inference.py", "--shape", "tiny"])
     args = ["bench", "--shape", "tiny", "--ratios", "0.5", "--throughput", "none", "--device", "cpu", "--out", str(out),
             "--note", "GPU 1 idle", *SMALL]
     assert main(args) == 0
     rows = json.loads(out.read_text())["records"]
     assert rows and all(r["note"] == "GPU 1 idle" for r in rows)
-    assert all(r["command"].startswith("SHARVET_GROUPED_TILES=4x512x4/8x512x4 python benchmarks/inference.py")
-               for r in rows)
+    assert all(r["command"].startswith("SHARVET_GROUPED_TILES=4x512x4/8x512x4 SHARVET_PREFILL_CHUNK=1024 "
+                                       "python benchmarks/inference.py") for r in rows)
 
 
 def test_bench_checkpoint_against_its_original(model_dir, data_dir, tmp_path):

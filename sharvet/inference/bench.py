@@ -28,6 +28,7 @@ from typing import Any, Callable
 
 import torch
 
+from . import chunked
 from .form import prepare
 from .grouped import GroupedStages, describe
 from .measure import BenchSettings, measure_generate, measure_steps, release
@@ -48,7 +49,7 @@ def _kernels(model: torch.nn.Module) -> str | None:
     """The grouped kernels' settings (tiles, PDL, ...; they come from the environment) where the model runs them:
     part of a record's merge key, so a run with other tiles adds records instead of replacing the defaults'."""
     uses = any(isinstance(m, GroupedStages) for m in model.modules())
-    return describe() if uses else None
+    return "; ".join(filter(None, (describe(), chunked.describe()))) if uses else None
 
 
 def _prefill_mode(settings: BenchSettings, device: torch.device) -> str | None:

@@ -123,9 +123,10 @@ def bench_command(a: argparse.Namespace) -> int:
                              compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
                              compile_prefill=a.compile_prefill, inductor_pdl=a.inductor_pdl, seed=a.seed)
     argv = [shlex.quote(x) for x in sys.argv]
-    # the grouped kernels' settings and inductor's PDL may come from the environment: the command says which
+    # the grouped kernels' settings, the prefill chunks and inductor's PDL may come from the environment: the
+    # command says which
     knobs = [f"{k}={shlex.quote(v)}" for k, v in sorted(os.environ.items())
-             if k.startswith("SHARVET_GROUPED_") or k == "TORCHINDUCTOR_ENABLE_PDL"]
+             if k.startswith(("SHARVET_GROUPED_", "SHARVET_PREFILL_")) or k == "TORCHINDUCTOR_ENABLE_PDL"]
     command = " ".join(knobs + (["sharvet", *argv[1:]] if Path(sys.argv[0]).name == "sharvet" else
                                 ["python", *argv] if sys.argv[0].endswith(".py") else argv))
     rows: list[dict] = []

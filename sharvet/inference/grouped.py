@@ -22,6 +22,7 @@ import torch
 from torch import nn
 
 from ..modules import SharedBasisLinear
+from .chunked import chunked_forward, long_step
 from .modules import SliceMemo
 
 try:
@@ -399,7 +400,8 @@ class GroupedStages(nn.Module):
 
 
 class GroupedSlice(nn.Module):
-    """One compressed module of a :class:`GroupedStages`: grouped kernels for a decode step, its own forward else."""
+    """One compressed module of a :class:`GroupedStages`: grouped kernels for a decode step, chunks of tokens for a
+    long prefill (:mod:`.chunked`), its own forward else."""
 
     def __init__(self, group: GroupedStages, index: int) -> None:
         super().__init__()
@@ -410,7 +412,8 @@ class GroupedSlice(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.group.fast(x):
             return self.group.part(x, self.index)
-        return self.group.parts[self.index](x)
+        module = self.group.parts[self.index]
+        return chunked_forward(module, x) if long_step(x) else module(x)
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, slice={self.index}"

@@ -1,0 +1,66 @@
+"""A long prefill's compressed module as one operator over chunks of tokens: its temporaries live only inside it.
+
+Why: compiled, a compressed model's prefill allocates more than dense's beyond the weights (16.9 MiB at 2,048 tokens,
+ratio 0.5, LLaMA-3-8B shapes; ``benchmarks/peak_memory.py`` traced 81 MiB during a 512 x 32 forward): inductor keeps
+lambda-scaled bases and rank-sized buffers past their last use to reuse them later, and each module's rank-sized
+intermediate ``h = (x * lambda) U^T`` (tokens x rank) must coexist with the output it produces. Here the module is
+one custom operator that inductor does not look into: the scaled basis and ``h`` are made and freed inside, and
+``h`` exists for one chunk of tokens at a time (each chunk's output written straight into the result).
+
+Off by default, as measured: with chunks of 1,024 tokens the compressed workspace came within 0.9 MiB (2,048) and
+0.1 MiB (512 x 32) of dense's, but the compiled prefill fell from 1.27-1.36x dense to 1.17x and 512 x 32 from
+1.55-1.61x to 1.38x (H200, 2026-12-01, ``SHARVET_PREFILL_CHUNK=1024 python benchmarks/inference.py --shape
+llama3-8b --ratios 0.5 --batches 1 --compile-prefill``): the chunks' smaller matmuls, and no fusion across the
+operator. For serving where the last MiB matters more than prefill speed.
+"""
+from __future__ import annotations
+
+import os
+
+import torch
+import torch.nn.functional as F
+
+from ..modules import SharedBasisLinear
+
+#: ``SHARVET_PREFILL_CHUNK``: tokens per chunk of a long step (a multiple of 64; ``0``, the default: never chunk).
+#: Steps of more tokens than this run as :func:`chunked_two_stage`; shorter ones as the modules' own forward.
+CHUNK = int(os.environ.get("SHARVET_PREFILL_CHUNK", "0"))
+if CHUNK < 0 or CHUNK % 64:
+    raise ValueError(f"SHARVET_PREFILL_CHUNK must be 0 or a positive multiple of 64, got {CHUNK}")
+
+
+@torch.library.custom_op("sharvet::chunked_two_stage", mutates_args=())
+def chunked_two_stage(x: torch.Tensor, basis: torch.Tensor, scale: torch.Tensor | None, v: torch.Tensor,
+                      bias: torch.Tensor | None, chunk: int) -> torch.Tensor:
+    """``((x * scale) basis^T) v^T + bias`` for ``x`` of shape ``(..., d_in)``, ``chunk`` tokens at a time. lambda
+    scales the basis once (rank x d_in, smaller than a chunk's activations at these lengths)."""
+    flat = x.reshape(-1, x.shape[-1])
+    w = basis if scale is None else basis * scale
+    out = flat.new_empty(flat.shape[0], v.shape[0])
+    for start in range(0, flat.shape[0], chunk):
+        torch.mm(F.linear(flat[start:start + chunk], w), v.t(), out=out[start:start + chunk])
+    if bias is not None:
+        out += bias
+    return out.reshape(*x.shape[:-1], v.shape[0])
+
+
+@chunked_two_stage.register_fake
+def _(x, basis, scale, v, bias, chunk):  # noqa: ANN001, ANN202 - the operator's signature
+    return x.new_empty(*x.shape[:-1], v.shape[0])
+
+
+def long_step(x: torch.Tensor) -> bool:
+    """A step of more than :data:`CHUNK` tokens (when chunking is on)."""
+    return CHUNK > 0 and x.numel() > CHUNK * x.shape[-1]
+
+
+def chunked_forward(module: SharedBasisLinear, x: torch.Tensor) -> torch.Tensor:
+    """``module(x)`` as :func:`chunked_two_stage`; the inference form has absorbed sigma into ``v``."""
+    if module.current_sigma() is not None:
+        raise ValueError("chunked_forward needs sigma absorbed into v (the inference form does it)")
+    return chunked_two_stage(x, module.basis, module.scale, module.v, module.bias, CHUNK)
+
+
+def describe() -> str:
+    """The setting as a record states it; empty when off (the default), so default records keep their key."""
+    return f"steps of more than {CHUNK} tokens chunked" if CHUNK else ""
