@@ -105,7 +105,7 @@ def _interpreter_works() -> bool:
 @needs_triton
 # auto: first stages split in 2-4 parts, the second stages take a tile of their own, and short launches halve their
 # row blocks (to 2 programs per SM, of the 8 the interpreter counts)
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead"])
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "evict"])
 def test_kernels_match_the_reference_in_the_interpreter(tiles):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
@@ -115,6 +115,8 @@ def test_kernels_match_the_reference_in_the_interpreter(tiles):
            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
     if tiles == "ahead":
         env["SHARVET_GROUPED_AHEAD"], env["SHARVET_GROUPED_TILES"] = "1", "4x16x4"  # several column tiles a row
+    elif tiles == "evict":
+        env["SHARVET_GROUPED_EVICT"] = "first"
     elif tiles != "default":
         env["SHARVET_GROUPED_TILES"], env["SHARVET_GROUPED_MIN_PROGRAMS"] = tiles, "2"
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
@@ -245,6 +247,17 @@ def test_one_token_kernels_read_weights_in_16_byte_loads_when_aligned(first):
     aligned, unaligned = (kernel_code(_compile_for_hopper(1, 1, first, align)) for align in (8, 1))
     assert set(aligned.loads) == {16, 8} and aligned.narrow_loads == 0
     assert unaligned.loads[2] > 0
+
+
+@needs_triton
+def test_weights_can_be_read_with_l2_evict_first():
+    """``SHARVET_GROUPED_EVICT=first``: every weight load carries the evict-first policy; by default none does."""
+    from sharvet.inference.grouped_aot import compile_ahead
+
+    for evict in (False, True):
+        ptx = compile_ahead(tokens=1, split=1, first=True, align=8, block_n=2, block_k=1024, warps=4,
+                            evict_first=evict).asm["ptx"]
+        assert ("evict_first" in ptx) == evict
 
 
 def test_load_widths_are_read_from_ptx_names():

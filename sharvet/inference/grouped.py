@@ -52,6 +52,13 @@ PDL = PDL_MODE != "0" and gdc_wait is not None and not INTERPRET
 #: PDL (with it, always: that is what lets a launch's first reads overlap the previous launch; the interpreter tests
 #: use it alone). Costs registers: 80 / 72 against 63 / 63 (first / second stage, tile 4x1024x4, sm_90).
 AHEAD = os.environ.get("SHARVET_GROUPED_AHEAD") == "1"
+#: ``SHARVET_GROUPED_EVICT=first``: weights are loaded with L2's evict-first policy, so that a launch streaming
+#: tens of MB of weights leaves the step's small activations (residual stream, norm weights, KV rows) in L2 for the
+#: kernels between launches. Off by default until measured.
+EVICT_MODE = os.environ.get("SHARVET_GROUPED_EVICT", "normal").lower()
+if EVICT_MODE not in ("normal", "first"):
+    raise ValueError(f"SHARVET_GROUPED_EVICT must be normal or first, got {EVICT_MODE!r}")
+EVICT_FIRST = EVICT_MODE == "first"
 
 
 def pdl_on(device: torch.device) -> bool:
@@ -155,7 +162,7 @@ def describe() -> str:
     return (f"{tiles}, first-stage split {split}, steps of up to {MAX_TOKENS} token"
             f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
             f"{f', row blocks halved to >= {MIN_PROGRAMS} programs per SM' if MIN_PROGRAMS else ''}"
-            f"{', weights a tile ahead' if AHEAD else ''}"
+            f"{', weights a tile ahead' if AHEAD else ''}{', weights evicted first from L2' if EVICT_FIRST else ''}"
             f"{', programmatic dependent launch (weights a tile ahead) on sm_90+' if PDL else ''}{missing}")
 
 
@@ -166,18 +173,20 @@ def block_m(tokens: int) -> int:
 
 if triton is not None:
     @triton.jit
-    def _weight_tile(w, rows, k, n, cols, k_hi):
+    def _weight_tile(w, rows, k, n, cols, k_hi, EVICT_FIRST: tl.constexpr):
         """Rows ``rows`` x columns ``cols`` of a row-major weight of ``n`` rows and ``k`` columns, zero past ``n``
-        and ``k_hi``."""
-        return tl.load(w + rows[:, None] * k + cols[None, :], mask=(rows[:, None] < n) & (cols[None, :] < k_hi),
-                       other=0.0)
+        and ``k_hi``; read once per step, so ``EVICT_FIRST`` lets L2 drop them first."""
+        at, inside = w + rows[:, None] * k + cols[None, :], (rows[:, None] < n) & (cols[None, :] < k_hi)
+        if EVICT_FIRST:
+            return tl.load(at, mask=inside, other=0.0, eviction_policy="evict_first")
+        return tl.load(at, mask=inside, other=0.0)
 
     @triton.jit
     def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
                       tokens, x_stride, y_stride, x_part_stride, y_part_stride,
                       G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
-                      AHEAD: tl.constexpr, USE_PDL: tl.constexpr):
+                      AHEAD: tl.constexpr, USE_PDL: tl.constexpr, EVICT_FIRST: tl.constexpr):
         """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
         and the group ``g`` owning this program's rows, each weight tile read once for all tokens. One token: a
         multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. The second grid axis
@@ -216,7 +225,7 @@ if triton is not None:
         acc1 = tl.zeros((BLOCK_N, BLOCK_K) if BLOCK_M == 1 else (1, 1), dtype=tl.float32)
         tile = tl.arange(0, BLOCK_K)
         if AHEAD:  # weights do not depend on the previous launch: read the first tile before waiting for it
-            wv = _weight_tile(w, rows, k, n, k_lo + tile, k_hi)
+            wv = _weight_tile(w, rows, k, n, k_lo + tile, k_hi, EVICT_FIRST)
         if USE_PDL:
             gdc_launch_dependents()
             gdc_wait()
@@ -230,13 +239,13 @@ if triton is not None:
             if HAS_SCALE:
                 xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
             if not AHEAD:
-                wv = _weight_tile(w, rows, k, n, cols, k_hi)
+                wv = _weight_tile(w, rows, k, n, cols, k_hi, EVICT_FIRST)
             if BLOCK_M == 1:
                 acc1 += wv.to(tl.float32) * xv
             else:
                 acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
             if AHEAD:  # the next tile, one iteration ahead (past k_hi on the last: fully masked, nothing read)
-                wv = _weight_tile(w, rows, k, n, cols + BLOCK_K, k_hi)
+                wv = _weight_tile(w, rows, k, n, cols + BLOCK_K, k_hi, EVICT_FIRST)
         if BLOCK_M == 1:
             acc += tl.sum(acc1, axis=1)[None, :]
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
@@ -248,10 +257,10 @@ if triton is not None:
                      first_stage: bool, split: int, dtype: torch.dtype, launch: list[int]) -> torch.Tensor:
         """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
         graphs record the launch); ``launch`` = programs, rows and columns per tile, warps, alignment, read-ahead
-        (0/1) and programmatic dependent launch (0/1). ``x`` is ``(tokens, width)``, or ``(parts, tokens, width)``
+        (0/1), programmatic dependent launch (0/1) and weights evicted first (0/1). ``x`` is ``(tokens, width)``, or ``(parts, tokens, width)``
         float32 parts of a split first stage; the output is ``(tokens, rows)`` in ``dtype``, or
         ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
-        programs, block_n, block_k, warps, align, ahead, pdl = launch
+        programs, block_n, block_k, warps, align, ahead, pdl, evict = launch
         parts = x.shape[0] if x.dim() == 3 else 1
         tokens = x.shape[-2]
         if split > 1:
@@ -262,7 +271,8 @@ if triton is not None:
                                          x.stride(0) if parts > 1 else 0, y.stride(0) if split > 1 else 0,
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
                                          BLOCK_M=block_m(tokens), BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
-                                         AHEAD=bool(ahead), USE_PDL=bool(pdl), num_warps=warps,
+                                         AHEAD=bool(ahead), USE_PDL=bool(pdl), EVICT_FIRST=bool(evict),
+                                         num_warps=warps,
                                          **({"launch_pdl": True} if pdl else {}))
         return y
 
@@ -344,7 +354,7 @@ class _Launch:
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, split,
                                               self.dtype, [programs, block_n, block_k, self.warps, self.align,
-                                                           int(self.ahead), int(self.pdl)])
+                                                           int(self.ahead), int(self.pdl), int(EVICT_FIRST)])
 
 
 class GroupedStages(nn.Module):

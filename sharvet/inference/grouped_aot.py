@@ -38,7 +38,7 @@ class KernelCode:
 
 
 def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: int, block_k: int, warps: int,
-                  pdl: bool = False, ahead: bool | None = None, arch: int = 90):
+                  pdl: bool = False, ahead: bool | None = None, evict_first: bool = False, arch: int = 90):
     """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights); ``ahead``
     defaults to ``pdl``, as at run time."""
     from triton import compile as triton_compile
@@ -56,7 +56,8 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
     constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
                  "BLOCK_M": grouped.block_m(tokens),
                  "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align,
-                 "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl}
+                 "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl,
+                 "EVICT_FIRST": evict_first}
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = grouped._grouped_gemv.arg_names
     divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]
