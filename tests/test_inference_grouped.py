@@ -105,7 +105,7 @@ def _interpreter_works() -> bool:
 @needs_triton
 # auto: first stages split in 2-4 parts, the second stages take a tile of their own, and short launches halve their
 # row blocks (to 2 programs per SM, of the 8 the interpreter counts)
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "evict"])
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "no-evict"])
 def test_kernels_match_the_reference_in_the_interpreter(tiles):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
@@ -115,8 +115,8 @@ def test_kernels_match_the_reference_in_the_interpreter(tiles):
            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
     if tiles == "ahead":
         env["SHARVET_GROUPED_AHEAD"], env["SHARVET_GROUPED_TILES"] = "1", "4x16x4"  # several column tiles a row
-    elif tiles == "evict":
-        env["SHARVET_GROUPED_EVICT"] = "first"
+    elif tiles == "no-evict":  # weights loaded without the evict-first policy (the default has it)
+        env["SHARVET_GROUPED_EVICT"] = "normal"
     elif tiles != "default":
         env["SHARVET_GROUPED_TILES"], env["SHARVET_GROUPED_MIN_PROGRAMS"] = tiles, "2"
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
@@ -251,7 +251,8 @@ def test_one_token_kernels_read_weights_in_16_byte_loads_when_aligned(first):
 
 @needs_triton
 def test_weights_can_be_read_with_l2_evict_first():
-    """``SHARVET_GROUPED_EVICT=first``: every weight load carries the evict-first policy; by default none does."""
+    """``SHARVET_GROUPED_EVICT``: with ``first`` (the default) the weight loads carry the evict-first policy, with
+    ``normal`` none does."""
     from sharvet.inference.grouped_aot import compile_ahead
 
     for evict in (False, True):

@@ -38,9 +38,9 @@ class KernelCode:
 
 
 def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: int, block_k: int, warps: int,
-                  pdl: bool = False, ahead: bool | None = None, evict_first: bool = False, arch: int = 90):
+                  pdl: bool = False, ahead: bool | None = None, evict_first: bool | None = None, arch: int = 90):
     """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights); ``ahead``
-    defaults to ``pdl``, as at run time."""
+    defaults to ``pdl`` and ``evict_first`` to :data:`grouped.EVICT_FIRST`, as at run time."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -57,7 +57,7 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
                  "BLOCK_M": grouped.block_m(tokens),
                  "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align,
                  "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl,
-                 "EVICT_FIRST": evict_first}
+                 "EVICT_FIRST": grouped.EVICT_FIRST if evict_first is None else evict_first}
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = grouped._grouped_gemv.arg_names
     divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]
