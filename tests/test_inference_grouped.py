@@ -32,6 +32,8 @@ assert grouped.AHEAD == (os.environ.get("SHARVET_GROUPED_AHEAD") == "1")  # the 
 from test_inference import compressed, converted
 model, ids = compressed()
 fast = converted(model, "grouped")
+gated = [m for m in fast.modules() if isinstance(m, grouped.GroupedGatedMLP)]
+assert len(gated) == (len(fast.model.layers) if grouped.GATED_MLP else 0)  # every gated MLP, or none
 if grouped.MIN_PROGRAMS:  # the tiny model's short launches had their row blocks halved
     stages = [m for m in fast.modules() if isinstance(m, grouped.GroupedStages)]
     launches = [launch for m in stages for launch in (m.first, m.second)]
@@ -71,6 +73,27 @@ def test_grouped_modules_replace_every_compressed_module():
     torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
 
 
+@pytest.mark.parametrize("act", ["silu", "gelu"])
+def test_gated_mlps_wrap_only_silu_gated_pairs(act, monkeypatch):
+    """``SHARVET_GROUPED_GATED=1``: every SiLU-gated MLP whose gate and up are compressed gets the gated launch
+    (where the kernels cannot run, it runs as it was: same logits); another activation keeps the plain launches."""
+    from sharvet.inference import grouped
+
+    monkeypatch.setattr(grouped, "GATED_MLP", True)
+    model, ids = compressed()
+    for layer in model.model.layers:
+        layer.mlp.act_fn = {"silu": torch.nn.SiLU(), "gelu": torch.nn.GELU()}[act]
+    fast = converted(model, "grouped")
+    wrapped = [m for m in fast.modules() if isinstance(m, grouped.GroupedGatedMLP)]
+    assert len(wrapped) == (4 if act == "silu" else 0) == fast.sharvet_inference.gated_mlps
+    assert ("gated (silu(gate) * up in one launch) in 4 layers" in fast.sharvet_inference.line()) == (act == "silu")
+    torch.testing.assert_close(fast(ids).logits, model(ids).logits, atol=2e-5, rtol=1e-5)
+    assert all(m.mlp.down_proj is m._stages[1] for m in wrapped)
+    copied = copy.deepcopy(fast)  # the wrapper's references follow the copy
+    assert all(m._stages[0] is m.mlp.gate_proj.group for m in copied.modules()
+               if isinstance(m, grouped.GroupedGatedMLP))
+
+
 def test_offloaded_weights_are_refused():
     model, _ = compressed()
     down = model.model.layers[1].mlp.down_proj
@@ -105,7 +128,7 @@ def _interpreter_works() -> bool:
 @needs_triton
 # auto: first stages split in 2-4 parts, the second stages take a tile of their own, and short launches halve their
 # row blocks (to 2 programs per SM, of the 8 the interpreter counts)
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "no-evict"])
+@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "no-evict", "gated"])
 def test_kernels_match_the_reference_in_the_interpreter(tiles):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
@@ -117,6 +140,9 @@ def test_kernels_match_the_reference_in_the_interpreter(tiles):
         env["SHARVET_GROUPED_AHEAD"], env["SHARVET_GROUPED_TILES"] = "1", "4x16x4"  # several column tiles a row
     elif tiles == "no-evict":  # weights loaded without the evict-first policy (the default has it)
         env["SHARVET_GROUPED_EVICT"] = "normal"
+    elif tiles == "gated":  # silu(gate) * up in gate and up's second stage, weights read ahead as with PDL
+        env["SHARVET_GROUPED_GATED"], env["SHARVET_GROUPED_AHEAD"] = "1", "1"
+        env["SHARVET_GROUPED_TILES"] = "4x16x4/2x16x4"  # several column tiles a row in both stages
     elif tiles != "default":
         env["SHARVET_GROUPED_TILES"], env["SHARVET_GROUPED_MIN_PROGRAMS"] = tiles, "2"
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
@@ -125,11 +151,12 @@ def test_kernels_match_the_reference_in_the_interpreter(tiles):
 
 @needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("tokens", [1, 4])
-def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, monkeypatch):
+@pytest.mark.parametrize("tokens,gated", [(1, False), (4, False), (1, True), (4, True)])
+def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, gated, monkeypatch):
     from sharvet.inference import grouped
 
     monkeypatch.setattr(grouped, "MAX_TOKENS", 16)  # several-token steps too (the default is one, as measured)
+    monkeypatch.setattr(grouped, "GATED_MLP", gated)
     model, ids = compressed()
     model = model.to("cuda", torch.bfloat16)
     ref = prepare(copy.deepcopy(model), fuse="never")
@@ -247,6 +274,22 @@ def test_one_token_kernels_read_weights_in_16_byte_loads_when_aligned(first):
     aligned, unaligned = (kernel_code(_compile_for_hopper(1, 1, first, align)) for align in (8, 1))
     assert set(aligned.loads) == {16, 8} and aligned.narrow_loads == 0
     assert unaligned.loads[2] > 0
+
+
+@needs_triton
+@pytest.mark.parametrize("tokens", [1, 16])
+def test_gated_second_stage_compiles_for_hopper_in_registers_and_wide_loads(tokens):
+    """The gated launch (gate's and up's rows, two accumulators, weights read ahead as with PDL) at the second
+    stage's tile: nothing spills, and one token's weights are read in 16-byte loads only."""
+    from sharvet.inference import grouped
+    from sharvet.inference.grouped_aot import compile_ahead, kernel_code
+
+    weights = [torch.zeros(40, 64, dtype=torch.bfloat16)] * 2
+    block_n, block_k, *_ = grouped._Launch(weights, None, [0, 64], first_stage=False, gated=True).layouts[tokens > 1]
+    code = kernel_code(compile_ahead(tokens=tokens, split=1, first=False, align=8, block_n=block_n, block_k=block_k,
+                                     warps=grouped.TILES[False][2], pdl=grouped.gdc_wait is not None, gated=True))
+    assert code.spill_bytes == 0
+    assert tokens > 1 or (set(code.loads) == {16, 8} and code.narrow_loads == 0)
 
 
 @needs_triton

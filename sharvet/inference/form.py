@@ -49,7 +49,7 @@ from ..modules import SharedBasisLinear
 from ..rank_padding import DEFAULT_ALIGN, pad_ranks
 from . import grouped
 from .arena import pack_parameters
-from .grouped import GroupedSlice, GroupedStages
+from .grouped import GroupedGatedMLP, GroupedSlice, GroupedStages
 from .modules import FusedFirstStage, StageSlice
 
 FUSE_MODES = ("best", "auto", "always", "never", "grouped")
@@ -86,6 +86,8 @@ class InferenceReport:
     extra_parameters: int = 0
     #: allocations the decoder layers' weights were packed into (:mod:`.arena`)
     arenas: int = 0
+    #: gated MLPs whose activation and product run inside gate and up's launch (:class:`GroupedGatedMLP`)
+    gated_mlps: int = 0
 
     def line(self) -> str:
         fused = ", ".join(f"{k} in {n} layers" for k, n in self.fused_layers.items()) or "none"
@@ -94,6 +96,8 @@ class InferenceReport:
                 f"{self.lambda_kept} modules; {self.ranks_padded} ranks padded ({self.padding_parameters:+,} zeros); "
                 f"first stages fused: {fused} ({self.fused_matrices} stacked matrices, "
                 f"{self.extra_parameters:+,} parameters); layer weights packed into {self.arenas} arenas"
+                + (f"; gate+up gated (silu(gate) * up in one launch) in {self.gated_mlps} layers"
+                   if self.gated_mlps else "")
                 + (f"; grouped kernels: {grouped.describe()}" if self.fuse == "grouped" else ""))
 
 
@@ -196,19 +200,33 @@ def _fuse(adapter: ModelAdapter, fuse: str, report: InferenceReport) -> None:
         report.fused_matrices += 1
 
 
+def _gated_pair(adapter: ModelAdapter, layer: int, types: list[str], modules: list[SharedBasisLinear]) -> bool:
+    """Whether ``modules`` are a SiLU-gated MLP's gate and up, without bias, and the gated launch is asked for
+    (:data:`grouped.GATED_MLP`)."""
+    return (grouped.GATED_MLP and adapter.gated_mlp is not None and types == list(adapter.gated_mlp[:2])
+            and adapter.mlp_activation(layer) == "silu" and all(m.bias is None for m in modules))
+
+
 def _group(adapter: ModelAdapter, report: InferenceReport) -> None:
-    """Every layer input's compressed modules behind one :class:`GroupedStages` (``fuse="grouped"``)."""
+    """Every layer input's compressed modules behind one :class:`GroupedStages` (``fuse="grouped"``); a gated MLP's
+    gate and up also as one gated launch, where asked for (:class:`GroupedGatedMLP`)."""
     consumers = adapter.types_by_input()
     for layer in range(adapter.num_layers):
+        gated_group = None
         for types in consumers.values():
             modules = [adapter.get_module(layer, t) for t in types]
             if not all(isinstance(m, SharedBasisLinear) for m in modules):
                 continue
-            group = GroupedStages(modules)
+            group = GroupedStages(modules, gated=_gated_pair(adapter, layer, types, modules))
+            gated_group = group if group.gated else gated_group
             for i, t in enumerate(types):
                 adapter.set_module(layer, t, GroupedSlice(group, i))
             name = "+".join(types)
             report.fused_layers[name] = report.fused_layers.get(name, 0) + 1
+        if gated_group is not None:  # last: the MLP's modules are no longer where the adapter looks for them
+            down = adapter.get_module(layer, adapter.gated_mlp[2])
+            adapter.set_mlp(layer, GroupedGatedMLP(adapter.mlp(layer), gated_group, down))
+            report.gated_mlps += 1
 
 
 @torch.no_grad()

@@ -65,6 +65,17 @@ if EVICT_MODE not in ("normal", "first"):
 EVICT_FIRST = EVICT_MODE == "first"
 
 
+#: ``SHARVET_GROUPED_GATED=1``: a gated MLP with SiLU (LLaMA's) runs a decode step's gate and up as one second
+#: stage whose programs each own the same rows of both and store ``silu(gate) * up``, so the activation and the
+#: product need no kernel of their own between the gate/up launch and down's (one launch fewer a layer; the
+#: profile at 0.5 put that kernel at ~40 µs of a 4.05 ms step, PDL's overlap lost around it besides). Off (``0``)
+#: by default until measured on a GPU.
+GATED_MODE = os.environ.get("SHARVET_GROUPED_GATED", "0")
+if GATED_MODE not in ("0", "1"):
+    raise ValueError(f"SHARVET_GROUPED_GATED must be 0 or 1, got {GATED_MODE!r}")
+GATED_MLP = GATED_MODE == "1"
+
+
 def pdl_on(device: torch.device) -> bool:
     """Whether launches on ``device`` use programmatic dependent launch: allowed (:data:`PDL`), and an NVIDIA GPU of
     sm_90 or newer, where ``griddepcontrol`` exists (ROCm builds report their GPUs as ``cuda`` too, with
@@ -167,6 +178,7 @@ def describe() -> str:
             f"{'s' if MAX_TOKENS > 1 else ''}, 16-byte loads where aligned"
             f"{f', row blocks halved to >= {MIN_PROGRAMS} programs per SM' if MIN_PROGRAMS else ''}"
             f"{', weights a tile ahead' if AHEAD else ''}{', weights evicted first from L2' if EVICT_FIRST else ''}"
+            f"{', gated MLPs: silu(gate) * up in their second stage' if GATED_MLP else ''}"
             f"{', programmatic dependent launch (weights a tile ahead) on sm_90+' if PDL else ''}{missing}")
 
 
@@ -186,53 +198,41 @@ if triton is not None:
         return tl.load(at, mask=inside, other=0.0)
 
     @triton.jit
-    def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
-                      tokens, x_stride, y_stride, x_part_stride, y_part_stride,
-                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
-                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
-                      AHEAD: tl.constexpr, USE_PDL: tl.constexpr, EVICT_FIRST: tl.constexpr):
-        """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
-        and the group ``g`` owning this program's rows, each weight tile read once for all tokens. One token: a
-        multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. The second grid axis
-        splits the reduction into parts ``j``, each stored in float32 at ``y + j * y_part_stride`` (no atomics, no
-        zeroing); ``X_PARTS`` > 1: ``x`` holds a split first stage's parts, summed as they are read. The weights
-        have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage); plain flags keep the launch
-        simple. ``ALIGN`` > 1 (elements; the host checked it) tells the compiler that rows, tables' addresses and
-        offsets are 16-byte aligned: values loaded from the tables carry no alignment of their own, and without it
-        every weight is read by a 2-byte load instead of 16-byte ones. ``AHEAD``: weights read a tile ahead
-        (:data:`AHEAD`); ``USE_PDL`` (:data:`PDL`): the next launch may start once every program got here, and this
-        one waits for the previous launch before reading ``x``."""
-        pid = tl.program_id(0)
-        g = 0
-        for i in tl.static_range(1, G):
-            g += (pid >= tl.load(block_starts + i)).to(tl.int32)
+    def _group_operands(g, w_ptrs, n_sizes, k_sizes, x_ptr, x_offsets, s_ptrs, y_ptr,
+                        W_LIKE_X: tl.constexpr, ALIGN: tl.constexpr):
+        """Group ``g``'s rows, reduction length, input (``x`` at its offset), weights and scale (the weights' table
+        if unscaled). The weights have ``x``'s dtype (``W_LIKE_X``: a first stage) or ``y``'s (a second stage).
+        ``ALIGN`` > 1 (elements; the host checked it) tells the compiler that rows, tables' addresses and offsets
+        are 16-byte aligned: values loaded from the tables carry no alignment of their own, and without it every
+        weight is read by a 2-byte load instead of 16-byte ones."""
+        w_ty = x_ptr.dtype.element_ty if W_LIKE_X else y_ptr.dtype.element_ty
         n = tl.load(n_sizes + g)
         k = tl.load(k_sizes + g)
         x_off = tl.load(x_offsets + g)
-        w_ty = x_ptr.dtype.element_ty if W_LIKE_X else y_ptr.dtype.element_ty
         w = tl.load(w_ptrs + g).to(tl.pointer_type(w_ty))
-        s = tl.load(s_ptrs + g).to(tl.pointer_type(w_ty))  # the weights' table if unscaled
+        s = tl.load(s_ptrs + g).to(tl.pointer_type(w_ty))
         if ALIGN > 1:  # on the pointers (bytes) and sizes (elements): a hint on the loaded integer is lost
             k = tl.multiple_of(k, ALIGN)
             x_off = tl.multiple_of(x_off, ALIGN)
             w = tl.multiple_of(w, 16)
             s = tl.multiple_of(s, 16)
-        x = x_ptr + x_off
-        rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
-        chunk = tl.cdiv(tl.cdiv(k, tl.num_programs(1)), BLOCK_K) * BLOCK_K
-        k_lo = tl.program_id(1) * chunk
-        k_hi = tl.minimum(k, k_lo + chunk)
+        return n, k, x_ptr + x_off, w, s
+
+    @triton.jit
+    def _rows_times_x(w, s, x, n, k, rows, k_lo, k_hi, tokens, x_stride, x_part_stride, first_tile,
+                      HAS_SCALE: tl.constexpr, X_PARTS: tl.constexpr, BLOCK_M: tl.constexpr,
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr, EVICT_FIRST: tl.constexpr):
+        """float32 ``(BLOCK_M, BLOCK_N)``: ``W[rows, k_lo:k_hi] @ (x[t, k_lo:k_hi] * s)`` for every token ``t``. One
+        token: a multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. ``X_PARTS`` > 1:
+        ``x`` holds a split first stage's parts, summed as they are read. ``AHEAD``: weights read a tile ahead,
+        ``first_tile`` (read by the caller before it waited for the previous launch) first."""
         t = tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         # one token: products summed elementwise in the loop and across threads once after it (a sum per tile
         # costs shared-memory barriers that stall the next tile's loads)
         acc1 = tl.zeros((BLOCK_N, BLOCK_K) if BLOCK_M == 1 else (1, 1), dtype=tl.float32)
         tile = tl.arange(0, BLOCK_K)
-        if AHEAD:  # weights do not depend on the previous launch: read the first tile before waiting for it
-            wv = _weight_tile(w, rows, k, n, k_lo + tile, k_hi, EVICT_FIRST)
-        if USE_PDL:
-            gdc_launch_dependents()
-            gdc_wait()
+        ahead = first_tile
         for k0 in range(k_lo, k_hi, BLOCK_K):
             cols = k0 + tile
             at = x + t[:, None] * x_stride + cols[None, :]
@@ -242,16 +242,65 @@ if triton is not None:
                 xv += tl.load(at + part * x_part_stride, mask=inside, other=0.0).to(tl.float32)
             if HAS_SCALE:
                 xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
-            if not AHEAD:
+            if AHEAD:
+                wv = ahead
+            else:
                 wv = _weight_tile(w, rows, k, n, cols, k_hi, EVICT_FIRST)
             if BLOCK_M == 1:
                 acc1 += wv.to(tl.float32) * xv
             else:
-                acc += tl.dot(xv.to(w_ty), tl.trans(wv), input_precision="ieee")
+                acc += tl.dot(xv.to(wv.dtype), tl.trans(wv), input_precision="ieee")
             if AHEAD:  # the next tile, one iteration ahead (past k_hi on the last: fully masked, nothing read)
-                wv = _weight_tile(w, rows, k, n, cols + BLOCK_K, k_hi, EVICT_FIRST)
+                ahead = _weight_tile(w, rows, k, n, cols + BLOCK_K, k_hi, EVICT_FIRST)
         if BLOCK_M == 1:
             acc += tl.sum(acc1, axis=1)[None, :]
+        return acc
+
+    @triton.jit
+    def _grouped_gemv(w_ptrs, n_sizes, k_sizes, block_starts, x_ptr, x_offsets, s_ptrs, y_ptr, y_offsets,
+                      tokens, x_stride, y_stride, x_part_stride, y_part_stride,
+                      G: tl.constexpr, HAS_SCALE: tl.constexpr, W_LIKE_X: tl.constexpr, X_PARTS: tl.constexpr,
+                      BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
+                      AHEAD: tl.constexpr, USE_PDL: tl.constexpr, EVICT_FIRST: tl.constexpr, GATED: tl.constexpr):
+        """``y[j, t, y_off_g + rows] = W_g[rows, part j] @ (x[t, x_off_g + part j] * s_g)`` for every token ``t``
+        and the group ``g`` owning this program's rows, each weight tile read once for all tokens
+        (:func:`_rows_times_x`). The second grid axis splits the reduction into parts ``j``, each stored in float32
+        at ``y + j * y_part_stride`` (no atomics, no zeroing). ``GATED`` (a gated MLP's gate and up, groups 0 and
+        1, as one second stage): every program owns the same rows of both and stores ``silu(gate) * up`` there, so
+        the MLP's activation and product need no kernel of their own. ``USE_PDL`` (:data:`PDL`): the next launch
+        may start once every program got here, and this one waits for the previous launch before reading ``x``;
+        ``AHEAD`` (:data:`AHEAD`, always with PDL): the first weight tile is read before that wait."""
+        pid = tl.program_id(0)
+        g = 0
+        if GATED:
+            rows = pid * BLOCK_N + tl.arange(0, BLOCK_N)
+        else:
+            for i in tl.static_range(1, G):
+                g += (pid >= tl.load(block_starts + i)).to(tl.int32)
+            rows = (pid - tl.load(block_starts + g)) * BLOCK_N + tl.arange(0, BLOCK_N)
+        n, k, x, w, s = _group_operands(g, w_ptrs, n_sizes, k_sizes, x_ptr, x_offsets, s_ptrs, y_ptr, W_LIKE_X, ALIGN)
+        chunk = tl.cdiv(tl.cdiv(k, tl.num_programs(1)), BLOCK_K) * BLOCK_K
+        k_lo = tl.program_id(1) * chunk
+        k_hi = tl.minimum(k, k_lo + chunk)
+        tile = tl.arange(0, BLOCK_K)
+        first_tile = 0
+        if AHEAD:  # weights do not depend on the previous launch: read the first tile before waiting for it
+            first_tile = _weight_tile(w, rows, k, n, k_lo + tile, k_hi, EVICT_FIRST)
+        if USE_PDL:
+            gdc_launch_dependents()
+            gdc_wait()
+        acc = _rows_times_x(w, s, x, n, k, rows, k_lo, k_hi, tokens, x_stride, x_part_stride, first_tile,
+                            HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST)
+        if GATED:  # up's rows (group 1, unsplit), then silu(gate) * up
+            n1, k1, x1, w1, s1 = _group_operands(1, w_ptrs, n_sizes, k_sizes, x_ptr, x_offsets, s_ptrs, y_ptr,
+                                                 W_LIKE_X, ALIGN)
+            first_up = 0
+            if AHEAD:
+                first_up = _weight_tile(w1, rows, k1, n1, tile, k1, EVICT_FIRST)
+            up = _rows_times_x(w1, s1, x1, n1, k1, rows, 0, k1, tokens, x_stride, x_part_stride, first_up,
+                               HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST)
+            acc = acc * tl.sigmoid(acc) * up
+        t = tl.arange(0, BLOCK_M)
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
         tl.store(out, acc.to(y_ptr.dtype.element_ty), mask=(t[:, None] < tokens) & (rows[None, :] < n))
 
@@ -261,10 +310,11 @@ if triton is not None:
                      first_stage: bool, split: int, dtype: torch.dtype, launch: list[int]) -> torch.Tensor:
         """One grouped launch as an operator ``torch.compile`` keeps whole (it does not trace into Triton, and CUDA
         graphs record the launch); ``launch`` = programs, rows and columns per tile, warps, alignment, read-ahead
-        (0/1), programmatic dependent launch (0/1) and weights evicted first (0/1). ``x`` is ``(tokens, width)``, or ``(parts, tokens, width)``
-        float32 parts of a split first stage; the output is ``(tokens, rows)`` in ``dtype``, or
-        ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
-        programs, block_n, block_k, warps, align, ahead, pdl, evict = launch
+        (0/1), programmatic dependent launch (0/1), weights evicted first (0/1) and gated (0/1: a gated MLP's
+        gate and up as one second stage that stores ``silu(gate) * up``). ``x`` is ``(tokens, width)``, or
+        ``(parts, tokens, width)`` float32 parts of a split first stage; the output is ``(tokens, rows)`` in
+        ``dtype``, or ``(split, tokens, rows)`` float32 parts when ``split`` > 1."""
+        programs, block_n, block_k, warps, align, ahead, pdl, evict, gated = launch
         parts = x.shape[0] if x.dim() == 3 else 1
         tokens = x.shape[-2]
         if split > 1:
@@ -276,7 +326,7 @@ if triton is not None:
                                          G=groups, HAS_SCALE=scaled, W_LIKE_X=first_stage, X_PARTS=parts,
                                          BLOCK_M=block_m(tokens), BLOCK_N=block_n, BLOCK_K=block_k, ALIGN=align,
                                          AHEAD=bool(ahead), USE_PDL=bool(pdl), EVICT_FIRST=bool(evict),
-                                         num_warps=warps,
+                                         GATED=bool(gated), num_warps=warps,
                                          **({"launch_pdl": True} if pdl else {}))
         return y
 
@@ -330,10 +380,14 @@ def _layouts(weights: list[torch.Tensor], first_stage: bool, sms: int) -> list[t
 
 class _Launch:
     """One grouped GEMV: the weights' pointer table and sizes (int64 tensors on the weights' device), the grid.
-    Its output is in the weights' dtype, or, for a split first stage, float32 parts that the second stage sums."""
+    Its output is in the weights' dtype, or, for a split first stage, float32 parts that the second stage sums.
+    ``gated``: two second stages of equal height (a gated MLP's gate and up) whose programs each own the same rows
+    of both, storing ``silu(gate) * up``: one output of that height."""
 
     def __init__(self, weights: list[torch.Tensor], scales: list[torch.Tensor] | None, x_offsets: list[int],
-                 *, first_stage: bool) -> None:
+                 *, first_stage: bool, gated: bool = False) -> None:
+        if gated and (first_stage or len(weights) != 2 or weights[0].shape[0] != weights[1].shape[0]):
+            raise ValueError("a gated launch is the second stage of two modules of equal height (gate, up)")
         device = weights[0].device
         sms = torch.cuda.get_device_properties(device).multi_processor_count if device.type == "cuda" else 8
         self.warps = TILES[first_stage][2]
@@ -345,9 +399,10 @@ class _Launch:
         self.w, self.s, self.n, self.k, self.x_off, self.y_off, *starts = tables
         #: per step kind (several tokens or one): rows and columns per tile, programs, each group's first program,
         #: and the split of the reduction
-        self.layouts = {several: (block_n, block_k, sum(blocks), table, split)
+        self.layouts = {several: (block_n, block_k, blocks[0] if gated else sum(blocks), table, split)
                         for (several, block_n, block_k, blocks, split), table in zip(layouts, starts)}
-        self.rows, self.groups, self.scaled = sum(w.shape[0] for w in weights), len(weights), bool(scales)
+        self.rows = weights[0].shape[0] if gated else sum(w.shape[0] for w in weights)
+        self.groups, self.scaled, self.gated = len(weights), bool(scales), gated
         self.dtype, self.first_stage = weights[0].dtype, first_stage
         self.align = alignment(weights, scales, x_offsets)
         self.pdl = pdl_on(device)
@@ -358,7 +413,8 @@ class _Launch:
         return torch.ops.sharvet.grouped_gemv(x, self.w, self.n, self.k, starts, self.x_off, self.s, self.y_off,
                                               self.rows, self.groups, self.scaled, self.first_stage, split,
                                               self.dtype, [programs, block_n, block_k, self.warps, self.align,
-                                                           int(self.ahead), int(self.pdl), int(EVICT_FIRST)])
+                                                           int(self.ahead), int(self.pdl), int(EVICT_FIRST),
+                                                           int(self.gated)])
 
 
 class GroupedStages(nn.Module):
@@ -367,9 +423,13 @@ class GroupedStages(nn.Module):
     Holds the modules themselves (their parameters stay where they are, shared bases included); the pointer tables
     are rebuilt whenever the module is moved (``_apply``), so they never point at freed memory."""
 
-    def __init__(self, modules: list[SharedBasisLinear]) -> None:
+    def __init__(self, modules: list[SharedBasisLinear], *, gated: bool = False) -> None:
+        """``gated``: ``modules`` are a gated MLP's gate and up (SiLU, no bias), also run by :meth:`gated_product`."""
         super().__init__()
+        if gated and (len(modules) != 2 or any(m.bias is not None for m in modules)):
+            raise ValueError("a gated pair is two modules without bias (gate, up)")
         self.parts = nn.ModuleList(modules)
+        self.gated = gated
         self._memo = SliceMemo(len(modules))
         self.rebuild()
 
@@ -385,6 +445,9 @@ class GroupedStages(nn.Module):
         self._scales = scales  # kept alive: the pointer table points at them
         self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), first_stage=True)
         self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]), first_stage=False)
+        if self.gated:
+            self.second_gated = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]),
+                                        first_stage=False, gated=True)
         self.sizes = [m.out_features for m in mods]
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
@@ -405,6 +468,11 @@ class GroupedStages(nn.Module):
     def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every module's ``y`` (bias not added) for ``x``, through the two launches."""
         return self.second(self.first(x.reshape(-1, x.shape[-1]).contiguous())).split(self.sizes, dim=-1)
+
+    def gated_product(self, x: torch.Tensor) -> torch.Tensor:
+        """``silu(gate(x)) * up(x)`` of a gated pair for a :meth:`fast` step, in two launches."""
+        out = self.second_gated(self.first(x.reshape(-1, x.shape[-1]).contiguous()))
+        return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:
         out = self._memo.part(x, index, self._outputs)
@@ -431,3 +499,19 @@ class GroupedSlice(nn.Module):
 
     def extra_repr(self) -> str:
         return f"in_features={self.in_features}, out_features={self.out_features}, slice={self.index}"
+
+
+class GroupedGatedMLP(nn.Module):
+    """A gated MLP, ``down(silu(gate(x)) * up(x))``, whose decode steps take its gate and up's gated launch
+    (:meth:`GroupedStages.gated_product`) and then ``down``; other steps run the MLP as it was."""
+
+    def __init__(self, mlp: nn.Module, gate_up: GroupedStages, down: nn.Module) -> None:
+        super().__init__()
+        if not gate_up.gated:
+            raise ValueError("GroupedGatedMLP needs a gated GroupedStages (gate, up)")
+        self.mlp = mlp
+        self._stages = (gate_up, down)  # modules inside ``mlp``: a tuple, so they are not registered twice
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate_up, down = self._stages
+        return down(gate_up.gated_product(x)) if gate_up.fast(x) else self.mlp(x)

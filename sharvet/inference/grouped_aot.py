@@ -38,9 +38,11 @@ class KernelCode:
 
 
 def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: int, block_k: int, warps: int,
-                  pdl: bool = False, ahead: bool | None = None, evict_first: bool | None = None, arch: int = 90):
+                  pdl: bool = False, ahead: bool | None = None, evict_first: bool | None = None, gated: bool = False,
+                  arch: int = 90):
     """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights); ``ahead``
-    defaults to ``pdl`` and ``evict_first`` to :data:`grouped.EVICT_FIRST`, as at run time."""
+    defaults to ``pdl`` and ``evict_first`` to :data:`grouped.EVICT_FIRST`, as at run time; ``gated``: a gated MLP's
+    gate and up as one second stage."""
     from triton import compile as triton_compile
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -53,11 +55,11 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
     signature = {"w_ptrs": "*i64", "n_sizes": "*i64", "k_sizes": "*i64", "block_starts": "*i64", "x_ptr": x_ty,
                  "x_offsets": "*i64", "s_ptrs": "*i64", "y_ptr": y_ty, "y_offsets": "*i64", "tokens": "i32",
                  "x_stride": "i32", "y_stride": "i32", "x_part_stride": "i32", "y_part_stride": "i32"}
-    constants = {"G": 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
+    constants = {"G": 2 if gated else 3, "HAS_SCALE": first, "W_LIKE_X": first, "X_PARTS": 1 if first else split,
                  "BLOCK_M": grouped.block_m(tokens),
                  "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align,
                  "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl,
-                 "EVICT_FIRST": grouped.EVICT_FIRST if evict_first is None else evict_first}
+                 "EVICT_FIRST": grouped.EVICT_FIRST if evict_first is None else evict_first, "GATED": gated}
     signature.update(dict.fromkeys(constants, "constexpr"))
     names = grouped._grouped_gemv.arg_names
     divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]

@@ -58,6 +58,10 @@ class ModelAdapter:
     #: module type -> the type whose output rows multiply its input elementwise (a gated MLP's down reads
     #: act(gate) * up), so a scaling of the first's input folds into the second's output rows
     input_scale_sources: ClassVar[dict[str, str]] = {}
+    #: a gated MLP, ``down(act(gate(x)) * up(x))``: its (gate, up, down) module types, and the MLP's attribute
+    #: holding ``act`` (the inference form may fuse act and the product into gate and up's kernel)
+    gated_mlp: ClassVar[tuple[str, str, str] | None] = None
+    gated_mlp_act: ClassVar[str] = "act_fn"
 
     def __init__(self, model: nn.Module) -> None:
         self.model = model
@@ -92,6 +96,18 @@ class ModelAdapter:
     def mlp(self, layer: int) -> nn.Module:
         """The MLP block of a layer: FiPS measures reconstruction error on its output."""
         return self.layers[layer].get_submodule(self.mlp_path)
+
+    def set_mlp(self, layer: int, module: nn.Module) -> None:
+        parent, _, child = f"{self.layers_path}.{layer}.{self.mlp_path}".rpartition(".")
+        setattr(self.model.get_submodule(parent), child, module)
+
+    def mlp_activation(self, layer: int) -> str | None:
+        """A gated MLP's activation by name (``silu`` for torch's and transformers' SiLU modules), None if the MLP
+        is not gated."""
+        if self.gated_mlp is None:
+            return None
+        name = type(getattr(self.mlp(layer), self.gated_mlp_act, None)).__name__.lower()
+        return "silu" if name in ("silu", "siluactivation") else name
 
     def input_norm(self, layer: int, input_key: str) -> nn.Module | None:
         """The norm module whose output is ``input_key`` in ``layer`` (None: unknown, or not a norm's output)."""

@@ -22,3 +22,4 @@ class LlamaAdapter(ModelAdapter):
     mlp_types = ("gate", "up", "down")
     input_norms = {"attn_in": "input_layernorm", "mlp_in": "post_attention_layernorm"}
     input_scale_sources = {"down": "up"}
+    gated_mlp = ("gate", "up", "down")
