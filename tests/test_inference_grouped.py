@@ -29,6 +29,7 @@ import os
 import torch
 from sharvet.inference import grouped
 assert grouped.AHEAD == (os.environ.get("SHARVET_GROUPED_AHEAD") == "1")  # the variant asked for is the one run
+assert grouped.EVICT_FIRST == (os.environ.get("SHARVET_GROUPED_EVICT", "first") == "first")
 from test_inference import compressed, converted
 model, ids = compressed()
 fast = converted(model, "grouped")
@@ -126,25 +127,23 @@ def _interpreter_works() -> bool:
 
 
 @needs_triton
-# auto: first stages split in 2-4 parts, the second stages take a tile of their own, and short launches halve their
-# row blocks (to 2 programs per SM, of the 8 the interpreter counts)
-@pytest.mark.parametrize("tiles", ["default", "4x16x4xauto/8x32x4", "ahead", "no-evict", "gated"])
-def test_kernels_match_the_reference_in_the_interpreter(tiles):
+# split: first stages split in 2-4 parts, the second stages take a tile of their own, short launches halve their row
+# blocks (to 2 programs per SM, of the 8 the interpreter counts), weights load without the evict-first policy (the
+# default has it); split and ahead: gated MLPs' gate and up in one launch (over a split first stage's parts, and
+# with weights read ahead), every other module in the plain launches
+@pytest.mark.parametrize("variant", ["default", "split", "ahead"])
+def test_kernels_match_the_reference_in_the_interpreter(variant):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
     if not _interpreter_works():
         pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "SHARVET_GROUPED_MAX_TOKENS": "16",  # the tl.dot path too
            "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
-    if tiles == "ahead":
-        env["SHARVET_GROUPED_AHEAD"], env["SHARVET_GROUPED_TILES"] = "1", "4x16x4"  # several column tiles a row
-    elif tiles == "no-evict":  # weights loaded without the evict-first policy (the default has it)
-        env["SHARVET_GROUPED_EVICT"] = "normal"
-    elif tiles == "gated":  # silu(gate) * up in gate and up's second stage, weights read ahead as with PDL
-        env["SHARVET_GROUPED_GATED"], env["SHARVET_GROUPED_AHEAD"] = "1", "1"
-        env["SHARVET_GROUPED_TILES"] = "4x16x4/2x16x4"  # several column tiles a row in both stages
-    elif tiles != "default":
-        env["SHARVET_GROUPED_TILES"], env["SHARVET_GROUPED_MIN_PROGRAMS"] = tiles, "2"
+    if variant == "split":
+        env.update(SHARVET_GROUPED_TILES="4x16x4xauto/8x32x4", SHARVET_GROUPED_MIN_PROGRAMS="2",
+                   SHARVET_GROUPED_EVICT="normal", SHARVET_GROUPED_GATED="1")
+    elif variant == "ahead":  # several column tiles a row
+        env.update(SHARVET_GROUPED_AHEAD="1", SHARVET_GROUPED_TILES="4x16x4", SHARVET_GROUPED_GATED="1")
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
 
