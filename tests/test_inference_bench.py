@@ -328,6 +328,29 @@ def test_the_workspace_excess_is_recorded_in_mib():
     assert excess_mib(None, 15.0, 9.0, 8.5) is None
 
 
+def test_records_name_the_commit_and_say_when_the_tree_differs(tmp_path):
+    """A copy of a working tree may hold an older HEAD than its files (the GPU machine's copy did): the record's
+    commit then carries ``-dirty``; untracked files (results, outputs) do not count."""
+    import subprocess
+
+    from sharvet.inference.records import git_commit
+
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(tmp_path), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+                              capture_output=True, text=True, check=True).stdout.strip()
+
+    git("init", "-q")
+    (tmp_path / "code.py").write_text("a = 1\n")
+    git("add", "code.py")
+    git("commit", "-qm", "first")
+    head = git("rev-parse", "--short", "HEAD")
+    (tmp_path / "result.json").write_text("{}")
+    assert git_commit(tmp_path) == head
+    (tmp_path / "code.py").write_text("a = 2\n")
+    assert git_commit(tmp_path) == f"{head}-dirty"
+    assert git_commit(tmp_path / "not-a-repo") is None
+
+
 def test_speed_figure_from_records(tmp_path):
     """benchmarks/plot_inference.py's figure: records of one shape at batch 1 (and the throughput setting) whose
     note or command holds the text asked for; a PNG is written."""

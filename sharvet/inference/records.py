@@ -53,13 +53,18 @@ class ModelRun:
 
 
 
-def _git_describe() -> str | None:
+def git_commit(root: Path = Path(__file__).resolve().parents[2]) -> str | None:
+    """The checkout's commit, ``-dirty`` appended when tracked files differ from it: a copy of a working tree (the
+    GPU machine's) can carry an older HEAD than the code it runs, and a record must not claim that commit's code."""
     import subprocess
 
-    root = Path(__file__).resolve().parents[2]
+    def git(*args: str) -> str:
+        return subprocess.run(["git", "-C", str(root), *args], capture_output=True, text=True, timeout=10,
+                              check=True).stdout.strip()
+
     with contextlib.suppress(Exception):
-        return subprocess.run(["git", "-C", str(root), "rev-parse", "--short", "HEAD"], capture_output=True,
-                              text=True, timeout=5).stdout.strip() or None
+        commit = git("rev-parse", "--short", "HEAD")
+        return commit + ("-dirty" if git("status", "--porcelain", "--untracked-files=no") else "")
     return None
 
 
@@ -68,7 +73,7 @@ def environment(device: torch.device, dtype: torch.dtype) -> dict[str, Any]:
 
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     return {"device": name, "dtype": str(dtype).removeprefix("torch."), "torch": torch.__version__,
-            "transformers": transformers.__version__, "commit": _git_describe(),
+            "transformers": transformers.__version__, "commit": git_commit(),
             "date": datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
 
 
