@@ -444,10 +444,10 @@ class GroupedStages(nn.Module):
             scales = [ones if m.scale is None else m.scale for m in mods]
         self._scales = scales  # kept alive: the pointer table points at them
         self.first = _Launch([m.basis for m in mods], scales, [0] * len(mods), first_stage=True)
-        self.second = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]), first_stage=False)
+        vs, offsets = [m.v for m in mods], _offsets([m.rank for m in mods])
+        self.second = _Launch(vs, None, offsets, first_stage=False)
         if self.gated:
-            self.second_gated = _Launch([m.v for m in mods], None, _offsets([m.rank for m in mods]),
-                                        first_stage=False, gated=True)
+            self.second_gated = _Launch(vs, None, offsets, first_stage=False, gated=True)
         self.sizes = [m.out_features for m in mods]
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
@@ -465,13 +465,17 @@ class GroupedStages(nn.Module):
         return (triton is not None and (x.is_cuda or INTERPRET) and x.numel() <= MAX_TOKENS * x.shape[-1]
                 and x.dtype == self.parts[0].basis.dtype)
 
+    def _first(self, x: torch.Tensor) -> torch.Tensor:
+        """Every module's ``h = (x * lambda) U^T`` for ``x``'s tokens as rows (or a split's float32 parts)."""
+        return self.first(x.reshape(-1, x.shape[-1]).contiguous())
+
     def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
         """Every module's ``y`` (bias not added) for ``x``, through the two launches."""
-        return self.second(self.first(x.reshape(-1, x.shape[-1]).contiguous())).split(self.sizes, dim=-1)
+        return self.second(self._first(x)).split(self.sizes, dim=-1)
 
     def gated_product(self, x: torch.Tensor) -> torch.Tensor:
         """``silu(gate(x)) * up(x)`` of a gated pair for a :meth:`fast` step, in two launches."""
-        out = self.second_gated(self.first(x.reshape(-1, x.shape[-1]).contiguous()))
+        out = self.second_gated(self._first(x))
         return out.reshape(*x.shape[:-1], out.shape[-1])
 
     def part(self, x: torch.Tensor, index: int) -> torch.Tensor:

@@ -98,8 +98,7 @@ class ModelAdapter:
         return self.layers[layer].get_submodule(self.mlp_path)
 
     def set_mlp(self, layer: int, module: nn.Module) -> None:
-        parent, _, child = f"{self.layers_path}.{layer}.{self.mlp_path}".rpartition(".")
-        setattr(self.model.get_submodule(parent), child, module)
+        self.model.set_submodule(f"{self.layers_path}.{layer}.{self.mlp_path}", module)
 
     def mlp_activation(self, layer: int) -> str | None:
         """A gated MLP's activation by name (``silu`` for torch's and transformers' SiLU modules), None if the MLP
@@ -118,8 +117,7 @@ class ModelAdapter:
         return self.model.get_submodule(self.module_path(layer, type_name))
 
     def set_module(self, layer: int, type_name: str, module: nn.Module) -> None:
-        parent_path, _, child = self.module_path(layer, type_name).rpartition(".")
-        setattr(self.model.get_submodule(parent_path), child, module)
+        self.model.set_submodule(self.module_path(layer, type_name), module)
 
     # ------------------------------------------------------------------ weights
     def weight(self, layer: int, type_name: str) -> torch.Tensor:
