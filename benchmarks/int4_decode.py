@@ -11,10 +11,16 @@ Two measurements, both batch 1, bfloat16 activations:
   overhead, not weight bytes, set this number.
 
 Needs CUDA for the tinygemm kernel's GPU build; on the CPU it runs the CPU build (slow, for checking only).
+The ``matvec`` part needs no model and runs on its own::
+
+    python benchmarks/int4_decode.py --ratios 0.5,0.75 --json int4-matvec.json
 """
 from __future__ import annotations
 
+import argparse
+import json
 import time
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -48,7 +54,7 @@ def matvec_rows(device: str, ratio: float, reps: int = 50) -> list[dict]:
         for case, (fn, nbytes) in cases.items():
             seconds = graph_seconds(lambda: fn(x), x.device, reps, inner=10)
             base = base or (seconds, nbytes)
-            rows.append({"shape": f"8B {name} {d_out}x{d_in}", "case": case, "rank": rank if "fact" in case else None,
+            rows.append({"shape": f"8B {name} {d_out}x{d_in}", "case": case, "ratio": ratio, "rank": rank if "fact" in case else None,
                          "us": round(seconds * 1e6, 2), "speedup_vs_dense_bf16": round(base[0] / seconds, 3),
                          "bytes": int(nbytes), "bytes_bound": round(base[1] / nbytes, 3)})
             print(rows[-1], flush=True)
@@ -70,3 +76,31 @@ def generate_speed(model, device: str, new_tokens: int, prompt: int = 32) -> dic
         torch.cuda.synchronize()
     seconds = time.perf_counter() - t0
     return {"new_tokens": new_tokens, "seconds": round(seconds, 3), "tokens_per_s": round(new_tokens / seconds, 1)}
+
+
+def table(rows: list[dict]) -> str:
+    """The matvec rows as a Markdown table: time, speedup over dense bf16, and the bytes bound beside it."""
+    lines = ["| shape | case | rank | us | speedup vs dense bf16 | bytes bound |", "|---|---|---|---|---|---|"]
+    lines += [f"| {r['shape']} | {r['case']} | {r['rank'] or '-'} | {r['us']:.2f} | {r['speedup_vs_dense_bf16']:.2f}x | "
+              f"{r['bytes_bound']:.2f}x |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> list[dict]:
+    p = argparse.ArgumentParser(description="one token through LLaMA-3-8B-shaped modules: bf16 / int4, dense / factorised")
+    p.add_argument("--ratios", default="0.5", help="comma-separated factorisation ratios")
+    p.add_argument("--reps", type=int, default=50, help="timed CUDA-graph replays (10 calls each) per case")
+    p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    p.add_argument("--json", default=None, help="write the rows here")
+    a = p.parse_args(argv)
+    rows = [r for ratio in a.ratios.split(",") for r in matvec_rows(a.device, float(ratio), a.reps)]
+    print(table(rows))
+    if a.json:
+        Path(a.json).write_text(json.dumps({"date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+                                            "device": torch.cuda.get_device_name() if a.device.startswith("cuda")
+                                            else "cpu", "torch": torch.__version__, "rows": rows}, indent=1) + "\n")
+    return rows
+
+
+if __name__ == "__main__":
+    main()

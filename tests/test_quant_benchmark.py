@@ -36,3 +36,18 @@ def test_whole_run_on_a_tiny_model(model_dir, data_dir, tmp_path):
     assert rows["sharvet+rtn4"]["linear_bytes"] < rows["rtn4"]["linear_bytes"] < rows["original"]["linear_bytes"]
     assert all(r["perplexity"]["wikitext2"] > 1 for r in res["rows"]) and res["sharvet"]["refined"] is False
     assert "| sharvet+rtn4 |" in res["table"]
+
+
+def test_int4_matvec_cli_times_every_case_and_writes_its_rows(tmp_path, monkeypatch):
+    """benchmarks/int4_decode.py on its own (small shapes for speed): four cases a module, dense bf16 first at 1.00x,
+    the int4 and factorised bytes bounds from the shapes, the rows in the JSON it writes."""
+    import int4_decode
+
+    monkeypatch.setattr(int4_decode, "SHAPES_8B", {"q": (256, 256), "down": (128, 384)})
+    out = tmp_path / "int4.json"
+    rows = int4_decode.main(["--ratios", "0.5", "--reps", "1", "--device", "cpu", "--json", str(out)])
+    assert [r["case"] for r in rows[:4]] == ["dense bf16", "dense int4", "factorised 0.5 bf16", "factorised 0.5 int4"]
+    assert len(rows) == 8 and rows[0]["speedup_vs_dense_bf16"] == 1.0
+    assert rows[2]["bytes_bound"] == pytest.approx(2.0, rel=0.01)  # rank 0.5 m n / (m + n): half the bytes
+    assert 3.5 < rows[1]["bytes_bound"] < 4.0  # 4-bit codes plus a scale and offset per 128
+    assert json.loads(out.read_text())["rows"] == rows
