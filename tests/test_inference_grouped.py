@@ -51,9 +51,10 @@ assert torch.equal(fast.generate(batch, **kw), model.generate(batch, **kw))
 assert {1, 3} <= set(tokens) and max(tokens) <= grouped.MAX_TOKENS, set(tokens)
 step = ids[:1, :1]
 torch.testing.assert_close(fast(step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
-with torch.no_grad():  # one graph: the grouped launch is an operator torch.compile keeps whole
-    compiled = torch.compile(fast.forward, fullgraph=True)
-    torch.testing.assert_close(compiled(input_ids=step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
+if os.environ.get("COMPILE") == "1":  # one variant: compiling on the CPU takes half a minute, the variants add nothing
+    with torch.no_grad():  # one graph: the grouped launch is an operator torch.compile keeps whole
+        compiled = torch.compile(fast.forward, fullgraph=True)
+        torch.testing.assert_close(compiled(input_ids=step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
 print("ok", len(tokens))
 """
 
@@ -138,7 +139,7 @@ def test_kernels_match_the_reference_in_the_interpreter(variant):
     if not _interpreter_works():
         pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
     env = {**os.environ, "TRITON_INTERPRET": "1", "SHARVET_GROUPED_MAX_TOKENS": "16",  # the tl.dot path too
-           "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path])}
+           "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), "COMPILE": str(int(variant == "default"))}
     if variant == "split":
         env.update(SHARVET_GROUPED_TILES="4x16x4xauto/8x32x4", SHARVET_GROUPED_MIN_PROGRAMS="2",
                    SHARVET_GROUPED_EVICT="normal", SHARVET_GROUPED_GATED="1")
