@@ -54,7 +54,8 @@ def matvec_rows(device: str, ratio: float, reps: int = 50) -> list[dict]:
         for case, (fn, nbytes) in cases.items():
             seconds = graph_seconds(lambda: fn(x), x.device, reps, inner=10)
             base = base or (seconds, nbytes)
-            rows.append({"shape": f"8B {name} {d_out}x{d_in}", "case": case, "ratio": ratio, "rank": rank if "fact" in case else None,
+            rows.append({"shape": f"8B {name} {d_out}x{d_in}", "case": case, "ratio": ratio,
+                         "rank": rank if "fact" in case else None,
                          "us": round(seconds * 1e6, 2), "speedup_vs_dense_bf16": round(base[0] / seconds, 3),
                          "bytes": int(nbytes), "bytes_bound": round(base[1] / nbytes, 3)})
             print(rows[-1], flush=True)
@@ -81,13 +82,14 @@ def generate_speed(model, device: str, new_tokens: int, prompt: int = 32) -> dic
 def table(rows: list[dict]) -> str:
     """The matvec rows as a Markdown table: time, speedup over dense bf16, and the bytes bound beside it."""
     lines = ["| shape | case | rank | us | speedup vs dense bf16 | bytes bound |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['shape']} | {r['case']} | {r['rank'] or '-'} | {r['us']:.2f} | {r['speedup_vs_dense_bf16']:.2f}x | "
-              f"{r['bytes_bound']:.2f}x |" for r in rows]
+    lines += [f"| {r['shape']} | {r['case']} | {r['rank'] or '-'} | {r['us']:.2f} | "
+              f"{r['speedup_vs_dense_bf16']:.2f}x | {r['bytes_bound']:.2f}x |" for r in rows]
     return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> list[dict]:
-    p = argparse.ArgumentParser(description="one token through LLaMA-3-8B-shaped modules: bf16 / int4, dense / factorised")
+    p = argparse.ArgumentParser(description="one token through LLaMA-3-8B-shaped modules: bf16 or int4, dense or "
+                                            "factorised")
     p.add_argument("--ratios", default="0.5", help="comma-separated factorisation ratios")
     p.add_argument("--reps", type=int, default=50, help="timed CUDA-graph replays (10 calls each) per case")
     p.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")

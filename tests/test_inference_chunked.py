@@ -55,7 +55,7 @@ def test_only_steps_longer_than_a_chunk_take_the_operator(monkeypatch):
     assert calls == []
     monkeypatch.setattr(chunked, "PIECE", 0)  # one operator, unsplit: the same logits
     torch.testing.assert_close(fast(long).logits, model(long).logits, atol=2e-5, rtol=1e-5)
-    assert chunked.describe() == "steps of more than 16 tokens as one operator, unsplit"
+    assert len(calls) == 7 * 4 and chunked.describe() == "steps of more than 16 tokens as one operator, unsplit"
     calls.clear()
     monkeypatch.setattr(chunked, "CHUNK", 0)
     fast(long)
