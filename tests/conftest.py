@@ -5,6 +5,12 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+# No test reaches the Hugging Face hub: a corpus missing from a test's data folder fails at once, as offline, instead
+# of after the hub client's retries (~23 s each where the hub is unreachable, as on CI: some 4 minutes a run). Set
+# before transformers and huggingface_hub are imported, which read it then. Tests of the hub path mock it.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
 import pytest
 import torch
 from tokenizers import Tokenizer, models, pre_tokenizers

@@ -177,6 +177,23 @@ def test_offline_from_environment(tmp_path: Path) -> None:
         load_texts("c4", split="validation", data_dir=tmp_path)
 
 
+def test_a_hub_that_fails_is_named_with_its_error_and_the_local_way_in(tmp_path: Path, monkeypatch) -> None:
+    """Online, a corpus missing locally is tried on the hub (mocked: tests never reach it); its failure is one
+    DataError naming the hub's error and how to provide the files instead."""
+    tried = []
+
+    def unreachable(spec, split, field):  # noqa: ANN001, ANN202 - _load_from_hub's signature
+        tried.append((spec.name, split))
+        raise ConnectionError("hub unreachable")
+
+    monkeypatch.setattr(data, "_load_from_hub", unreachable)
+    with pytest.raises(DataError) as info:
+        load_texts("ptb", data_dir=tmp_path, offline=False)
+    message = str(info.value)
+    assert tried == [("ptb", "test")] and "ConnectionError: hub unreachable" in message
+    assert "--data-dir" in message and str(tmp_path / "ptb") in message
+
+
 def test_unknown_name_lists_known_datasets() -> None:
     with pytest.raises(DataError, match="c4, ptb, slimpajama, wikitext2"):
         load_texts("no-such-dataset-xyz")
