@@ -303,7 +303,7 @@ def test_two_stage_launch_compiles_for_hopper_with_release_and_acquire(tokens, s
     """Both stages in one launch (``SHARVET_GROUPED_FUSED``), with PDL where Triton has it: nothing spills, one
     token's weights are read in 16-byte loads, a first stage's counter is raised with release semantics after a
     barrier and a second stage polls it with acquire loads, and reads h past L1 (the interpreter runs none of it)."""
-    from sharvet.inference import grouped
+    from sharvet.inference import grouped, two_stage
     from sharvet.inference.grouped_aot import compile_two_stage_ahead, kernel_code
 
     (n1, k1, w1, _), (n2, k2, w2, _) = grouped.TILES[True], grouped.TILES[False]
@@ -314,6 +314,7 @@ def test_two_stage_launch_compiles_for_hopper_with_release_and_acquire(tokens, s
     assert code.spill_bytes == 0 and (tokens > 1 or code.loads[2] == 0)
     assert "bar.sync" in ptx.split("red.global.gpu.release.add")[0]
     assert "ld.global.gpu.acquire" in ptx and "ld.global.cg" in ptx
+    assert ("nanosleep" in ptx) == (two_stage.PAUSE_NS > 0)  # between polls
 
 
 @needs_triton

@@ -234,7 +234,7 @@ if triton is not None:
     def _rows_times_x(w, s, x, n, k, rows, k_lo, k_hi, tokens, x_stride, x_part_stride, first_tile,
                       HAS_SCALE: tl.constexpr, X_PARTS: tl.constexpr, BLOCK_M: tl.constexpr,
                       BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr, EVICT_FIRST: tl.constexpr,
-                      X_CACHE: tl.constexpr = ""):
+                      X_CACHE: tl.constexpr):
         """float32 ``(BLOCK_M, BLOCK_N)``: ``W[rows, k_lo:k_hi] @ (x[t, k_lo:k_hi] * s)`` for every token ``t``. One
         token: a multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. ``X_PARTS`` > 1:
         ``x`` holds a split first stage's parts, summed as they are read. ``AHEAD``: weights read a tile ahead,
@@ -305,7 +305,7 @@ if triton is not None:
             gdc_launch_dependents()
             gdc_wait()
         acc = _rows_times_x(w, s, x, n, k, rows, k_lo, k_hi, tokens, x_stride, x_part_stride, first_tile,
-                            HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST)
+                            HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST, "")
         if GATED:  # up's rows (group 1, unsplit), then silu(gate) * up
             n1, k1, x1, w1, s1 = _group_operands(1, w_ptrs, n_sizes, k_sizes, x_ptr, x_offsets, s_ptrs, y_ptr,
                                                  W_LIKE_X, ALIGN)
@@ -313,7 +313,7 @@ if triton is not None:
             if AHEAD:
                 first_up = _weight_tile(w1, rows, k1, n1, tile, k1, EVICT_FIRST)
             up = _rows_times_x(w1, s1, x1, n1, k1, rows, 0, k1, tokens, x_stride, x_part_stride, first_up,
-                               HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST)
+                               HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST, "")
             acc = acc * tl.sigmoid(acc) * up
         t = tl.arange(0, BLOCK_M)
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]

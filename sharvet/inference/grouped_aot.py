@@ -72,7 +72,8 @@ def compile_two_stage_ahead(*, tokens: int, split: int, align: int, tiles: tuple
                                       "programs2"), "i32"))
     constants = {"G": 3, "HAS_SCALE": True, "SPLIT": split, "BLOCK_M": grouped.block_m(tokens),
                  **dict(zip(("BLOCK_N1", "BLOCK_K1", "BLOCK_N2", "BLOCK_K2"), tiles)), "ALIGN": align,
-                 "USE_PDL": pdl, "EVICT_FIRST": evict_first, "SPIN": True}
+                 "USE_PDL": pdl, "EVICT_FIRST": evict_first, "SPIN": True,
+                 "PAUSE_NS": two_stage.PAUSE_NS}
     return _compile(kernel, signature, constants, warps, pdl, arch)
 
 

@@ -17,8 +17,16 @@ from __future__ import annotations
 
 import torch
 
+import os
+
 from . import grouped
 from .grouped import _Launch, block_m, device_tables, triton
+
+#: ``SHARVET_GROUPED_PAUSE_NS``: nanoseconds a waiting second-stage program sleeps between polls of its counter
+#: (0: it polls without pause). Not yet measured.
+PAUSE_NS = int(os.environ.get("SHARVET_GROUPED_PAUSE_NS", "200"))
+if not 0 <= PAUSE_NS <= 1_000_000:
+    raise ValueError(f"SHARVET_GROUPED_PAUSE_NS must be 0-1000000, got {PAUSE_NS}")
 
 if triton is not None:
     import triton.language as tl
@@ -32,6 +40,13 @@ if triton is not None:
         for i in tl.static_range(1, G):
             g += (p >= tl.load(starts + i)).to(tl.int32)
         return g
+
+    @triton.jit
+    def _pause(ns):
+        """Sleep about ``ns`` nanoseconds (PTX ``nanosleep``): a waiting program polls its counter's L2 line less
+        often, leaving that slice's bandwidth to the weights streaming past it."""
+        return tl.inline_asm_elementwise("nanosleep.u32 $1;\n mov.u32 $0, $1;", "=r,r", [ns], dtype=tl.int32,
+                                         is_pure=False, pack=1)
 
     @triton.jit
     def _first_stage(pid, w_ptrs, n_sizes, k_sizes, starts, x_offsets, s_ptrs, h_offsets, counters, x_ptr, h_ptr,
@@ -65,7 +80,7 @@ if triton is not None:
     def _second_stage(p, w_ptrs, n_sizes, k_sizes, starts, h_offsets, y_offsets, expected, counters, h_ptr, y_ptr,
                       tokens, h_stride, y_stride, h_part_stride, programs, G: tl.constexpr, SPLIT: tl.constexpr,
                       BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, ALIGN: tl.constexpr,
-                      USE_PDL: tl.constexpr, EVICT_FIRST: tl.constexpr, SPIN: tl.constexpr):
+                      USE_PDL: tl.constexpr, EVICT_FIRST: tl.constexpr, SPIN: tl.constexpr, PAUSE_NS: tl.constexpr):
         """Second-stage program ``p``: reads its first weight tile, waits (acquire) until its group's ``expected``
         first-stage programs have counted, then reads ``h`` through L2 only (another program's line of ``h`` may
         sit stale in this SM's L1). The last one to finish sets the counters back to zero. ``SPIN`` false (the
@@ -81,7 +96,8 @@ if triton is not None:
         target = tl.load(expected + g)
         if SPIN:
             while tl.atomic_add(counters + g, 0, sem="acquire", scope="gpu") < target:
-                pass
+                if PAUSE_NS > 0:
+                    _pause(PAUSE_NS)
         elif tl.atomic_add(counters + g, 0) != target:
             tl.atomic_add(counters + G + 1, 1)
         tl.debug_barrier()  # no thread reads h before the acquire
@@ -102,7 +118,7 @@ if triton is not None:
                         G: tl.constexpr, HAS_SCALE: tl.constexpr, SPLIT: tl.constexpr, BLOCK_M: tl.constexpr,
                         BLOCK_N1: tl.constexpr, BLOCK_K1: tl.constexpr, BLOCK_N2: tl.constexpr,
                         BLOCK_K2: tl.constexpr, ALIGN: tl.constexpr, USE_PDL: tl.constexpr,
-                        EVICT_FIRST: tl.constexpr, SPIN: tl.constexpr):
+                        EVICT_FIRST: tl.constexpr, SPIN: tl.constexpr, PAUSE_NS: tl.constexpr):
         """Programs ``[0, programs1 * SPLIT)`` run the first stages (:func:`_first_stage`), the programs after
         them the second stages (:func:`_second_stage`); weights are read a tile ahead, the first before any
         wait."""
@@ -114,7 +130,7 @@ if triton is not None:
         else:
             _second_stage(pid - programs1 * SPLIT, w2_ptrs, n2_sizes, k2_sizes, starts2, h_offsets, y_offsets,
                           expected, counters, h_ptr, y_ptr, tokens, h_stride, y_stride, h_part_stride, programs2,
-                          G, SPLIT, BLOCK_M, BLOCK_N2, BLOCK_K2, ALIGN, USE_PDL, EVICT_FIRST, SPIN)
+                          G, SPLIT, BLOCK_M, BLOCK_N2, BLOCK_K2, ALIGN, USE_PDL, EVICT_FIRST, SPIN, PAUSE_NS)
 
     @torch.library.custom_op("sharvet::grouped_two_stage", mutates_args=())
     def grouped_two_stage(x: torch.Tensor, tables: list[torch.Tensor], rows1: int, rows2: int, groups: int,
@@ -132,7 +148,7 @@ if triton is not None:
             *tables, x, h, y, tokens, x.stride(0), h.stride(1), y.stride(0), h.stride(0), programs1, programs2,
             G=groups, HAS_SCALE=scaled, SPLIT=split, BLOCK_M=block_m(tokens), BLOCK_N1=block_n1, BLOCK_K1=block_k1,
             BLOCK_N2=block_n2, BLOCK_K2=block_k2, ALIGN=align, USE_PDL=bool(pdl), EVICT_FIRST=bool(evict),
-            SPIN=not grouped.INTERPRET, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
+            SPIN=not grouped.INTERPRET, PAUSE_NS=PAUSE_NS, num_warps=warps, **({"launch_pdl": True} if pdl else {}))
         if grouped.INTERPRET and tables[-1][-1]:
             raise RuntimeError("two-stage launch: second-stage programs ran before their first stages were counted")
         return y
