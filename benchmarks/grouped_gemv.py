@@ -6,9 +6,7 @@ the inference form's padding), run for one token as one CUDA graph per variant, 
 - ``dense``: one GEMV per module (the dense model's weights);
 - ``cublas``: each compressed module's two GEMVs and its lambda multiply, as ``fuse="never"`` runs them;
 - ``grouped NxKxW``: ``fuse="grouped"``'s two Triton launches per layer input, for each tile size in ``--tiles``
-  (``FIRST/SECOND`` gives each stage its own, e.g. ``4x512x4/8x512x4``);
-- ``two-stage NxKxW`` (``--two-stage``): the same tiles with both stages of a layer input in one launch
-  (``SHARVET_GROUPED_FUSED``), its outputs checked against the two launches' (the largest difference is printed).
+  (``FIRST/SECOND`` gives each stage its own, e.g. ``4x512x4/8x512x4``).
 
 Prints microseconds per token, weight bytes read, the bandwidth that implies, and the speedup over dense beside
 the bytes bound (dense bytes / compressed bytes). Attention, norms and the LM head are left out: this isolates what
@@ -50,17 +48,6 @@ def layer_groups(adapter) -> list[tuple[str, list[SharedBasisLinear]]]:
             for layer in range(adapter.num_layers) for k, types in by_input.items()]
 
 
-def max_difference(stages: list[tuple[str, grouped.GroupedStages]], x: dict[str, torch.Tensor]) -> float:
-    """Largest difference between the one-launch outputs of ``stages`` and their two launches' (same tiles)."""
-    diffs = []
-    for k, g in stages:
-        both, g.both = g.both, None
-        two = torch.cat(g._outputs(x[k]), dim=-1)
-        g.both = both
-        diffs.append((torch.cat(g._outputs(x[k]), dim=-1) - two).abs().max().item())
-    return max(diffs)
-
-
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--shape", default="llama3-8b")
@@ -68,7 +55,6 @@ def main() -> None:
     p.add_argument("--tiles", default="8x512x4,16x256x4,4x1024x4,8x512x4x4",
                    help="rows x columns x warps [x first-stage split] per program (sharvet.inference.grouped)")
     p.add_argument("--tokens", default="1,16", help="tokens per decode step (a batch of sequences), comma list")
-    p.add_argument("--two-stage", action="store_true", help="also each tile with both stages in one launch")
     p.add_argument("--repeats", type=int, default=50)
     p.add_argument("--device", default="cuda")
     p.add_argument("--out", default=None)
@@ -101,15 +87,11 @@ def main() -> None:
     if grouped.available() and (device.type == "cuda" or grouped.INTERPRET):
         for tile in a.tiles.split(","):
             grouped.TILES = grouped.parse_stage_tiles(tile)
-            for fused in (False, True) if a.two_stage else (False,):
-                grouped.FUSED = fused
-                stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
-                for m, x in xs.items():
-                    run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
-                    rows.append(dict(variant=f"{'two-stage' if fused else 'grouped'} {tile}", tokens=m,
-                                     bytes=compressed_bytes, seconds=graph_seconds(run, device, a.repeats)))
-                    if fused:
-                        rows[-1]["max_abs_diff"] = max_difference(stages, x)
+            stages = [(k, grouped.GroupedStages(ms)) for k, ms in groups]
+            for m, x in xs.items():
+                run = lambda: [g.part(x[k], i) for k, g in stages for i in range(len(g.parts))]  # noqa: E731
+                rows.append(dict(variant=f"grouped {tile}", tokens=m, bytes=compressed_bytes,
+                                 seconds=graph_seconds(run, device, a.repeats)))
     dense_s = {r["tokens"]: r["seconds"] for r in rows if r["variant"] == "dense"}
     bound = dense_bytes / compressed_bytes
     gpu = torch.cuda.get_device_name() if device.type == "cuda" else "cpu"
@@ -120,9 +102,8 @@ def main() -> None:
         r.update(us=round(r["seconds"] * 1e6, 1), tb_s=round(r["bytes"] / r["seconds"] / 1e12, 3),
                  speedup=round(dense_s[r["tokens"]] / r["seconds"], 3),
                  bound=round(bound, 3) if r["variant"] != "dense" else 1.0)
-        diff = f" (max diff {r['max_abs_diff']:.2g})" if "max_abs_diff" in r else ""
-        print(f"| {r['variant']}{diff} | {r['tokens']} | {r['us']} | {r['bytes'] / 1e6:.1f} | {r['tb_s']} "
-              f"| {r['speedup']} | {r['bound']} |")
+        print(f"| {r['variant']} | {r['tokens']} | {r['us']} | {r['bytes'] / 1e6:.1f} | {r['tb_s']} | {r['speedup']} "
+              f"| {r['bound']} |")
     if a.out:
         # the kernels' settings beyond the tile (PDL, read-ahead) come from the environment: the record says which
         Path(a.out).write_text(json.dumps(dict(shape=a.shape, ratio=a.ratio, rows=rows, command=" ".join(sys.argv),

@@ -35,8 +35,6 @@ model, ids = compressed()
 fast = converted(model, "grouped")
 gated = [m for m in fast.modules() if isinstance(m, grouped.GroupedGatedMLP)]
 assert len(gated) == (len(fast.model.layers) if grouped.GATED_MLP else 0)  # every gated MLP, or none
-stages = [m for m in fast.modules() if isinstance(m, grouped.GroupedStages)]
-assert all((m.both is not None) == grouped.FUSED for m in stages)  # one launch for both stages, or two
 if grouped.MIN_PROGRAMS:  # the tiny model's short launches had their row blocks halved
     stages = [m for m in fast.modules() if isinstance(m, grouped.GroupedStages)]
     launches = [launch for m in stages for launch in (m.first, m.second)]
@@ -44,10 +42,6 @@ if grouped.MIN_PROGRAMS:  # the tiny model's short launches had their row blocks
 tokens = []  # tokens of every grouped launch
 launch = grouped._Launch.__call__
 grouped._Launch.__call__ = lambda self, x: tokens.append(x.shape[0]) or launch(self, x)
-if grouped.FUSED:  # the one launch of both stages (the plain launches then run only for gated MLPs)
-    from sharvet.inference import two_stage
-    both = two_stage.TwoStageLaunch.__call__
-    two_stage.TwoStageLaunch.__call__ = lambda self, x: tokens.append(x.shape[0]) or both(self, x)
 kw = dict(max_new_tokens=4, do_sample=False, pad_token_id=0)
 prompt = ids[:1, :6]
 assert torch.equal(fast.generate(prompt, **kw), model.generate(prompt, **kw))
@@ -57,14 +51,6 @@ assert torch.equal(fast.generate(batch, **kw), model.generate(batch, **kw))
 assert {1, 3} <= set(tokens) and max(tokens) <= grouped.MAX_TOKENS, set(tokens)
 step = ids[:1, :1]
 torch.testing.assert_close(fast(step).logits, model(step).logits, atol=2e-4, rtol=1e-4)
-if grouped.FUSED:  # the counters are back at zero after every launch, and a wrong count fails (never hangs)
-    assert all(not m.both.counters.any() for m in stages)
-    stages[0].both.expected[False].add_(1)
-    try:
-        stages[0]._outputs(torch.randn(1, stages[0].parts[0].in_features))
-        raise AssertionError("a second stage ran before its first stages were all counted, unnoticed")
-    except RuntimeError as e:
-        assert "before their first stages were counted" in str(e)
 if os.environ.get("COMPILE") == "1":  # one variant: compiling on the CPU takes half a minute, the variants add nothing
     with torch.no_grad():  # one graph: the grouped launch is an operator torch.compile keeps whole
         compiled = torch.compile(fast.forward, fullgraph=True)
@@ -145,9 +131,8 @@ def _interpreter_works() -> bool:
 # split: first stages split in 2-4 parts, the second stages take a tile of their own, short launches halve their row
 # blocks (to 2 programs per SM, of the 8 the interpreter counts), weights load without the evict-first policy (the
 # default has it); split and ahead: gated MLPs' gate and up in one launch (over a split first stage's parts, and
-# with weights read ahead), every other module in the plain launches; fused: both stages in one launch, over a split
-# first stage and several column tiles
-@pytest.mark.parametrize("variant", ["default", "split", "ahead", "fused"])
+# with weights read ahead), every other module in the plain launches
+@pytest.mark.parametrize("variant", ["default", "split", "ahead"])
 def test_kernels_match_the_reference_in_the_interpreter(variant):
     """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
     interpreter cannot run)."""
@@ -160,23 +145,18 @@ def test_kernels_match_the_reference_in_the_interpreter(variant):
                    SHARVET_GROUPED_EVICT="normal", SHARVET_GROUPED_GATED="1")
     elif variant == "ahead":  # several column tiles a row
         env.update(SHARVET_GROUPED_AHEAD="1", SHARVET_GROUPED_TILES="4x16x4", SHARVET_GROUPED_GATED="1")
-    elif variant == "fused":
-        env.update(SHARVET_GROUPED_FUSED="1", SHARVET_GROUPED_TILES="4x16x4xauto/8x32x4")
     out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
 
 
 @needs_triton
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-@pytest.mark.parametrize("tokens", [1, 4])
-@pytest.mark.parametrize("variant", ["plain", "gated", "fused"])
-def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, variant, monkeypatch):
-    """gated: gate and up's second stage stores silu(gate) * up; fused: both stages in one launch."""
+@pytest.mark.parametrize("tokens,gated", [(1, False), (4, False), (1, True), (4, True)])
+def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, gated, monkeypatch):
     from sharvet.inference import grouped
 
     monkeypatch.setattr(grouped, "MAX_TOKENS", 16)  # several-token steps too (the default is one, as measured)
-    monkeypatch.setattr(grouped, "GATED_MLP", variant == "gated")
-    monkeypatch.setattr(grouped, "FUSED", variant == "fused")
+    monkeypatch.setattr(grouped, "GATED_MLP", gated)
     model, ids = compressed()
     model = model.to("cuda", torch.bfloat16)
     ref = prepare(copy.deepcopy(model), fuse="never")
@@ -185,7 +165,6 @@ def test_bf16_decode_on_the_gpu_matches_and_compiles(tokens, variant, monkeypatc
     groups = {id(m.group): m.group for m in fast.modules() if isinstance(m, GroupedSlice)}.values()
     assert all(g.fast(torch.zeros(tokens, 1, g.parts[0].in_features, device="cuda", dtype=torch.bfloat16))
                for g in groups)
-    assert all((g.both is not None) == (variant == "fused") for g in groups)
     torch.testing.assert_close(fast(step).logits.float(), ref(step).logits.float(), atol=5e-2, rtol=2e-2)
     with torch.no_grad():
         compiled = torch.compile(fast.forward, fullgraph=True, mode="reduce-overhead")
@@ -295,26 +274,6 @@ def test_one_token_kernels_read_weights_in_16_byte_loads_when_aligned(first):
     aligned, unaligned = (kernel_code(_compile_for_hopper(1, 1, first, align)) for align in (8, 1))
     assert set(aligned.loads) == {16, 8} and aligned.narrow_loads == 0
     assert unaligned.loads[2] > 0
-
-
-@needs_triton
-@pytest.mark.parametrize("tokens,split", [(1, 1), (1, 4), (16, 1)])
-def test_two_stage_launch_compiles_for_hopper_with_release_and_acquire(tokens, split):
-    """Both stages in one launch (``SHARVET_GROUPED_FUSED``), with PDL where Triton has it: nothing spills, one
-    token's weights are read in 16-byte loads, a first stage's counter is raised with release semantics after a
-    barrier and a second stage polls it with acquire loads, and reads h past L1 (the interpreter runs none of it)."""
-    from sharvet.inference import grouped, two_stage
-    from sharvet.inference.grouped_aot import compile_two_stage_ahead, kernel_code
-
-    (n1, k1, w1, _), (n2, k2, w2, _) = grouped.TILES[True], grouped.TILES[False]
-    tiles = (n1, k1, n2, k2) if tokens == 1 else (max(16, n1), min(k1, 128), max(16, n2), min(k2, 128))
-    kernel = compile_two_stage_ahead(tokens=tokens, split=split, align=8, tiles=tiles, warps=max(w1, w2),
-                                     pdl=grouped.gdc_wait is not None)
-    code, ptx = kernel_code(kernel), kernel.asm["ptx"]
-    assert code.spill_bytes == 0 and (tokens > 1 or code.loads[2] == 0)
-    assert "bar.sync" in ptx.split("red.global.gpu.release.add")[0]
-    assert "ld.global.gpu.acquire" in ptx and "ld.global.cg" in ptx
-    assert ("nanosleep" in ptx) == (two_stage.PAUSE_NS > 0)  # between polls
 
 
 @needs_triton

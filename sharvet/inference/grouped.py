@@ -78,15 +78,6 @@ if GATED_MODE not in ("0", "1"):
 GATED_MLP = GATED_MODE == "1"
 
 
-#: ``SHARVET_GROUPED_FUSED=1``: a layer input's two stages (not gated) run as one launch, second-stage programs
-#: waiting on counters for their group's first stages (:mod:`.two_stage`), so the stages overlap instead of draining
-#: the GPU between them. Off (``0``) by default: not yet measured. Read when a :class:`GroupedStages` is built.
-FUSED_MODE = os.environ.get("SHARVET_GROUPED_FUSED", "0")
-if FUSED_MODE not in ("0", "1"):
-    raise ValueError(f"SHARVET_GROUPED_FUSED must be 0 or 1, got {FUSED_MODE!r}")
-FUSED = FUSED_MODE == "1"
-
-
 def pdl_on(device: torch.device) -> bool:
     """Whether launches on ``device`` use programmatic dependent launch: allowed (:data:`PDL`), and an NVIDIA GPU of
     sm_90 or newer, where ``griddepcontrol`` exists (ROCm builds report their GPUs as ``cuda`` too, with
@@ -190,7 +181,6 @@ def describe() -> str:
             f"{f', row blocks halved to >= {MIN_PROGRAMS} programs per SM' if MIN_PROGRAMS else ''}"
             f"{', weights a tile ahead' if AHEAD else ''}{', weights evicted first from L2' if EVICT_FIRST else ''}"
             f"{', gated MLPs: silu(gate) * up in their second stage' if GATED_MLP else ''}"
-            f"{', both stages in one launch' if FUSED else ''}"
             f"{', programmatic dependent launch (weights a tile ahead) on sm_90+' if PDL else ''}{missing}")
 
 
@@ -233,13 +223,11 @@ if triton is not None:
     @triton.jit
     def _rows_times_x(w, s, x, n, k, rows, k_lo, k_hi, tokens, x_stride, x_part_stride, first_tile,
                       HAS_SCALE: tl.constexpr, X_PARTS: tl.constexpr, BLOCK_M: tl.constexpr,
-                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr, EVICT_FIRST: tl.constexpr,
-                      X_CACHE: tl.constexpr):
+                      BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, AHEAD: tl.constexpr, EVICT_FIRST: tl.constexpr):
         """float32 ``(BLOCK_M, BLOCK_N)``: ``W[rows, k_lo:k_hi] @ (x[t, k_lo:k_hi] * s)`` for every token ``t``. One
         token: a multiply-and-sum; several (``BLOCK_M`` >= 16, padded): ``tl.dot`` on tensor cores. ``X_PARTS`` > 1:
         ``x`` holds a split first stage's parts, summed as they are read. ``AHEAD``: weights read a tile ahead,
-        ``first_tile`` (read by the caller before it waited for the previous launch) first. ``X_CACHE``: the
-        inputs' cache modifier (``.cg``: L2 only, for an input another program of the same launch wrote)."""
+        ``first_tile`` (read by the caller before it waited for the previous launch) first."""
         t = tl.arange(0, BLOCK_M)
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
         # one token: products summed elementwise in the loop and across threads once after it (a sum per tile
@@ -251,10 +239,9 @@ if triton is not None:
             cols = k0 + tile
             at = x + t[:, None] * x_stride + cols[None, :]
             inside = (t[:, None] < tokens) & (cols[None, :] < k_hi)
-            xv = tl.load(at, mask=inside, other=0.0, cache_modifier=X_CACHE).to(tl.float32)
+            xv = tl.load(at, mask=inside, other=0.0).to(tl.float32)
             for part in tl.static_range(1, X_PARTS):
-                xv += tl.load(at + part * x_part_stride, mask=inside, other=0.0,
-                              cache_modifier=X_CACHE).to(tl.float32)
+                xv += tl.load(at + part * x_part_stride, mask=inside, other=0.0).to(tl.float32)
             if HAS_SCALE:
                 xv = xv * tl.load(s + cols, mask=cols < k_hi, other=0.0).to(tl.float32)[None, :]
             if AHEAD:
@@ -305,7 +292,7 @@ if triton is not None:
             gdc_launch_dependents()
             gdc_wait()
         acc = _rows_times_x(w, s, x, n, k, rows, k_lo, k_hi, tokens, x_stride, x_part_stride, first_tile,
-                            HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST, "")
+                            HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST)
         if GATED:  # up's rows (group 1, unsplit), then silu(gate) * up
             n1, k1, x1, w1, s1 = _group_operands(1, w_ptrs, n_sizes, k_sizes, x_ptr, x_offsets, s_ptrs, y_ptr,
                                                  W_LIKE_X, ALIGN)
@@ -313,7 +300,7 @@ if triton is not None:
             if AHEAD:
                 first_up = _weight_tile(w1, rows, k1, n1, tile, k1, EVICT_FIRST)
             up = _rows_times_x(w1, s1, x1, n1, k1, rows, 0, k1, tokens, x_stride, x_part_stride, first_up,
-                               HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST, "")
+                               HAS_SCALE, X_PARTS, BLOCK_M, BLOCK_N, BLOCK_K, AHEAD, EVICT_FIRST)
             acc = acc * tl.sigmoid(acc) * up
         t = tl.arange(0, BLOCK_M)
         out = y_ptr + tl.program_id(1) * y_part_stride + t[:, None] * y_stride + tl.load(y_offsets + g) + rows[None, :]
@@ -416,7 +403,6 @@ class _Launch:
         #: and the split of the reduction
         self.layouts = {several: (block_n, block_k, blocks[0] if gated else sum(blocks), table, split)
                         for (several, block_n, block_k, blocks, split), table in zip(layouts, starts)}
-        self.blocks = {several: blocks for several, _, _, blocks, _ in layouts}  # programs per group
         self.rows = weights[0].shape[0] if gated else sum(w.shape[0] for w in weights)
         self.groups, self.scaled, self.gated = len(weights), bool(scales), gated
         self.dtype, self.first_stage = weights[0].dtype, first_stage
@@ -464,10 +450,6 @@ class GroupedStages(nn.Module):
         self.second = _Launch(vs, None, offsets, first_stage=False)
         if self.gated:
             self.second_gated = _Launch(vs, None, offsets, first_stage=False, gated=True)
-        self.both = None
-        if FUSED:
-            from .two_stage import TwoStageLaunch  # it builds on this module's kernels
-            self.both = TwoStageLaunch(self.first, self.second)
         self.sizes = [m.out_features for m in mods]
 
     def _apply(self, fn, recurse: bool = True):  # noqa: ANN001 - nn.Module's signature
@@ -490,9 +472,7 @@ class GroupedStages(nn.Module):
         return self.first(x.reshape(-1, x.shape[-1]).contiguous())
 
     def _outputs(self, x: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Every module's ``y`` (bias not added) for ``x``, through the two launches (or one, :data:`FUSED`)."""
-        if self.both is not None:
-            return self.both(x.reshape(-1, x.shape[-1]).contiguous()).split(self.sizes, dim=-1)
+        """Every module's ``y`` (bias not added) for ``x``, through the two launches."""
         return self.second(self._first(x)).split(self.sizes, dim=-1)
 
     def gated_product(self, x: torch.Tensor) -> torch.Tensor:

@@ -43,6 +43,10 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
     """One launch of ``grouped._grouped_gemv`` as Triton compiles it for ``sm_<arch>`` (bf16 weights); ``ahead``
     defaults to ``pdl`` and ``evict_first`` to :data:`grouped.EVICT_FIRST`, as at run time; ``gated``: a gated MLP's
     gate and up as one second stage."""
+    from triton import compile as triton_compile
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
     from . import grouped
 
     # a split first stage writes float32 parts; the second stage after it reads and sums them
@@ -56,37 +60,10 @@ def compile_ahead(*, tokens: int, split: int, first: bool, align: int, block_n: 
                  "BLOCK_N": block_n, "BLOCK_K": block_k, "ALIGN": align,
                  "AHEAD": pdl if ahead is None else ahead, "USE_PDL": pdl,
                  "EVICT_FIRST": grouped.EVICT_FIRST if evict_first is None else evict_first, "GATED": gated}
-    return _compile(grouped._grouped_gemv, signature, constants, warps, pdl, arch)
-
-
-def compile_two_stage_ahead(*, tokens: int, split: int, align: int, tiles: tuple[int, int, int, int], warps: int,
-                            pdl: bool = False, evict_first: bool = True, arch: int = 90):
-    """One launch of ``two_stage._two_stage_gemv`` (both stages, bf16 weights, three modules) for ``sm_<arch>``;
-    ``tiles``: rows and columns of a first-stage tile, then of a second-stage one."""
-    from . import grouped, two_stage
-
-    kernel = two_stage._two_stage_gemv
-    signature = dict.fromkeys(kernel.arg_names[:13], "*i64")
-    signature.update(counters="*i32", x_ptr="*bf16", h_ptr="*fp32" if split > 1 else "*bf16", y_ptr="*bf16",
-                     **dict.fromkeys(("tokens", "x_stride", "h_stride", "y_stride", "h_part_stride", "programs1",
-                                      "programs2"), "i32"))
-    constants = {"G": 3, "HAS_SCALE": True, "SPLIT": split, "BLOCK_M": grouped.block_m(tokens),
-                 **dict(zip(("BLOCK_N1", "BLOCK_K1", "BLOCK_N2", "BLOCK_K2"), tiles)), "ALIGN": align,
-                 "USE_PDL": pdl, "EVICT_FIRST": evict_first, "SPIN": True,
-                 "PAUSE_NS": two_stage.PAUSE_NS}
-    return _compile(kernel, signature, constants, warps, pdl, arch)
-
-
-def _compile(kernel, signature: dict, constants: dict, warps: int, pdl: bool, arch: int):
-    """``kernel`` compiled by Triton for ``sm_<arch>`` with the launcher's run-time specialisations."""
-    from triton import compile as triton_compile
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
-    signature = {**signature, **dict.fromkeys(constants, "constexpr")}
-    names = kernel.arg_names
+    signature.update(dict.fromkeys(constants, "constexpr"))
+    names = grouped._grouped_gemv.arg_names
     divisible = [a for a in signature if signature[a].startswith("*")] + ["x_stride"]
-    source = ASTSource(kernel, signature, {(names.index(k),): v for k, v in constants.items()},
+    source = ASTSource(grouped._grouped_gemv, signature, {(names.index(k),): v for k, v in constants.items()},
                        {(names.index(a),): [["tt.divisibility", 16]] for a in divisible})
     options = {"num_warps": warps, **({"launch_pdl": True} if pdl else {})}
     return triton_compile(source, target=GPUTarget("cuda", arch, 32), options=options)
