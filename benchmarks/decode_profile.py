@@ -56,15 +56,15 @@ def profile_decode(model: torch.nn.Module, settings: BenchSettings, device: torc
 @torch.no_grad()
 def profile_prefill(model: torch.nn.Module, settings: BenchSettings, device: torch.device, batch: int,
                     length: int) -> dict:
-    """``1 + repeats`` prefills (``StepRunner.prefill``) under the profiler after one untimed round (which compiles
-    when asked); per-forward figures."""
+    """The ``repeats`` timed prefills (``StepRunner.prefill``) under the profiler after one untimed round (which
+    compiles when asked), neither the untimed first forward nor a compiled prefill's eager cache fill among them;
+    per-forward figures."""
     runner = StepRunner(model, settings, device)
     runner.prefill(batch, length)
     prof = profiler(device.type)
-    with prof:
-        seconds, host = runner.prefill(batch, length)
+    seconds, host = runner.prefill(batch, length, watch=prof)
     summary = top_operations(prof, device.type, n=30)
-    calls = 1 + settings.repeats
+    calls = settings.repeats
     return {"forward_ms_profiled": round(seconds * 1000, 3), "host_ms": round(host * 1000, 3),
             "busy_ms_per_forward": round(summary["total_ms"] / calls, 3),
             "events_per_forward": round(summary["calls_with_time"] / calls, 1),

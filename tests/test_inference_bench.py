@@ -289,6 +289,30 @@ def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch
     assert "ms a forward (profiled; the host issued it in" in capsys.readouterr().out
 
 
+def test_a_watch_on_the_prefill_sees_the_timed_forwards_only():
+    """A profiler entered by ``StepRunner.prefill(watch=...)`` records the ``repeats`` timed forwards, neither the
+    warm-up nor a compiled prefill's eager cache fill (which the profile of a compiled prefill mixed in before)."""
+    import contextlib
+
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import random_model, shape_config
+
+    device = torch.device("cpu")
+    model = random_model(shape_config("tiny"), torch.float32, device, 0)
+    watching, seen = [False], []
+    model.register_forward_hook(lambda *_: seen.append(watching[0]))
+
+    @contextlib.contextmanager
+    def watch():
+        watching[0] = True
+        yield
+        watching[0] = False
+
+    runner = StepRunner(model, BenchSettings(repeats=3), device, prefill_compiler=lambda f: f)  # as if compiled
+    runner.prefill(1, 8, watch=watch())
+    assert seen == [False, False, True, True, True]  # cache fill, warm-up, the three timed forwards
+
+
 def test_decode_windows_replay_the_same_positions_and_keep_the_median():
     """Each timed window decodes the same positions from the same token (so windows differ only in time), the
     median per step is kept and the windows' spread is recorded."""

@@ -297,21 +297,24 @@ class StepRunner:
         out = self.model(input_ids=ids, position_ids=pos, use_cache=True, logits_to_keep=1, **{self.cache_kw: cache})
         return out.logits[:, -1:].argmax(-1)
 
-    def prefill(self, batch: int, length: int) -> tuple[float, float]:
+    def prefill(self, batch: int, length: int,
+                watch: contextlib.AbstractContextManager | None = None) -> tuple[float, float]:
         """Median seconds of a ``batch x length`` forward into an empty static cache (after one warm-up), and the
         median seconds the host took to issue it (:func:`timed`). A compiled prefill gets its cache filled by one
         eager forward first: transformers' static cache allocates its tensors on first use, and a graph traced
-        over an unallocated cache is recompiled at the next call (on the H200, every timed call recompiled)."""
+        over an unallocated cache is recompiled at the next call (on the H200, every timed call recompiled).
+        ``watch`` (e.g. a profiler) is entered around the timed forwards only, not that eager one."""
         ids = _ids(self.model, batch, length, self.device, self.settings.seed)
         cache = _static_cache(self.model, length)
         if self.prefill_compiled:
             self._prefill(ids, cache)
+        cache.reset()
+        timed(lambda: self.prefill_step(ids, cache), self.device)  # the warm-up
         times = []
-        for i in range(1 + self.settings.repeats):
-            cache.reset()
-            t = timed(lambda: self.prefill_step(ids, cache), self.device)
-            if i:
-                times.append(t)
+        with watch or contextlib.nullcontext():
+            for _ in range(self.settings.repeats):
+                cache.reset()
+                times.append(timed(lambda: self.prefill_step(ids, cache), self.device))
         return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
     def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
