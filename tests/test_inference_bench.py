@@ -289,6 +289,36 @@ def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch
     assert "ms a forward (profiled; the host issued it in" in capsys.readouterr().out
 
 
+def test_prefill_graphs_are_recorded_once_per_shape_with_positions_on_the_device(monkeypatch):
+    """--prefill-graph: on a GPU each prefill shape's forward is recorded once (``_recorded``) and its replays
+    timed; positions go in as a tensor (transformers would read the cache's length on the host, which a capture
+    refuses), the cache filled first; the records say "+graph", and such records do not replace others."""
+    from sharvet.inference import bench, measure
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.records import _key
+    from sharvet.inference.shapes import random_model, shape_config
+
+    cuda, cpu = torch.device("cuda"), torch.device("cpu")
+    graph = BenchSettings(prefill_graph=True, compile_prefill=True)
+    assert graph.captures_prefill(cuda) and not graph.captures_prefill(cpu)
+    assert bench._prefill_mode(graph, cuda) == "default+graph"
+    assert bench._prefill_mode(BenchSettings(prefill_graph=True), cuda) == "eager+graph"
+    assert bench._prefill_mode(graph, cpu) is None
+    assert _key({"prefill_compile_mode": "default+graph"}) != _key({"prefill_compile_mode": "default"})
+
+    recorded, positions = [], []
+    monkeypatch.setattr(measure, "_recorded", lambda forward, device: recorded.append(device) or forward)
+    model = random_model(shape_config("tiny"), torch.float32, cpu, 0)
+    runner = StepRunner(model, BenchSettings(prefill_graph=True), cpu)
+    runner.prefill_captures = True  # as on a GPU; the recording itself is the patched function above
+    step = runner._step
+    runner._step = lambda ids, pos, cache: positions.append(pos) or step(ids, pos, cache)
+    runner.prefill(2, 4)
+    assert recorded == [cpu]
+    assert len(positions) == 1 + 1 + runner.settings.repeats  # the cache fill, the warm-up, the timed forwards
+    assert all(torch.equal(p, torch.arange(4).expand(2, -1)) for p in positions)
+
+
 def test_a_watch_on_the_prefill_sees_the_timed_forwards_only():
     """A profiler entered by ``StepRunner.prefill(watch=...)`` records the ``repeats`` timed forwards, neither the
     warm-up nor a compiled prefill's eager cache fill (which the profile of a compiled prefill mixed in before)."""

@@ -53,10 +53,12 @@ def _kernels(model: torch.nn.Module) -> str | None:
 
 
 def _prefill_mode(settings: BenchSettings, device: torch.device) -> str | None:
-    """The prefill and throughput forwards' torch.compile mode as recorded (None: eager)."""
+    """The prefill and throughput forwards' torch.compile mode as recorded (None: eager; ``+graph``: replayed from a
+    CUDA graph)."""
+    graph = "+graph" if settings.captures_prefill(device) else ""
     if not settings.compiles_prefill(device):
-        return None
-    return "default" + ("+pdl" if settings.apply_inductor_pdl() else "")
+        return f"eager{graph}" if graph else None
+    return "default" + ("+pdl" if settings.apply_inductor_pdl() else "") + graph
 
 
 def _variant(text: str, default_fuse: str) -> tuple[float, str]:

@@ -84,6 +84,10 @@ def add_bench_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compile-prefill", action="store_true",
                    help="--shape's prefill and throughput forwards through torch.compile too (no CUDA graphs), as "
                         "a server runs them (default: eager, as in every record so far)")
+    p.add_argument("--prefill-graph", action="store_true",
+                   help="--shape's prefill and throughput forwards recorded once per shape as a CUDA graph and "
+                        "replayed when timed (after --compile-prefill's compiling), as a server replays captured "
+                        "prefill buckets: the host then issues one call a forward; dense and compressed alike")
     p.add_argument("--inductor-pdl", action=argparse.BooleanOptionalAction, default=None,
                    help="programmatic dependent launch for inductor's own kernels (norms, rotary, activations) on "
                         "sm_90+, dense and compressed alike; default: inductor's setting (TORCHINDUCTOR_ENABLE_PDL); "
@@ -121,7 +125,8 @@ def bench_command(a: argparse.Namespace) -> int:
                              decode_windows=a.decode_windows,
                              throughput=a.throughput, fuse=a.fuse, align=a.align, compile=not a.no_compile,
                              compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
-                             compile_prefill=a.compile_prefill, inductor_pdl=a.inductor_pdl, seed=a.seed)
+                             compile_prefill=a.compile_prefill, prefill_graph=a.prefill_graph,
+                             inductor_pdl=a.inductor_pdl, seed=a.seed)
     argv = [shlex.quote(x) for x in sys.argv]
     # the grouped kernels' settings, the prefill chunks and inductor's PDL may come from the environment: the
     # command says which

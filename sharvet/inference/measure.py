@@ -59,6 +59,12 @@ class BenchSettings:
     #: the pointwise work, such as each compressed module's ``x * lambda``, with no CUDA graphs; one graph per
     #: shape), as a server runs them. Off by default: every record up to the ninth session timed them eager
     compile_prefill: bool = False
+    #: each prefill and throughput shape's forward recorded once as a CUDA graph on a GPU (after compiling, when
+    #: compiled) and its replays timed, as a server replays captured prefill buckets: the host then issues one call
+    #: a forward. Why: compiled without graphs, the compressed model's prefill at 2,048 tokens issues 1,184 kernels
+    #: against dense's 774, and with each module as one opaque operator the host took 36 of the forward's 42 ms
+    #: (H200, LLaMA-3-8B shapes, seventeenth session). Dense and compressed alike; off by default
+    prefill_graph: bool = False
     #: inductor's programmatic dependent launch for its own Triton kernels (``torch._inductor.config.triton.
     #: enable_pdl``, Hopper and newer), dense and compressed alike: the norms, rotary and activation kernels between
     #: the matmuls then start while the kernel before them finishes, as the grouped kernels already do among
@@ -72,6 +78,10 @@ class BenchSettings:
 
     def compiles_prefill(self, device: torch.device) -> bool:
         return self.compile_prefill and self.compiles(device)
+
+    def captures_prefill(self, device: torch.device) -> bool:
+        """Whether prefill and throughput forwards replay a CUDA graph of their own (a GPU only)."""
+        return self.prefill_graph and device.type == "cuda"
 
     def captures(self, device: torch.device) -> bool:
         """Whether decode steps replay a CUDA graph of their own (the step compiled without torch.compile's)."""
@@ -236,6 +246,20 @@ def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: 
 CAPTURE_WARMUP = 2
 
 
+def _recorded(forward: Callable[[], Any], device: torch.device) -> Callable[[], None]:
+    """``forward`` recorded as a CUDA graph (after one run on the capture stream, which compiles it when compiled
+    and warms up what capture needs); returns the graph's replay, which keeps the graph and its memory alive."""
+    stream = capture_stream(device)
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        forward()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        forward()
+    return graph.replay
+
+
 class CapturedStep:
     """One decode step recorded as a CUDA graph: the next token written back as the next step's input, the position
     advanced, the static cache written in place (its tensors and write position are device tensors). Replaying
@@ -288,9 +312,10 @@ class StepRunner:
             prefill_compiler = functools.partial(torch.compile, dynamic=False)
         self.prefill_compiled = prefill_compiler is not None
         self.prefill_step = self._prefill if prefill_compiler is None else prefill_compiler(self._prefill)
+        self.prefill_captures = settings.captures_prefill(device)
 
-    def _prefill(self, ids: torch.Tensor, cache) -> torch.Tensor:
-        return self._step(ids, None, cache)
+    def _prefill(self, ids: torch.Tensor, cache, pos: torch.Tensor | None = None) -> torch.Tensor:
+        return self._step(ids, pos, cache)
 
     def _step(self, ids: torch.Tensor, pos: torch.Tensor | None, cache) -> torch.Tensor:
         """The greedy next token of each sequence (``pos`` None: a prefill, positions from the cache)."""
@@ -306,15 +331,23 @@ class StepRunner:
         ``watch`` (e.g. a profiler) is entered around the timed forwards only, not that eager one."""
         ids = _ids(self.model, batch, length, self.device, self.settings.seed)
         cache = _static_cache(self.model, length)
-        if self.prefill_compiled:
-            self._prefill(ids, cache)
+        # positions as a tensor when captured: without them transformers reads the cache's length on the host
+        pos = torch.arange(length, device=self.device).expand(batch, -1) if self.prefill_captures else None
+        if self.prefill_compiled or self.prefill_captures:
+            self._prefill(ids, cache, pos)
+
+        def forward() -> torch.Tensor:
+            return self.prefill_step(ids, cache, pos) if pos is not None else self.prefill_step(ids, cache)
+
+        if self.prefill_captures:
+            forward = _recorded(forward, self.device)
         cache.reset()
-        timed(lambda: self.prefill_step(ids, cache), self.device)  # the warm-up
+        timed(forward, self.device)  # the warm-up
         times = []
         with watch or contextlib.nullcontext():
             for _ in range(self.settings.repeats):
                 cache.reset()
-                times.append(timed(lambda: self.prefill_step(ids, cache), self.device))
+                times.append(timed(forward, self.device))
         return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
     def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
