@@ -246,17 +246,23 @@ def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: 
 CAPTURE_WARMUP = 2
 
 
-def _recorded(forward: Callable[[], Any], device: torch.device) -> Callable[[], None]:
+def _recorded(forward: Callable[[], Any], device: torch.device, reset: Callable[[], Any]) -> Callable[[], None]:
     """``forward`` recorded as a CUDA graph (after one run on the capture stream, which compiles it when compiled
-    and warms up what capture needs); returns the graph's replay, which keeps the graph and its memory alive."""
+    and warms up what capture needs); returns the graph's replay, which keeps the graph and its memory alive.
+    ``reset`` (the static cache's) runs before each of the two, outside the graph: transformers may write a
+    prefill at the cache's own device-side position, so a forward after another without it writes past the end."""
     stream = capture_stream(device)
-    stream.wait_stream(torch.cuda.current_stream(device))
-    with torch.cuda.stream(stream):
-        forward()
-    torch.cuda.current_stream(device).wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        forward()
+    for capture in (False, True):
+        reset()
+        stream.wait_stream(torch.cuda.current_stream(device))
+        if capture:
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph, stream=stream):
+                forward()
+        else:
+            with torch.cuda.stream(stream):
+                forward()
+            torch.cuda.current_stream(device).wait_stream(stream)
     return graph.replay
 
 
@@ -340,7 +346,7 @@ class StepRunner:
             return self.prefill_step(ids, cache, pos) if pos is not None else self.prefill_step(ids, cache)
 
         if self.prefill_captures:
-            forward = _recorded(forward, self.device)
+            forward = _recorded(forward, self.device, cache.reset)
         cache.reset()
         timed(forward, self.device)  # the warm-up
         times = []
