@@ -137,12 +137,15 @@ if not 1 <= MAX_TOKENS <= 16:
 #: session). Why: first stages have few rows (the ranks) over the model width, so small row blocks give them enough
 #: programs (9 per SM at 56 registers against 8x512x4's 5 at 96); second stages have many rows over short rows.
 TILES = parse_stage_tiles(os.environ.get("SHARVET_GROUPED_TILES", "2x1024x4/8x512x4"))
-#: a first stage split ``auto`` aims at this many programs per SM (a heuristic, not yet measured)
+#: a first stage split ``auto`` aims at this many programs per SM (a heuristic; with the default tiles it made one
+#: token's matmuls 7 % slower at 0.3 and 3 % at 0.5, H200, LLaMA-3-8B shapes, seventeenth session: not the default)
 PROGRAMS_PER_SM = 16
 #: ``SHARVET_GROUPED_MIN_PROGRAMS=N``: a one-token launch halves its tile's row block while it has fewer than N
 #: programs per SM (0, the default: every launch of a stage takes its tile's rows). Why: one tile serves launches of
 #: very different heights (at 8B shapes o's and down's second stages have 4,096 rows, gate+up's 28,672), and the
-#: fastest first-stage tile was the one with the most programs (2 rows, tenth session). Not yet measured.
+#: fastest first-stage tile was the one with the most programs (2 rows, tenth session). Measured on one token's
+#: matmuls (H200, LLaMA-3-8B shapes): at 0.5, 4 changed nothing, 8 and 16 lost 10 % and 15 % (fifteenth session);
+#: at 0.3, 4 gained 2.0 %, 8 and 16 lost 9.8 % and 16 % (seventeenth): off.
 MIN_PROGRAMS = int(os.environ.get("SHARVET_GROUPED_MIN_PROGRAMS", "0"))
 if MIN_PROGRAMS < 0:
     raise ValueError(f"SHARVET_GROUPED_MIN_PROGRAMS must be >= 0, got {MIN_PROGRAMS}")
