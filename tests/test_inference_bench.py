@@ -219,7 +219,7 @@ def test_prefill_compiles_only_when_asked_and_on_gpus(monkeypatch):
     runner = StepRunner(model, asked, torch.device("cuda"))
     assert compiled == ["_step", "_prefill"]
     calls = []
-    runner.prefill_step = lambda ids, cache: calls.append(ids.shape) or runner._prefill(ids, cache)
+    runner.prefill_step = lambda ids, cache, pos: calls.append(ids.shape) or runner._prefill(ids, cache, pos)
     runner.device = torch.device("cpu")  # time it here: only the wrapping above needed the GPU's name
     runner.prefill(1, 4)
     assert calls == [(1, 4)] * (1 + asked.repeats)

@@ -252,17 +252,16 @@ def _recorded(forward: Callable[[], Any], device: torch.device, reset: Callable[
     ``reset`` (the static cache's) runs before each of the two, outside the graph: transformers may write a
     prefill at the cache's own device-side position, so a forward after another without it writes past the end."""
     stream = capture_stream(device)
-    for capture in (False, True):
-        reset()
-        stream.wait_stream(torch.cuda.current_stream(device))
-        if capture:
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph, stream=stream):
-                forward()
-        else:
-            with torch.cuda.stream(stream):
-                forward()
-            torch.cuda.current_stream(device).wait_stream(stream)
+    reset()
+    stream.wait_stream(torch.cuda.current_stream(device))
+    with torch.cuda.stream(stream):
+        forward()
+    torch.cuda.current_stream(device).wait_stream(stream)
+    reset()
+    stream.wait_stream(torch.cuda.current_stream(device))
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, stream=stream):
+        forward()
     return graph.replay
 
 
@@ -342,9 +341,7 @@ class StepRunner:
         if self.prefill_compiled or self.prefill_captures:
             self._prefill(ids, cache, pos)
 
-        def forward() -> torch.Tensor:
-            return self.prefill_step(ids, cache, pos) if pos is not None else self.prefill_step(ids, cache)
-
+        forward = functools.partial(self.prefill_step, ids, cache, pos)
         if self.prefill_captures:
             forward = _recorded(forward, self.device, cache.reset)
         cache.reset()
