@@ -1,0 +1,61 @@
+"""The families the LLaMA adapter claims besides LLaMA itself, end to end on tiny random models: Qwen2 (biased q, k,
+v; tied embeddings, as Qwen2.5-0.5B), Qwen3 (per-head q/k norms, a head size of its own) and Mistral (a sliding
+window). Each compresses with the default method, computes the same logits in every inference form, and loads back
+with them through ``sharvet.load`` and through plain transformers (``trust_remote_code``, without sharvet)."""
+from __future__ import annotations
+
+import copy
+
+import pytest
+import torch
+from test_hub_export import _perturbed, remote_logits
+from test_streaming import tiny_config_model
+from tiny import tokens
+
+import sharvet
+from sharvet import checkpoint
+from sharvet.calibration import collect_stats
+from sharvet.config import CompressionConfig
+from sharvet.inference import prepare
+from sharvet.inference.form import FUSE_MODES
+from sharvet.methods import DEFAULT_METHOD
+from sharvet.models import adapter_for
+from sharvet.pipeline import compress
+
+FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "mistral": {"sliding_window": 8}}
+
+
+@pytest.fixture(scope="module")
+def compressed() -> dict[str, torch.nn.Module]:
+    out = {}
+    for family, extra in FAMILIES.items():
+        model = tiny_config_model(family, **extra)
+        ids = tokens(4, 16)
+        compress(model, collect_stats(adapter_for(model), ids, progress=False),
+                 CompressionConfig.preset(DEFAULT_METHOD, ratio=0.6, k=2), calibration_ids=ids, progress=False)
+        _perturbed(model)  # lambda, sigma and V off their initial values, as refined
+        out[family] = model
+    return out
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_every_inference_form_computes_the_same_logits(family, compressed):
+    model, ids = compressed[family], tokens(2, 16, seed=4)
+    with torch.no_grad():
+        ref = model(ids).logits
+        for fuse in FUSE_MODES:
+            torch.testing.assert_close(prepare(copy.deepcopy(model), fuse=fuse)(ids).logits, ref, atol=2e-5,
+                                       rtol=1e-5, msg=lambda m: f"fuse={fuse}: {m}")
+
+
+def test_checkpoints_load_back_by_sharvet_and_by_plain_transformers(compressed, tmp_path):
+    ids = tokens(2, 16, seed=4)
+    folders = {family: checkpoint.save(model, tmp_path / family) for family, model in compressed.items()}
+    tied = sharvet.load(folders["qwen2"])
+    assert tied.lm_head.weight.data_ptr() == tied.model.embed_tokens.weight.data_ptr()  # stored once, tied again
+    remote = remote_logits([str(f) for f in folders.values()], ids, tmp_path)
+    with torch.no_grad():
+        for i, (family, folder) in enumerate(folders.items()):
+            ref = compressed[family](ids).logits
+            torch.testing.assert_close(sharvet.load(folder)(ids).logits, ref)
+            torch.testing.assert_close(remote[str(i)], ref)
