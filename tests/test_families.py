@@ -1,7 +1,8 @@
 """The families the LLaMA adapter claims besides LLaMA itself, end to end on tiny random models: Qwen2 (biased q, k,
 v; tied embeddings, as Qwen2.5-0.5B), Qwen3 (per-head q/k norms, a head size of its own) and Mistral (a sliding
 window). Each compresses with the default method, computes the same logits in every inference form, and loads back
-with them through ``sharvet.load`` and through plain transformers (``trust_remote_code``, without sharvet)."""
+with them through ``sharvet.load`` and through plain transformers (``trust_remote_code``, without sharvet); the
+default refinement trains, finalises and loads back as refined."""
 from __future__ import annotations
 
 import copy
@@ -18,23 +19,28 @@ from sharvet.calibration import collect_stats
 from sharvet.config import CompressionConfig
 from sharvet.inference import prepare
 from sharvet.inference.form import FUSE_MODES
-from sharvet.methods import DEFAULT_METHOD
+from sharvet.methods import DEFAULT_METHOD, method
 from sharvet.models import adapter_for
 from sharvet.pipeline import compress
+from sharvet.refinement import RefineConfig, finalize, refine
 
 FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "mistral": {"sliding_window": 8}}
 
 
+def _compressed(family: str) -> torch.nn.Module:
+    model = tiny_config_model(family, **FAMILIES[family])
+    ids = tokens(4, 16)
+    compress(model, collect_stats(adapter_for(model), ids, progress=False),
+             CompressionConfig.preset(DEFAULT_METHOD, ratio=0.6, k=2), calibration_ids=ids, progress=False)
+    return model
+
+
 @pytest.fixture(scope="module")
 def compressed() -> dict[str, torch.nn.Module]:
-    out = {}
-    for family, extra in FAMILIES.items():
-        model = tiny_config_model(family, **extra)
-        ids = tokens(4, 16)
-        compress(model, collect_stats(adapter_for(model), ids, progress=False),
-                 CompressionConfig.preset(DEFAULT_METHOD, ratio=0.6, k=2), calibration_ids=ids, progress=False)
-        _perturbed(model)  # lambda, sigma and V off their initial values, as refined
-        out[family] = model
+    """Each family compressed, every stored number then moved off its value (lambda, sigma and V as refined)."""
+    out = {family: _compressed(family) for family in FAMILIES}
+    for model in out.values():
+        _perturbed(model)
     return out
 
 
@@ -59,3 +65,18 @@ def test_checkpoints_load_back_by_sharvet_and_by_plain_transformers(compressed, 
             ref = compressed[family](ids).logits
             torch.testing.assert_close(sharvet.load(folder)(ids).logits, ref)
             torch.testing.assert_close(remote[str(i)], ref)
+
+
+@pytest.mark.parametrize("family", FAMILIES)
+def test_the_default_refinement_trains_and_loads_back_as_refined(family, tmp_path):
+    teacher = tiny_config_model(family, **FAMILIES[family])
+    cfg = RefineConfig(output_dir=str(tmp_path / "run"), progress=False, lr=1e-2, cpu=True, batch_size=2, epochs=2,
+                       mode=method(DEFAULT_METHOD).refine_mode, match_loss_scales=True)
+    result = refine(_compressed(family), teacher, tokens(8, 16, seed=3), cfg)
+    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    ids = tokens(2, 16, seed=4)
+    with torch.no_grad():
+        refined = result.model(ids).logits
+        loaded = checkpoint.load(checkpoint.save(finalize(result.model, result.record()), tmp_path / "ck"))
+        torch.testing.assert_close(loaded(ids).logits, refined, atol=1e-5, rtol=1e-5)
+        torch.testing.assert_close(prepare(loaded, fuse="best")(ids).logits, refined, atol=2e-5, rtol=1e-5)
