@@ -63,6 +63,19 @@ def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
     assert all("q+k+v in 4 layers" in r["inference_form"] and "+0 parameters" in r["inference_form"] for r in stacked)
 
 
+def test_gpu_only_prefill_flags_say_in_one_line_that_they_are_ignored_here(tmp_path, capsys):
+    from sharvet.cli import main
+
+    assert main(["bench", "--shape", "tiny", "--ratios", "0.5", "--batches", "1", "--prefill-len", "8",
+                 "--decode-steps", "2", "--decode-windows", "1", "--throughput", "none", "--compile-prefill",
+                 "--prefill-graph", "--out", str(tmp_path / "b.json")]) == 0
+    err = capsys.readouterr().err
+    assert "--compile-prefill ignored: it needs a GPU and compiling on" in err
+    assert "--prefill-graph ignored: it needs a GPU" in err
+    records = json.loads((tmp_path / "b.json").read_text())["records"]
+    assert {r["prefill_compile_mode"] for r in records} == {None}
+
+
 def test_bench_records_carry_the_kernel_settings_and_a_note(tmp_path, monkeypatch):
     """The grouped kernels' environment settings lead the recorded command (it reruns as measured), and --note
     lands in every record."""

@@ -127,6 +127,11 @@ def bench_command(a: argparse.Namespace) -> int:
                              compile_mode=a.compile_mode, coordinate_descent=a.coordinate_descent,
                              compile_prefill=a.compile_prefill, prefill_graph=a.prefill_graph,
                              inductor_pdl=a.inductor_pdl, seed=a.seed)
+    for flag, asked, applies, needs in (
+            ("--compile-prefill", a.compile_prefill, settings.compiles_prefill(device), "a GPU and compiling on"),
+            ("--prefill-graph", a.prefill_graph, settings.captures_prefill(device), "a GPU")):
+        if asked and not applies:  # the records then say eager; the line says why
+            print(f"sharvet: {flag} ignored: it needs {needs}", file=sys.stderr)
     argv = [shlex.quote(x) for x in sys.argv]
     # the grouped kernels' settings, the prefill chunks and inductor's PDL may come from the environment: the
     # command says which
