@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import json
+import types
 
 import pytest
 import torch
@@ -303,7 +304,7 @@ def test_profile_of_a_prefill_reports_host_and_device_time(tmp_path, monkeypatch
 
 
 def test_prefill_graphs_are_recorded_once_per_shape_with_positions_on_the_device(monkeypatch):
-    """--prefill-graph: on a GPU each prefill shape's forward is recorded once (``_recorded``) and its replays
+    """--prefill-graph: on a GPU each prefill shape's forward is recorded once (``record_graph``) and its replays
     timed; positions go in as a tensor (transformers would read the cache's length on the host, which a capture
     refuses), the cache filled first; the records say "+graph", and such records do not replace others."""
     from sharvet.inference import bench, measure
@@ -321,12 +322,12 @@ def test_prefill_graphs_are_recorded_once_per_shape_with_positions_on_the_device
 
     events, positions = [], []
 
-    def recorded(forward, device, reset):  # as measure._recorded runs it, without the GPU's graph
+    def recorded(forward, device, reset):  # as measure.record_graph runs it, without the GPU's graph
         events.append("record")
         for _ in range(2):  # its warm-up, then the capture
             reset()
             forward()
-        return forward
+        return types.SimpleNamespace(replay=forward)
 
     def static_cache(model, length):  # the cache's resets, seen in order with the forwards
         cache = make_cache(model, length)
@@ -335,7 +336,7 @@ def test_prefill_graphs_are_recorded_once_per_shape_with_positions_on_the_device
         return cache
 
     make_cache = measure._static_cache
-    monkeypatch.setattr(measure, "_recorded", recorded)
+    monkeypatch.setattr(measure, "record_graph", recorded)
     monkeypatch.setattr(measure, "_static_cache", static_cache)
     model = random_model(shape_config("tiny"), torch.float32, cpu, 0)
     runner = StepRunner(model, BenchSettings(prefill_graph=True), cpu)

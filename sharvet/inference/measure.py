@@ -184,16 +184,7 @@ def graph_seconds(fn: Callable[[], Any], device: torch.device, repeats: int, inn
         for _ in range(repeats * inner):
             fn()
         return (time.perf_counter() - t) / (repeats * inner)
-    stream = capture_stream(device)
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph, stream=stream):
-        for _ in range(inner):
-            fn()
+    graph = record_graph(fn, device, warmups=3, calls=inner)
     graph.replay()
     return elapsed(lambda: [graph.replay() for _ in range(repeats)], device) / (repeats * inner)
 
@@ -246,23 +237,27 @@ def _ids(model: nn.Module, batch: int, length: int, device: torch.device, seed: 
 CAPTURE_WARMUP = 2
 
 
-def _recorded(forward: Callable[[], Any], device: torch.device, reset: Callable[[], Any]) -> Callable[[], None]:
-    """``forward`` recorded as a CUDA graph (after one run on the capture stream, which compiles it when compiled
-    and warms up what capture needs); returns the graph's replay, which keeps the graph and its memory alive.
-    ``reset`` (the static cache's) runs before each of the two, outside the graph: transformers may write a
-    prefill at the cache's own device-side position, so a forward after another without it writes past the end."""
-    stream = capture_stream(device)
+def record_graph(fn: Callable[[], Any], device: torch.device, *, warmups: int = 1, calls: int = 1,
+                 reset: Callable[[], Any] | None = None) -> torch.cuda.CUDAGraph:
+    """``calls`` calls of ``fn`` recorded as one CUDA graph on the capture stream, after ``warmups`` calls there
+    (which compile ``fn`` when compiled and warm up what capture needs). ``reset`` (e.g. a static cache's) runs
+    before the warm-up and before the capture, outside the graph: transformers may write a prefill at the cache's
+    own device-side position, so a forward after another without it writes past the end."""
+    stream, current = capture_stream(device), torch.cuda.current_stream(device)
+    reset = reset or (lambda: None)
     reset()
-    stream.wait_stream(torch.cuda.current_stream(device))
+    stream.wait_stream(current)
     with torch.cuda.stream(stream):
-        forward()
-    torch.cuda.current_stream(device).wait_stream(stream)
+        for _ in range(warmups):
+            fn()
+    current.wait_stream(stream)
     reset()
-    stream.wait_stream(torch.cuda.current_stream(device))
+    stream.wait_stream(current)
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph, stream=stream):
-        forward()
-    return graph.replay
+        for _ in range(calls):
+            fn()
+    return graph
 
 
 class CapturedStep:
@@ -343,7 +338,7 @@ class StepRunner:
 
         forward = functools.partial(self.prefill_step, ids, cache, pos)
         if self.prefill_captures:
-            forward = _recorded(forward, self.device, cache.reset)
+            forward = record_graph(forward, self.device, reset=cache.reset).replay
         cache.reset()
         timed(forward, self.device)  # the warm-up
         times = []
