@@ -53,7 +53,7 @@ def test_bench_tiny_shape_writes_records_and_merges(tmp_path, capsys):
     assert all(len(r[f"{m}_windows_ms"]) == len(r[f"{m}_host_windows_ms"]) == 5 and min(r[f"{m}_windows_ms"]) > 0
                for r in decode for m in ("dense", "compressed"))
     assert all("dense_windows_ms" not in r for r in rows if r["phase"] != "decode")
-    assert all(r["workspace_excess_mib"] is None for r in rows)  # no GPU
+    assert all(r["workspace_excess_mib"] is None and r["steady_excess_mib"] is None for r in rows)  # no GPU
     assert main(args) == 0  # the same settings again replace their records
     assert len(json.loads(out.read_text())["records"]) == len(rows)
     # Basis Sharing's plan: alike groups for every type, so the first stages stack without copies
@@ -219,7 +219,7 @@ def test_prefill_compiles_only_when_asked_and_on_gpus(monkeypatch):
     """--compile-prefill: prefill and throughput forwards go through their own torch.compile (no CUDA graphs),
     on a GPU only; the records say so, and records of either kind do not replace each other."""
     from sharvet.inference import bench
-    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.measure import BenchSettings, PeakMemory, StepRunner
     from sharvet.inference.records import _key
     from sharvet.inference.shapes import random_model, shape_config
 
@@ -235,6 +235,7 @@ def test_prefill_compiles_only_when_asked_and_on_gpus(monkeypatch):
     calls = []
     runner.prefill_step = lambda ids, cache, pos: calls.append(ids.shape) or runner._prefill(ids, cache, pos)
     runner.device = torch.device("cpu")  # time it here: only the wrapping above needed the GPU's name
+    runner.memory = PeakMemory(runner.device)
     runner.prefill(1, 4)
     assert calls == [(1, 4)] * (1 + asked.repeats)
     compiled.clear()
@@ -416,6 +417,49 @@ def test_the_workspace_excess_is_recorded_in_mib():
     assert excess_mib(None, 15.0, 9.0, 8.5) is None
 
 
+def test_peak_memory_keeps_the_warm_up_out_of_the_steady_peak(monkeypatch):
+    """Compiling's buffers (a warm-up) raise the whole run's peak, never the steady one; the steady peak is the
+    highest of the timed phases (prefill, then decode) and the whole run's is the highest of everything."""
+    from sharvet.inference import measure
+
+    counter = {"now": 1.0, "peak": 1.0}
+
+    def use(gib: float) -> None:  # allocate, then free
+        counter["peak"] = max(counter["peak"], counter["now"] + gib)
+
+    monkeypatch.setattr(measure, "peak_gib", lambda device: counter["peak"])
+    monkeypatch.setattr(measure, "reset_peak", lambda device: counter.update(peak=counter["now"]))
+    memory = measure.PeakMemory(torch.device("cuda"))
+    use(0.5)  # prefill's compiling
+    memory.steady_start()
+    use(0.1)  # timed prefills
+    memory.steady_end()
+    use(0.3)  # decode's compiling and capture
+    memory.steady_start()
+    use(0.2)  # timed decode steps
+    memory.steady_end()
+    assert memory.whole == pytest.approx(1.5) and memory.steady == pytest.approx(1.2)
+    memory.start()  # the next row starts afresh
+    assert memory.whole is None and memory.steady is None
+
+
+def test_the_steady_peak_starts_after_the_warm_up_forward():
+    """``StepRunner.prefill`` resets the steady peak after its warm-up forward and reads it after the timed ones."""
+    from sharvet.inference.measure import BenchSettings, StepRunner
+    from sharvet.inference.shapes import random_model, shape_config
+
+    model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
+    forwards: list[int] = []
+    model.register_forward_hook(lambda *_: forwards.append(1))
+    runner = StepRunner(model, BenchSettings(repeats=3), torch.device("cpu"))
+    seen = []
+    runner.memory = types.SimpleNamespace(steady_start=lambda: seen.append(("start", len(forwards))),
+                                          steady_end=lambda: seen.append(("end", len(forwards))))
+    with torch.no_grad():
+        runner.prefill(1, 8)
+    assert seen == [("start", 1), ("end", 4)]
+
+
 def test_records_name_the_commit_and_say_when_the_tree_differs(tmp_path):
     """A copy of a working tree may hold an older HEAD than its files (the GPU machine's copy did): the record's
     commit then carries ``-dirty``; untracked files (results, outputs) do not count."""
@@ -497,6 +541,19 @@ def test_captured_decode_steps_match_eager_ones():
         timing = runner.decode(2)
     assert torch.equal(first, eager) and torch.equal(second, eager)
     assert len(timing.windows) == len(timing.host_windows) == 5
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_steady_peak_lies_within_the_whole_runs():
+    """On a GPU every row carries both peaks, the steady one (timed calls) at most the whole run's."""
+    from sharvet.inference.measure import BenchSettings, measure_steps
+    from sharvet.inference.shapes import random_model, shape_config
+
+    cuda = torch.device("cuda")
+    model = random_model(shape_config("tiny"), torch.bfloat16, cuda, 0)
+    settings = BenchSettings(batches=(1,), prefill_len=16, decode_steps=4, throughput=(4, 8))
+    run = measure_steps(model, "dense", settings, cuda)
+    assert all(0 < m.steady_peak_gib <= m.peak_gib for m in run.rows.values())
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -26,6 +26,8 @@ class Measurement:
     #: decode: each timed window's seconds per step on the device and on the host, in the order they ran
     windows: tuple[float, ...] = ()
     host_windows: tuple[float, ...] = ()
+    #: the peak over the timed calls alone, after warm-up, compiling and graph capture (see ``PeakMemory``)
+    steady_peak_gib: float | None = None
 
     @property
     def spread(self) -> float | None:
@@ -139,6 +141,11 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
             "workspace_gib_dense": gib_beyond(d.peak_gib, dense.stored_gib),
             "workspace_gib_compressed": gib_beyond(c.peak_gib, compressed.stored_gib),
             "workspace_excess_mib": excess_mib(d.peak_gib, dense.stored_gib, c.peak_gib, compressed.stored_gib),
+            # the same over the timed calls alone (after compiling and capturing): what serving keeps paying
+            "steady_peak_gpu_gib_dense": round_gib(d.steady_peak_gib),
+            "steady_peak_gpu_gib_compressed": round_gib(c.steady_peak_gib),
+            "steady_excess_mib": excess_mib(d.steady_peak_gib, dense.stored_gib, c.steady_peak_gib,
+                                            compressed.stored_gib),
             # of which allocated before any forward (left over from building the model, or from an earlier one)
             "resident_gib_dense": round_gib(dense.resident_gib),
             "resident_gib_compressed": round_gib(compressed.resident_gib),
@@ -150,23 +157,28 @@ def records(dense: ModelRun, compressed: ModelRun, *, shape: str, ratio: float, 
     return out
 
 
+def _mib(x: float | None) -> str:
+    return "-" if x is None else f"{x:+.2f}"
+
+
 def _percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
 
 def table(rows: list[dict[str, Any]]) -> str:
     """The records as a Markdown table, the bound beside each speedup, the spread of repeated timings (decode
-    windows) beside the throughputs, and the compressed workspace's excess over dense's."""
+    windows) beside the throughputs, and the compressed workspace's excess over dense's (whole run, and in brackets
+    the timed calls alone)."""
     head = ("| shape | ratio | fuse | phase | batch | tokens/step | dense tok/s | compressed tok/s | spread d / c | "
-            "speedup | bound | peak GiB dense | peak GiB compressed | workspace excess MiB |")
+            "speedup | bound | peak GiB dense | peak GiB compressed | workspace excess MiB (steady) |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
-        excess = r.get("workspace_excess_mib")
+        excess, steady = r.get("workspace_excess_mib"), r.get("steady_excess_mib")
         lines.append(f"| {r['shape']} | {r['ratio']} | {r.get('fuse', '')} | {r['phase']} | {r['batch']} | "
                      f"{r['tokens_per_step']} | {r['dense_tokens_per_s']:,.0f} | {r['compressed_tokens_per_s']:,.0f} | "
                      f"{_percent(r.get('dense_spread'))} / {_percent(r.get('compressed_spread'))} | "
                      f"{r['speedup']:.2f}x | {r['bound']:.2f}x | {r['peak_gpu_gib_dense']} | "
-                     f"{r['peak_gpu_gib_compressed']} | {'-' if excess is None else f'{excess:+.2f}'} |")
+                     f"{r['peak_gpu_gib_compressed']} | {_mib(excess)}{'' if steady is None else f' ({_mib(steady)})'} |")
     return "\n".join(lines)
 
 
