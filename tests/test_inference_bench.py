@@ -328,7 +328,7 @@ def test_prefill_graphs_are_recorded_once_per_shape_with_positions_on_the_device
         for _ in range(2):  # its warm-up, then the capture
             reset()
             forward()
-        return types.SimpleNamespace(replay=forward)
+        return types.SimpleNamespace(replay=forward, pool=lambda: (0, 1))
 
     def static_cache(model, length):  # the cache's resets, seen in order with the forwards
         cache = make_cache(model, length)
@@ -454,7 +454,7 @@ def test_the_steady_peak_starts_after_the_warm_up_forward():
     runner = StepRunner(model, BenchSettings(repeats=3), torch.device("cpu"))
     seen = []
     runner.memory = types.SimpleNamespace(steady_start=lambda: seen.append(("start", len(forwards))),
-                                          steady_end=lambda: seen.append(("end", len(forwards))))
+                                          steady_end=lambda pools: seen.append(("end", len(forwards))))
     with torch.no_grad():
         runner.prefill(1, 8)
     assert seen == [("start", 1), ("end", 4)]
@@ -545,7 +545,7 @@ def test_captured_decode_steps_match_eager_ones():
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
 def test_the_steady_peak_lies_within_the_whole_runs():
-    """On a GPU every row carries both peaks, the steady one (timed calls) at most the whole run's."""
+    """On a GPU every row carries both peaks; the captured decode's steady one holds its graph's pool too."""
     from sharvet.inference.measure import BenchSettings, measure_steps
     from sharvet.inference.shapes import random_model, shape_config
 
@@ -553,7 +553,21 @@ def test_the_steady_peak_lies_within_the_whole_runs():
     model = random_model(shape_config("tiny"), torch.bfloat16, cuda, 0)
     settings = BenchSettings(batches=(1,), prefill_len=16, decode_steps=4, throughput=(4, 8))
     run = measure_steps(model, "dense", settings, cuda)
-    assert all(0 < m.steady_peak_gib <= m.peak_gib for m in run.rows.values())
+    assert all(0 < m.steady_peak_gib and 0 < m.peak_gib for m in run.rows.values())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_a_graphs_pool_counts_its_temporaries():
+    """A replay writes its temporaries into the graph's pool without allocating them: the pool's free bytes hold
+    them (here a 4 MiB ``x * 2``)."""
+    from sharvet.inference.measure import pool_free_gib, record_graph
+    from sharvet.inference.records import GIB
+
+    cuda = torch.device("cuda")
+    x, out = torch.ones(1024, 1024, device=cuda), torch.empty((), device=cuda)
+    graph = record_graph(lambda: out.copy_((x * 2).sum()), cuda)
+    assert pool_free_gib([graph.pool()]) * GIB >= 4 << 20
+    assert pool_free_gib([]) == 0.0
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")

@@ -15,7 +15,10 @@ operator. For serving where the last MiB matters more than prefill speed. ``SHAR
 step as one operator without splitting it: with ``SHARVET_PREFILL_CHUNK=1024`` the excess stayed at 0.9 / 0.1 MiB and
 the speed came back part of the way (1.23x and 1.54x against the same call's unchunked 1.34x and 1.60x; H200,
 2026-12-01, sixteenth session), so the operator, more than its chunks' size, costs the speed. Chunks of 4,096 tokens
-(512 x 32 in four; 2,048 not chunked): 1.52x at 0.1 MiB.
+(512 x 32 in four; 2,048 not chunked): 1.52x at 0.1 MiB. That cost is the host's issuing the operator's kernels:
+with each prefill shape replayed from a CUDA graph (``sharvet bench --prefill-graph``) ``CHUNK=1024, PIECE=0`` ran
+at 1.40x / 1.45x (2,048) and 1.60x / 1.53x (512 x 32) against the default's 1.43x / 1.42x and 1.62x / 1.62x, at
+0.9 / 0.1 MiB (H200, eighteenth session): where prefills are replayed from graphs, it is the setting to serve with.
 """
 from __future__ import annotations
 

@@ -12,7 +12,7 @@ import inspect
 import statistics
 import time
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Iterable
 
 import torch
 from torch import nn
@@ -203,7 +203,9 @@ class PeakMemory:
     the steady one, over the timed calls alone, which a server keeps paying once it has warmed up. Why both: the
     whole run's peak counts what compiling allocates, and that depends on inductor's cache: dense LLaMA-3-8B shapes
     took 0.583 GiB beyond their weights compiled from a cold cache and 0.540 from a warm one, the same code in the
-    same session (H200, eighteenth session), which moved the compressed model's excess over dense by ~44 MiB."""
+    same session (H200, eighteenth session), which moved the compressed model's excess over dense by ~44 MiB.
+    A replayed CUDA graph allocates nothing, so the steady peak adds what the replayed graphs' pools hold beyond
+    their live tensors (the eighteenth session's first steady records, before this, left those pools out)."""
 
     def __init__(self, device: torch.device) -> None:
         self.device = device
@@ -220,16 +222,28 @@ class PeakMemory:
         self._fold()
         reset_peak(self.device)
 
-    def steady_end(self) -> None:
+    def steady_end(self, pools: Iterable[Any] = ()) -> None:
+        """The timed calls are over; ``pools``: the memory pools of the CUDA graphs they replayed (still alive),
+        whose buffers a replay writes without allocating them, so the counter alone would leave them out."""
         peak = peak_gib(self.device)
         if peak is not None:
-            self.steady = max(self.steady or 0.0, peak)
+            self.steady = max(self.steady or 0.0, peak + pool_free_gib(pools))
         self._fold()
 
     def _fold(self) -> None:
         peak = peak_gib(self.device)
         if peak is not None:
             self.whole = max(self.whole or 0.0, peak)
+
+
+def pool_free_gib(pools: Iterable[Any]) -> float:
+    """GiB that CUDA graphs' private memory pools (``CUDAGraph.pool()``) hold beyond their live tensors: the
+    temporaries of the recorded calls, freed during capture but kept for every replay."""
+    ids = set(pools)
+    if not ids:
+        return 0.0
+    return sum(s["total_size"] - s["allocated_size"] for s in torch.cuda.memory_snapshot()
+               if s["segment_pool_id"] in ids) / GIB
 
 
 def model_run(model: nn.Module, label: str, device: torch.device) -> ModelRun:
@@ -372,8 +386,10 @@ class StepRunner:
             self._prefill(ids, cache, pos)
 
         forward = functools.partial(self.prefill_step, ids, cache, pos)
+        pools = ()
         if self.prefill_captures:
-            forward = record_graph(forward, self.device, reset=cache.reset).replay
+            graph = record_graph(forward, self.device, reset=cache.reset)
+            forward, pools = graph.replay, (graph.pool(),)
         cache.reset()
         timed(forward, self.device)  # the warm-up
         self.memory.steady_start()
@@ -382,7 +398,7 @@ class StepRunner:
             for _ in range(self.settings.repeats):
                 cache.reset()
                 times.append(timed(forward, self.device))
-        self.memory.steady_end()
+        self.memory.steady_end(pools)
         return statistics.median(t[0] for t in times), statistics.median(t[1] for t in times)
 
     def _start(self, prompt: torch.Tensor, new: int) -> tuple[torch.Tensor, torch.Tensor, Any]:
@@ -450,7 +466,7 @@ class StepRunner:
                 token = self._steps(self._step(prompt, None, cache), pos, cache, s.warmup)
             with watch or contextlib.nullcontext():
                 windows.append(timed(lambda: self._steps(token, pos, cache, s.decode_steps), self.device))
-        self.memory.steady_end()
+        self.memory.steady_end(() if self._captured is None else (self._captured.graph.pool(),))
         return DecodeTiming(warmup, tuple(w[0] / s.decode_steps for w in windows),
                             tuple(w[1] / s.decode_steps for w in windows))
 
