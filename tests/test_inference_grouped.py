@@ -127,26 +127,54 @@ def _interpreter_works() -> bool:
     return tuple(int(v) for v in triton.__version__.split(".")[:2]) >= (3, 9)
 
 
-@needs_triton
-# split: first stages split in 2-4 parts, the second stages take a tile of their own, short launches halve their row
-# blocks (to 2 programs per SM, of the 8 the interpreter counts), weights load without the evict-first policy (the
-# default has it); split and ahead: gated MLPs' gate and up in one launch (over a split first stage's parts, and
-# with weights read ahead), every other module in the plain launches
-@pytest.mark.parametrize("variant", ["default", "split", "ahead"])
-def test_kernels_match_the_reference_in_the_interpreter(variant):
-    """ahead: weights read a tile ahead, as with programmatic dependent launch (whose GPU instructions the
-    interpreter cannot run)."""
-    if not _interpreter_works():
-        pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
+VARIANTS = ("default", "split", "ahead")
+
+
+def _variant_env(variant: str) -> dict[str, str]:
+    """split: first stages split in 2-4 parts, the second stages take a tile of their own, short launches halve
+    their row blocks (to 2 programs per SM, of the 8 the interpreter counts), weights load without the evict-first
+    policy (the default has it); split and ahead: gated MLPs' gate and up in one launch (over a split first stage's
+    parts, and with weights read ahead), every other module in the plain launches; ahead: weights read a tile
+    ahead, as with programmatic dependent launch (whose GPU instructions the interpreter cannot run)."""
     env = {**os.environ, "TRITON_INTERPRET": "1", "SHARVET_GROUPED_MAX_TOKENS": "16",  # the tl.dot path too
-           "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), "COMPILE": str(int(variant == "default"))}
+           "PYTHONPATH": os.pathsep.join([str(HERE), *sys.path]), "COMPILE": str(int(variant == "default")),
+           "OMP_NUM_THREADS": "1"}  # three at once: one thread each
     if variant == "split":
         env.update(SHARVET_GROUPED_TILES="4x16x4xauto/8x32x4", SHARVET_GROUPED_MIN_PROGRAMS="2",
                    SHARVET_GROUPED_EVICT="normal", SHARVET_GROUPED_GATED="1")
     elif variant == "ahead":  # several column tiles a row
         env.update(SHARVET_GROUPED_AHEAD="1", SHARVET_GROUPED_TILES="4x16x4", SHARVET_GROUPED_GATED="1")
-    out = subprocess.run([sys.executable, "-c", INTERPRETED], env=env, capture_output=True, text=True, timeout=600)
-    assert out.returncode == 0 and out.stdout.startswith("ok"), out.stderr[-3000:]
+    return env
+
+
+@pytest.fixture(scope="module")
+def interpreted(tmp_path_factory):
+    """The variants' interpreter runs, started together: each is one mostly single-threaded process (one at a time
+    they took ~3 minutes of the suite)."""
+    if not _interpreter_works():
+        pytest.skip("Triton < 3.9: its interpreter fails on NumPy 2 (the GPU tests cover the compiled kernels)")
+    folder = tmp_path_factory.mktemp("interpreted")
+    runs = {}
+    for variant in VARIANTS:
+        out, err = (open(folder / f"{variant}.{kind}", "w+") for kind in ("out", "err"))
+        runs[variant] = subprocess.Popen([sys.executable, "-c", INTERPRETED], env=_variant_env(variant),
+                                         stdout=out, stderr=err, text=True), out, err
+    yield runs
+    for process, out, err in runs.values():
+        if process.poll() is None:
+            process.kill()
+        out.close(), err.close()
+
+
+@needs_triton
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_kernels_match_the_reference_in_the_interpreter(variant, interpreted):
+    """Each variant's kernels give the reference's tokens and logits (see ``_variant_env``)."""
+    process, out, err = interpreted[variant]
+    returncode = process.wait(timeout=900)
+    out.seek(0), err.seek(0)
+    stdout, stderr = out.read(), err.read()
+    assert returncode == 0 and stdout.startswith("ok"), stderr[-3000:]
 
 
 @needs_triton
