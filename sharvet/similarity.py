@@ -8,7 +8,7 @@ the pooled ``C_ij = (E_i[xx^T] + E_j[xx^T]) / 2 - m m^T`` with ``m = (mu_i + mu_
 in (i, j), uses only inputs these two modules really see (unlike the reference, which feeds token
 embeddings to every module), and works for wide-input modules such as ``down``.
 
-**Scale.** Pairs run on the compute device in float32 (``precision``), a batch of pairs per product, over
+**Scale.** CKA pairs run on the compute device in float32 (``precision``), a batch of pairs per product, over
 blocks of layers that fit ``DEVICE_BUDGET``: a block's weights and covariances are brought to the device,
 every pair between two resident blocks is scored, and the next block replaces one of them, so neither all
 layers' weights nor all their statistics are ever on the device at once (LLaMA-3-8B's 32 ``mlp_in``
@@ -197,15 +197,15 @@ def structural_similarity(cos: torch.Tensor, inv_dist: torch.Tensor, cfg: Simila
     return s
 
 
-def cosine_and_distance(adapter: ModelAdapter, type_name: str, device: torch.device, dtype: torch.dtype,
+def cosine_and_distance(adapter: ModelAdapter, type_name: str, device: torch.device,
                         budget: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Cosine of flattened weights and the inverse Frobenius distance (diagonal: inf), float64 on the CPU.
 
-    Both come from inner products accumulated in float64 (whatever ``dtype``), one product per pair of resident
-    blocks (:func:`_cross_products`), ``dist^2 = |w_i|^2 + |w_j|^2 - 2 w_i . w_j``. Why: copying both weights of
-    every pair into batches took SmolLM2-135M's structural pass 30 s on a 2-core CPU, and float64's 1e-16 keeps
-    the cancellation harmless unless two layers agree to within ~1e-6 of their norm (where the inverse distance is
-    huge either way).
+    Both come from inner products accumulated in float64 (whatever the similarity's ``precision``), one product per
+    pair of resident blocks (:func:`_cross_products`), ``dist^2 = |w_i|^2 + |w_j|^2 - 2 w_i . w_j``. Why: copying
+    both weights of every pair into float32 batches took SmolLM2-135M's structural pass 28 s on a 2-core CPU (1.9 s
+    now), and float64's 1e-16 keeps the cancellation harmless unless two layers agree to within ~1e-6 of their norm
+    (where the inverse distance is huge either way).
     """
     n = adapter.num_layers
     d_in, d_out = adapter.shape(type_name)
@@ -361,9 +361,9 @@ def model_similarity(
 ) -> dict[str, TypeSimilarity]:
     """Similarity matrices of every type in ``types``; CKA of the types reading one input in one pass.
 
-    ``precision`` is the dtype of the pair products (float32 agrees with float64 to ~1e-6 on SmolLM2-like
-    statistics: ``tests/test_scale_similarity.py``); ``cka_matmul`` how float32 CKA products multiply
-    (``functional_similarities``; None: ``cfg.cka_matmul``).
+    ``precision`` is the dtype of the CKA pair products (the structural part accumulates in float64; float32 agrees
+    with float64 to ~1e-6 on SmolLM2-like statistics: ``tests/test_scale_similarity.py``); ``cka_matmul`` how
+    float32 CKA products multiply (``functional_similarities``; None: ``cfg.cka_matmul``).
     """
     cka_matmul = cka_matmul or cfg.cka_matmul
     device = torch.device(device)
@@ -380,7 +380,7 @@ def model_similarity(
                                                       budget=budget, progress=progress, cka_matmul=cka_matmul))
     out = {}
     for t in tqdm(types, desc="similarity", unit="type", disable=not progress):
-        cos, inv = cosine_and_distance(adapter, t, device, precision, budget)
+        cos, inv = cosine_and_distance(adapter, t, device, budget)
         s_s = structural_similarity(cos, inv, cfg)
         s_f = functional.get(t)
         out[t] = TypeSimilarity(joint_similarity(s_s, s_f), s_s, s_f, cos, inv)

@@ -460,6 +460,16 @@ def test_the_steady_peak_starts_after_the_warm_up_forward():
     assert seen == [("start", 1), ("end", 4)]
 
 
+def test_the_table_shows_the_steady_excess_in_brackets():
+    from sharvet.inference.records import table
+
+    row = {"shape": "s", "ratio": 0.5, "phase": "prefill", "batch": 1, "tokens_per_step": 8, "dense_tokens_per_s": 1.0,
+           "compressed_tokens_per_s": 2.0, "speedup": 2.0, "bound": 2.0, "peak_gpu_gib_dense": 1.0,
+           "peak_gpu_gib_compressed": 0.5, "workspace_excess_mib": 60.44, "steady_excess_mib": -0.5}
+    assert table([row]).endswith("| +60.44 (-0.50) |")
+    assert table([{**row, "steady_excess_mib": None}]).endswith("| +60.44 |")  # records from before the steady peak
+
+
 def test_records_name_the_commit_and_say_when_the_tree_differs(tmp_path):
     """A copy of a working tree may hold an older HEAD than its files (the GPU machine's copy did): the record's
     commit then carries ``-dirty``; untracked files (results, outputs) do not count."""

@@ -161,6 +161,10 @@ def _mib(x: float | None) -> str:
     return "-" if x is None else f"{x:+.2f}"
 
 
+def _bracketed(mib: float | None) -> str:
+    return "" if mib is None else f" ({_mib(mib)})"
+
+
 def _percent(x: float | None) -> str:
     return "-" if x is None else f"{100 * x:.1f} %"
 
@@ -178,7 +182,7 @@ def table(rows: list[dict[str, Any]]) -> str:
                      f"{r['tokens_per_step']} | {r['dense_tokens_per_s']:,.0f} | {r['compressed_tokens_per_s']:,.0f} | "
                      f"{_percent(r.get('dense_spread'))} / {_percent(r.get('compressed_spread'))} | "
                      f"{r['speedup']:.2f}x | {r['bound']:.2f}x | {r['peak_gpu_gib_dense']} | "
-                     f"{r['peak_gpu_gib_compressed']} | {_mib(excess)}{'' if steady is None else f' ({_mib(steady)})'} |")
+                     f"{r['peak_gpu_gib_compressed']} | {_mib(excess)}{_bracketed(steady)} |")
     return "\n".join(lines)
 
 
