@@ -46,6 +46,10 @@ from .streaming import free_bytes
 #: device bytes the resident blocks and one batch of pairs may take (bounds similarity's peak at any size;
 #: at most a quarter of the free memory)
 DEVICE_BUDGET = 6 * 2**30
+#: on a CPU, bytes of work tensors one batch of CKA pairs may take (half of it, as on any device): larger batches
+#: only add fresh allocations and cache misses (SmolLM2-135M's CKA pass on the 2-core machine: 20.5 s in 4 GiB
+#: batches, 14.6 s in 256 MiB ones, the same matrices; eighteenth session)
+CPU_PAIR_BATCH = 256 * 2**20
 #: how float32 CKA products multiply: one float32 matmul, or three TF32 tensor-core matmuls (``split_matmul``)
 CKA_MATMULS = ("ieee", "split-tf32")
 #: float32 bits below TF32's 10-bit mantissa
@@ -319,10 +323,11 @@ def _functional_similarities(adapter: ModelAdapter, types: list[str], stats: Cal
     # products add both operands' two parts
     work = 6 if mm is split_matmul else 4
     per_pair = size * (work * d * d + work * max(d * d if tall[t] else shapes[t][1] * d for t in types))
+    pair_budget = budget if torch.device(device).type != "cpu" else min(budget, CPU_PAIR_BATCH)
     out = {t: torch.eye(n, dtype=torch.float64) for t in types}
     bar = tqdm(total=n * (n - 1) // 2, desc=f"CKA {input_key}", unit="pair", disable=not progress, leave=False)
     for pairs, resident in block_pairs(n, per_layer, budget, load):
-        for I, J in batches(pairs, per_pair, budget):
+        for I, J in batches(pairs, per_pair, pair_budget):
             delta = _stack(resident, I, "mean") - _stack(resident, J, "mean")
             cov = 0.5 * (_stack(resident, I, "cov") + _stack(resident, J, "cov")) \
                 + 0.25 * delta[:, :, None] * delta[:, None, :]

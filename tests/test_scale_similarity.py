@@ -86,6 +86,18 @@ def test_float32_batched_similarity_matches_float64_definition(which, budget, mo
         assert got[t].joint.dtype == torch.float64 and got[t].joint.device.type == "cpu"
 
 
+def test_cpu_batches_of_cka_pairs_stay_small(monkeypatch):
+    """On a CPU a batch of pairs takes at most ``CPU_PAIR_BATCH`` whatever the budget (bigger ones were slower)."""
+    adapter = adapter_for(tiny_llama(5))
+    stats = collect_stats(adapter, tokens(4, 32), batch_size=2, progress=False)
+    seen, real = [], similarity.batches
+    monkeypatch.setattr(similarity, "batches", lambda pairs, pair_bytes, budget: seen.append(budget)
+                        or real(pairs, pair_bytes, budget))
+    similarity.functional_similarities(adapter, ["q"], stats, "attn_in", torch.device("cpu"), torch.float32,
+                                       budget=8 * 2**30, progress=False)
+    assert seen and max(seen) == similarity.CPU_PAIR_BATCH
+
+
 def test_blocks_cover_every_pair_once_with_at_most_two_resident():
     loads, resident_max, pairs = [], 0, []
     for chunk, resident in similarity.block_pairs(10, 100, 1300, lambda layer: loads.append(layer) or {}):
