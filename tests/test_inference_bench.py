@@ -443,6 +443,22 @@ def test_peak_memory_keeps_the_warm_up_out_of_the_steady_peak(monkeypatch):
     assert memory.whole is None and memory.steady is None
 
 
+def test_pool_free_bytes_count_only_the_given_graphs_pools(monkeypatch):
+    """A graph's pool holds its temporaries beyond its live tensors (total minus allocated); other pools (the
+    default one, a dead graph's) do not count. Segments as ``torch.cuda.memory_snapshot`` lists them."""
+    from sharvet.inference import measure
+    from sharvet.inference.records import GIB
+
+    segments = [{"segment_pool_id": (0, 0), "total_size": 8 << 30, "allocated_size": 1 << 30},  # the default pool
+                {"segment_pool_id": (1, 2), "total_size": 20 << 20, "allocated_size": 4 << 20},
+                {"segment_pool_id": (1, 2), "total_size": 2 << 20, "allocated_size": 0},
+                {"segment_pool_id": (1, 3), "total_size": 64 << 20, "allocated_size": 0}]  # another graph's
+    monkeypatch.setattr(torch.cuda, "memory_snapshot", lambda: segments)
+    assert measure.pool_free_gib([(1, 2)]) * GIB == 18 << 20
+    assert measure.pool_free_gib([(1, 2), (1, 3)]) * GIB == 82 << 20
+    assert measure.pool_free_gib([]) == 0.0
+
+
 def test_the_steady_peak_starts_after_the_warm_up_forward():
     """``StepRunner.prefill`` resets the steady peak after its warm-up forward and reads it after the timed ones."""
     from sharvet.inference.measure import BenchSettings, StepRunner
