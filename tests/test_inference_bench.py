@@ -374,8 +374,12 @@ def test_a_watch_on_the_prefill_sees_the_timed_forwards_only():
         watching[0] = False
 
     runner = StepRunner(model, BenchSettings(repeats=3), device, prefill_compiler=lambda f: f)  # as if compiled
+    # the steady peak too: reset after the warm-up forward, read after the timed ones
+    runner.memory = types.SimpleNamespace(steady_start=lambda: seen.append("steady start"),
+                                          steady_end=lambda pools: seen.append("steady end"))
     runner.prefill(1, 8, watch=watch())
-    assert seen == [False, False, True, True, True]  # cache fill, warm-up, the three timed forwards
+    # cache fill, warm-up, the three timed forwards
+    assert seen == [False, False, "steady start", True, True, True, "steady end"]
 
 
 def test_decode_windows_replay_the_same_positions_and_keep_the_median():
@@ -457,23 +461,6 @@ def test_pool_free_bytes_count_only_the_given_graphs_pools(monkeypatch):
     assert measure.pool_free_gib([(1, 2)]) * GIB == 18 << 20
     assert measure.pool_free_gib([(1, 2), (1, 3)]) * GIB == 82 << 20
     assert measure.pool_free_gib([]) == 0.0
-
-
-def test_the_steady_peak_starts_after_the_warm_up_forward():
-    """``StepRunner.prefill`` resets the steady peak after its warm-up forward and reads it after the timed ones."""
-    from sharvet.inference.measure import BenchSettings, StepRunner
-    from sharvet.inference.shapes import random_model, shape_config
-
-    model = random_model(shape_config("tiny"), torch.float32, torch.device("cpu"), 0)
-    forwards: list[int] = []
-    model.register_forward_hook(lambda *_: forwards.append(1))
-    runner = StepRunner(model, BenchSettings(repeats=3), torch.device("cpu"))
-    seen = []
-    runner.memory = types.SimpleNamespace(steady_start=lambda: seen.append(("start", len(forwards))),
-                                          steady_end=lambda pools: seen.append(("end", len(forwards))))
-    with torch.no_grad():
-        runner.prefill(1, 8)
-    assert seen == [("start", 1), ("end", 4)]
 
 
 def test_the_table_shows_the_steady_excess_in_brackets():
@@ -570,8 +557,8 @@ def test_captured_decode_steps_match_eager_ones():
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
-def test_the_steady_peak_lies_within_the_whole_runs():
-    """On a GPU every row carries both peaks; the captured decode's steady one holds its graph's pool too."""
+def test_every_row_carries_both_peaks_on_a_gpu():
+    """On a GPU every row (prefill, captured decode, throughput) carries the whole run's peak and the steady one."""
     from sharvet.inference.measure import BenchSettings, measure_steps
     from sharvet.inference.shapes import random_model, shape_config
 

@@ -230,6 +230,10 @@ class PeakMemory:
             self.steady = max(self.steady or 0.0, peak + pool_free_gib(pools))
         self._fold()
 
+    def peaks(self) -> dict[str, float | None]:
+        """Both peaks as :class:`Measurement` takes them."""
+        return {"peak_gib": self.whole, "steady_peak_gib": self.steady}
+
     def _fold(self) -> None:
         peak = peak_gib(self.device)
         if peak is not None:
@@ -484,7 +488,7 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
         prefill, host = runner.prefill(batch, settings.prefill_len)
         timing = runner.decode(batch)
         compile_s += timing.warmup_seconds
-        peaks = {"peak_gib": memory.whole, "steady_peak_gib": memory.steady}
+        peaks = memory.peaks()
         run.rows[("prefill", batch, settings.prefill_len)] = Measurement(
             prefill, batch * settings.prefill_len / prefill, host_seconds=host, **peaks)
         per_step = timing.seconds_per_step
@@ -495,8 +499,8 @@ def measure_steps(model: nn.Module, label: str, settings: BenchSettings, device:
         batch, length = settings.throughput
         memory.start()
         seconds, host = runner.prefill(batch, length)
-        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, memory.whole, host,
-                                                              steady_peak_gib=memory.steady)
+        run.rows[("throughput", batch, length)] = Measurement(seconds, batch * length / seconds, host_seconds=host,
+                                                              **memory.peaks())
     return run
 
 
