@@ -69,7 +69,7 @@ def test_gpu_only_prefill_flags_say_in_one_line_that_they_are_ignored_here(tmp_p
 
     assert main(["bench", "--shape", "tiny", "--ratios", "0.5", "--batches", "1", "--prefill-len", "8",
                  "--decode-steps", "2", "--decode-windows", "1", "--throughput", "none", "--compile-prefill",
-                 "--prefill-graph", "--out", str(tmp_path / "b.json")]) == 0
+                 "--prefill-graph", "--device", "cpu", "--out", str(tmp_path / "b.json")]) == 0
     err = capsys.readouterr().err
     assert "--compile-prefill ignored: it needs a GPU and compiling on" in err
     assert "--prefill-graph ignored: it needs a GPU" in err

@@ -317,13 +317,15 @@ class CapturedStep:
     advanced, the static cache written in place (its tensors and write position are device tensors). Replaying
     it costs the host one call per step, whatever the model's number of tensors."""
 
-    def __init__(self, step: Callable, token: torch.Tensor, pos: torch.Tensor, cache,
-                 stream: torch.cuda.Stream) -> None:
+    def __init__(self, step: Callable, token: torch.Tensor, pos: torch.Tensor, cache, device: torch.device) -> None:
+        """Records one step of ``step`` (already warmed up on the capture stream by the caller)."""
         self.token, self.pos, self.cache = token.clone(), pos, cache
-        self.graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(self.graph, stream=stream):
+
+        def one_step() -> None:
             self.token.copy_(step(self.token, pos, cache))
             pos.add_(1)
+
+        self.graph = record_graph(one_step, device, warmups=0)
 
     def serves(self, token: torch.Tensor, pos: torch.Tensor, cache) -> bool:
         return pos is self.pos and cache is self.cache and token.shape == self.token.shape
@@ -421,7 +423,7 @@ class StepRunner:
             n -= first
             if n == 0:
                 return token
-            captured = self._captured = CapturedStep(self.step, token, pos, cache, capture_stream(self.device))
+            captured = self._captured = CapturedStep(self.step, token, pos, cache, self.device)
         return captured.run(token, n, out)
 
     def _plain_steps(self, token: torch.Tensor, pos: torch.Tensor, cache, n: int, out: list | None = None,
