@@ -60,8 +60,9 @@ GIB = 2**30
 
 
 # ---------------------------------------------------------------------- the model folder
-def build_model(shape: str, layers: int, folder: Path, seed: int = 0) -> Path:
-    """Random bf16 weights with the shape's config, written shard by shard (reused if already there)."""
+def build_model(shape: str, layers: int, folder: Path, seed: int = 0, tokenizer: str | None = None) -> Path:
+    """Random bf16 weights with the shape's config, written shard by shard (reused if already there), and
+    ``tokenizer`` (a folder or a ``.gguf`` file; default: the bundled SmolLM2's) for calibration."""
     from safetensors.torch import save_file
     from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
 
@@ -99,8 +100,9 @@ def build_model(shape: str, layers: int, folder: Path, seed: int = 0) -> Path:
     (tmp / "model.safetensors.index.json").write_text(
         json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}, indent=1))
     config.save_pretrained(tmp)
-    gguf = bundled_model_file()
-    AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name).save_pretrained(tmp)
+    source = Path(tokenizer) if tokenizer else bundled_model_file()
+    kwargs = {"gguf_file": source.name} if source.suffix == ".gguf" else {}
+    AutoTokenizer.from_pretrained(str(source.parent if kwargs else source), **kwargs).save_pretrained(tmp)
     tmp.replace(folder)
     return folder
 
@@ -282,6 +284,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--calib-samples", type=int, default=None, help="default 256 (tiny: 8)")
     p.add_argument("--calib-seq-len", type=int, default=None, help="default 1024 (tiny: 128)")
     p.add_argument("--refine-steps", type=int, default=6, help="optimizer steps (tokens/s: median after the first)")
+    p.add_argument("--tokenizer", help="a tokenizer folder or .gguf file (default: the bundled SmolLM2's)")
     p.add_argument("--data-dir", default=os.environ.get("SHARVET_DATA_DIR", str(ROOT.parent / "shared" / "data")))
     p.add_argument("--work", default=str(ROOT / "outputs" / "scale"), help="models, checkpoints, statistics")
     p.add_argument("--keep", action="store_true", help="keep the checkpoints and statistics (the model is kept)")
@@ -298,7 +301,7 @@ def main(argv: list[str] | None = None) -> int:
     work = Path(a.work) / f"{a.shape}-L{layers}"
     work.mkdir(parents=True, exist_ok=True)
     start = time.perf_counter()
-    model = build_model(a.shape, layers, work / "model")
+    model = build_model(a.shape, layers, work / "model", tokenizer=a.tokenizer)
     print(f"model {model} ready ({folder_gib(model)} GiB, {time.perf_counter() - start:.0f} s)")
     compressed, refined, cache = work / f"r{a.ratio}", work / f"r{a.ratio}-refined", work / "calib"
     common = ["--device", a.device, "--dtype", a.dtype, "--data-dir", a.data_dir, "--no-progress"]

@@ -26,8 +26,9 @@ TF32 products (``split_matmul``: only the low x low part, below 2^-20 of the pro
 accurate as one float32 product (tested under emulated TF32 rounding). Operands exact in TF32 (bf16 weights)
 skip their low part. TF32 is switched on for the pass of pairs only (``cuda_matmul_precision``). It is opt-in
 (``cka_matmul="split-tf32"``): on an H200 (2026-11-30, LLaMA-3-70B shapes) its products of a pair ran 2.94x faster
-than float32's with CKA within 3e-6 of float64 (float32: 2e-7), but the model-level CUDA test has not yet run to
-the end on a GPU, so every device multiplies in float32 by default.
+than float32's with CKA within 3e-6 of float64 (float32: 2e-7); its model-level CUDA test passed there and a
+70B-shaped compression ran with it (2026-12-01), but no same-session float32 control has timed the whole planning
+stage yet, so every device multiplies in float32 by default.
 """
 from __future__ import annotations
 

@@ -70,3 +70,22 @@ def test_tiny_shape_runs_the_real_commands_and_records_them(tmp_path, shared_dat
     assert (tmp_path / "work" / "tiny-L2" / "model" / "model.safetensors.index.json").exists()
     assert not (tmp_path / "work" / "tiny-L2" / "calib").exists()  # statistics and checkpoints removed
     assert "tiny   2" in capsys.readouterr().out
+
+
+def test_the_random_model_takes_a_tokenizer_folder(tmp_path):
+    """``--tokenizer``: a folder (or .gguf) instead of the bundled model, so a GPU machine needs only 3 MB of it."""
+    from transformers import AutoTokenizer, PreTrainedTokenizerFast
+
+    words = ["<unk>", "a", "b", "c"]
+    fast = PreTrainedTokenizerFast(tokenizer_object=_word_level(words), unk_token="<unk>")
+    fast.save_pretrained(tmp_path / "tok")
+    folder = scale.build_model("tiny", 1, tmp_path / "model", tokenizer=str(tmp_path / "tok"))
+    assert AutoTokenizer.from_pretrained(folder)("a b c")["input_ids"] == fast("a b c")["input_ids"]
+
+
+def _word_level(words: list[str]):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+
+    tok = Tokenizer(models.WordLevel({w: i for i, w in enumerate(words)}, unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Whitespace()
+    return tok
