@@ -1,8 +1,10 @@
-"""The families the LLaMA adapter claims besides LLaMA itself, end to end on tiny random models: Qwen2 (biased q, k,
-v; tied embeddings, as Qwen2.5-0.5B), Qwen3 (per-head q/k norms, a head size of its own) and Mistral (a sliding
-window). Each compresses with the default method, computes the same logits in every inference form, and loads back
-with them through ``sharvet.load`` and through plain transformers (``trust_remote_code``, without sharvet); the
-default refinement trains, finalises and loads back as refined."""
+"""The families the LLaMA-layout adapters claim besides LLaMA itself, end to end on tiny random models: Qwen2
+(biased q, k, v; tied embeddings, as Qwen2.5-0.5B), Qwen3 (per-head q/k norms, a head size of its own), Mistral (a
+sliding window), and Gemma, Gemma 2 and Gemma 3 text (norms scaling by ``1 + weight``, a GELU-gated MLP; from
+Gemma 2 on, norms around each block's output and layers of two attention types). Each compresses with the
+default method, computes the same logits in every inference form, and loads back with them through
+``sharvet.load`` and through plain transformers (``trust_remote_code``, without sharvet); the default refinement
+trains, finalises and loads back as refined."""
 from __future__ import annotations
 
 import copy
@@ -10,6 +12,7 @@ import copy
 import pytest
 import torch
 from test_hub_export import _perturbed, remote_logits
+from test_inference import compressed as inference_compressed
 from test_streaming import tiny_config_model
 from tiny import tokens
 
@@ -24,7 +27,9 @@ from sharvet.models import adapter_for
 from sharvet.pipeline import compress
 from sharvet.refinement import RefineConfig, finalize, refine
 
-FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "mistral": {"sliding_window": 8}}
+FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "mistral": {"sliding_window": 8},
+            "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16, "sliding_window": 8},
+            "gemma3_text": {"head_dim": 16, "sliding_window": 8}}
 
 
 def _compressed(family: str) -> torch.nn.Module:
@@ -52,6 +57,17 @@ def test_every_inference_form_computes_the_same_logits(family, compressed):
         for fuse in FUSE_MODES:
             torch.testing.assert_close(prepare(copy.deepcopy(model), fuse=fuse)(ids).logits, ref, atol=2e-5,
                                        rtol=1e-5, msg=lambda m: f"fuse={fuse}: {m}")
+
+
+@pytest.mark.parametrize("family", ["gemma", "gemma2"])
+def test_equal_lambdas_fold_into_gemmas_offset_norms(family):
+    """Gemma's RMSNorms scale by ``1 + weight``: a lambda shared by a norm's readers folds in as ``(1 + w) * lambda
+    - 1`` (from Gemma 2 on the MLP reads ``pre_feedforward_layernorm``), the logits unchanged."""
+    model, ids = inference_compressed(lambdas="equal", family=lambda _: tiny_config_model(family, **FAMILIES[family]))
+    with torch.no_grad():
+        ref, fast = model(ids).logits, prepare(copy.deepcopy(model), fuse="never")
+        assert fast.sharvet_inference.lambda_into_norm == 2 * adapter_for(model).num_layers
+        torch.testing.assert_close(fast(ids).logits, ref, atol=2e-5, rtol=1e-5)
 
 
 def test_checkpoints_load_back_by_sharvet_and_by_plain_transformers(compressed, tmp_path):

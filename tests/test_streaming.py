@@ -165,8 +165,9 @@ def tiny_config_model(family: str, **extra):
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
-@pytest.mark.parametrize("family,extra", [("qwen2", {}), ("mistral", {"sliding_window": 8})])
-def test_streamed_stats_equal_in_memory_for_qwen2_biases_and_mistral_windows(family, extra, tmp_path):
+@pytest.mark.parametrize("family,extra", [("qwen2", {}), ("mistral", {"sliding_window": 8}),
+                                          ("gemma", {"head_dim": 16})])
+def test_streamed_stats_equal_in_memory_for_qwen2_biases_mistral_windows_and_gemma(family, extra, tmp_path):
     adapter = adapter_for(tiny_config_model(family, **extra))
     assert adapter.stream_blocker() is None
     ids = tokens(4, 24)  # longer than Mistral's window: the captured mask carries it to every layer

@@ -145,8 +145,9 @@ def _fold_into_norms(adapter: ModelAdapter, report: InferenceReport) -> None:
             weight = getattr(norm, "weight", None)
             if not isinstance(weight, torch.Tensor) or weight.shape != full[0].shape:
                 continue
+            offset = adapter.norm_weight_offset  # the norm scales by offset + weight
             with torch.no_grad():
-                norm.weight.copy_(_f32(weight) * _f32(full[0]))
+                norm.weight.copy_((_f32(weight) + offset) * _f32(full[0]) - offset)
                 bias = getattr(norm, "bias", None)
                 if isinstance(bias, torch.Tensor):
                     bias.copy_(_f32(bias) * _f32(full[0]))

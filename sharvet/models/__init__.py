@@ -4,10 +4,11 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ModelAdapter, ModuleType
+from .gemma import Gemma2Adapter, GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GPT2Adapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, GPT2Adapter)
 
 
 class UnsupportedModelError(ValueError):

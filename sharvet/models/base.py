@@ -55,6 +55,8 @@ class ModelAdapter:
     #: the norm (path relative to a decoder layer) whose output is an input key, where that output feeds only the
     #: modules of that key: a channel scaling shared by all of them folds into the norm's weight (and bias)
     input_norms: ClassVar[dict[str, str]] = {}
+    #: what the input norms add to their stored weight before scaling (Gemma's RMSNorm scales by ``1 + weight``)
+    norm_weight_offset: ClassVar[float] = 0.0
     #: module type -> the type whose output rows multiply its input elementwise (a gated MLP's down reads
     #: act(gate) * up), so a scaling of the first's input folds into the second's output rows
     input_scale_sources: ClassVar[dict[str, str]] = {}

@@ -1,4 +1,4 @@
-"""LLaMA family: LLaMA 2/3, TinyLlama, SmolLM2, Mistral, Qwen2 (GQA: k/v narrower than q)."""
+"""LLaMA family: LLaMA 2/3, TinyLlama, SmolLM2, Mistral, Qwen2, Qwen3 (GQA: k/v narrower than q)."""
 from __future__ import annotations
 
 from .base import ModelAdapter, ModuleType
