@@ -29,7 +29,8 @@ from sharvet.refinement import RefineConfig, finalize, refine
 
 FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "mistral": {"sliding_window": 8},
             "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16, "sliding_window": 8},
-            "gemma3_text": {"head_dim": 16, "sliding_window": 8}}
+            "gemma3_text": {"head_dim": 16, "sliding_window": 8}, "granite": {"residual_multiplier": 0.5},
+            "helium": {"head_dim": 16}, "olmo": {}, "seed_oss": {"head_dim": 16}, "olmo2": {}, "exaone4": {}}
 
 
 def _compressed(family: str) -> torch.nn.Module:
@@ -59,14 +60,15 @@ def test_every_inference_form_computes_the_same_logits(family, compressed):
                                        rtol=1e-5, msg=lambda m: f"fuse={fuse}: {m}")
 
 
-@pytest.mark.parametrize("family", ["gemma", "gemma2"])
-def test_equal_lambdas_fold_into_gemmas_offset_norms(family):
+@pytest.mark.parametrize("family,folds", [("gemma", 2), ("gemma2", 2), ("olmo2", 0)])
+def test_equal_lambdas_fold_only_into_the_norms_the_modules_read(family, folds):
     """Gemma's RMSNorms scale by ``1 + weight``: a lambda shared by a norm's readers folds in as ``(1 + w) * lambda
-    - 1`` (from Gemma 2 on the MLP reads ``pre_feedforward_layernorm``), the logits unchanged."""
+    - 1`` (from Gemma 2 on the MLP reads ``pre_feedforward_layernorm``); OLMo 2's norms follow each block, so none
+    folds. The logits stay the reference's."""
     model, ids = inference_compressed(lambdas="equal", family=lambda _: tiny_config_model(family, **FAMILIES[family]))
     with torch.no_grad():
         ref, fast = model(ids).logits, prepare(copy.deepcopy(model), fuse="never")
-        assert fast.sharvet_inference.lambda_into_norm == 2 * adapter_for(model).num_layers
+        assert fast.sharvet_inference.lambda_into_norm == folds * adapter_for(model).num_layers
         torch.testing.assert_close(fast(ids).logits, ref, atol=2e-5, rtol=1e-5)
 
 
@@ -89,7 +91,9 @@ def test_the_default_refinement_trains_and_loads_back_as_refined(family, tmp_pat
     cfg = RefineConfig(output_dir=str(tmp_path / "run"), progress=False, lr=1e-2, cpu=True, batch_size=2, epochs=2,
                        mode=method(DEFAULT_METHOD).refine_mode, match_loss_scales=True)
     result = refine(_compressed(family), teacher, tokens(8, 16, seed=3), cfg)
-    assert result.history[-1]["loss"] < result.history[0]["loss"]
+    losses = [h["loss"] for h in result.history]  # the same batches in each epoch: compare epoch with epoch
+    half = len(losses) // 2
+    assert sum(losses[half:]) < sum(losses[:half])
     ids = tokens(2, 16, seed=4)
     with torch.no_grad():
         refined = result.model(ids).logits

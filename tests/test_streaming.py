@@ -166,8 +166,10 @@ def tiny_config_model(family: str, **extra):
 
 
 @pytest.mark.parametrize("family,extra", [("qwen2", {}), ("mistral", {"sliding_window": 8}),
-                                          ("gemma", {"head_dim": 16})])
-def test_streamed_stats_equal_in_memory_for_qwen2_biases_mistral_windows_and_gemma(family, extra, tmp_path):
+                                          ("gemma", {"head_dim": 16}), ("olmo2", {}),
+                                          ("granite", {"residual_multiplier": 0.5})])
+def test_streamed_stats_equal_in_memory_for_other_families(family, extra, tmp_path):
+    """Qwen2's biases, Mistral's window, Gemma's offset norms, OLMo 2's post-norms, Granite's multipliers."""
     adapter = adapter_for(tiny_config_model(family, **extra))
     assert adapter.stream_blocker() is None
     ids = tokens(4, 24)  # longer than Mistral's window: the captured mask carries it to every layer

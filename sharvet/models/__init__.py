@@ -7,8 +7,9 @@ from .base import ModelAdapter, ModuleType
 from .gemma import Gemma2Adapter, GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
+from .olmo2 import Olmo2Adapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, GPT2Adapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, Olmo2Adapter, GPT2Adapter)
 
 
 class UnsupportedModelError(ValueError):

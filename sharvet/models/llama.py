@@ -1,4 +1,5 @@
-"""LLaMA family: LLaMA 2/3, TinyLlama, SmolLM2, Mistral, Qwen2, Qwen3 (GQA: k/v narrower than q)."""
+"""LLaMA family: LLaMA 2/3, TinyLlama, SmolLM2, Mistral, Qwen2, Qwen3, and the families built on its layout (Granite,
+Helium, OLMo, Seed-OSS); GQA: k/v narrower than q."""
 from __future__ import annotations
 
 from .base import ModelAdapter, ModuleType
@@ -6,7 +7,7 @@ from .base import ModelAdapter, ModuleType
 
 class LlamaAdapter(ModelAdapter):
     family = "llama"
-    model_types = ("llama", "mistral", "qwen2", "qwen3")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "granite", "helium", "olmo", "seed_oss")
     layers_path = "model.layers"
     base_model_path = "model"
     module_types = (
