@@ -214,7 +214,8 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
             home = next(model.parameters()).device  # where the embeddings run: the model's own device
             first = [adapter.first_layer_inputs(batch.to(home)) for batch in input_ids.split(batch_size)]
             hidden = [send_to_device(h, device) for h, _ in first]
-            rest = [send_to_device(r, device) for _, r in first]  # mask, positions, rotary cos/sin
+            rest = [send_to_device(r, device) for _, r in first]  # per layer kind: mask, positions, rotary cos/sin
+            kinds = adapter.layer_kinds()
             del first
             bar = tqdm(range(n), desc="calibration (streamed)", unit="layer", disable=not progress)
             with ThreadPoolExecutor(max_workers=1) as writer:  # the disk writes one layer behind the device
@@ -225,7 +226,7 @@ def collect_streamed(adapter: ModelAdapter, input_ids: torch.Tensor, folder: str
                     try:
                         with on_device(adapter.layers[layer], device):
                             for i, r in enumerate(rest):  # in place: one batch's outputs beside the inputs
-                                hidden[i] = adapter.run_layer(layer, hidden[i], r)
+                                hidden[i] = adapter.run_layer(layer, hidden[i], r[kinds[layer]])
                     finally:
                         for h in handles:
                             h.remove()
@@ -305,16 +306,12 @@ def choose_stream(mode: str, adapter: ModelAdapter, samples: int, seq_len: int, 
     if mode not in STREAM_MODES:
         raise ValueError(f"--stream must be one of {', '.join(STREAM_MODES)}, got {mode!r}")
     device = torch.device(device)
-    blocker = adapter.stream_blocker()
-    if mode == "on" and blocker:
-        raise ValueError(f"layer-streamed calibration cannot run this model: {blocker}; use --stream off")
     needs, free = memory_needs(adapter, samples, seq_len, batch_size, device), free_bytes(device)
-    stream = mode == "on" or (mode == "auto" and not blocker and needs["in_memory"] > AUTO_SHARE * free)
+    stream = mode == "on" or (mode == "auto" and needs["in_memory"] > AUTO_SHARE * free)
     need = needs["streamed" if stream else "in_memory"]
     where = f"~{need / GIB:.1f} GiB of {free / GIB:.1f} GiB free on {device}"
     if need > free:
-        helps = "fewer --calib-samples or a smaller --calib-batch-size" if stream else \
-            f"a device with more memory ({blocker}, so it cannot stream)" if blocker else "--stream on"
+        helps = "fewer --calib-samples or a smaller --calib-batch-size" if stream else "--stream on"
         raise WontFitError(f"{'streamed' if stream else 'in-memory'} calibration needs {where}: try {helps}")
     how = "layer-streamed (statistics on disk)" if stream else "in memory"
     print(f"sharvet: calibration {how}: {where} (--stream {mode})", file=sys.stderr)

@@ -160,8 +160,9 @@ def tiny_config_model(family: str, **extra):
     from transformers import AutoConfig, AutoModelForCausalLM
 
     torch.manual_seed(0)
-    cfg = AutoConfig.for_model(family, hidden_size=64, intermediate_size=128, num_hidden_layers=3,
-                               num_attention_heads=4, num_key_value_heads=2, vocab_size=128, **extra)
+    sizes = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=3, num_attention_heads=4,
+                 num_key_value_heads=2, vocab_size=128)
+    cfg = AutoConfig.for_model(family, **{**sizes, **extra})
     return AutoModelForCausalLM.from_config(cfg).eval()
 
 
@@ -171,19 +172,27 @@ def tiny_config_model(family: str, **extra):
 def test_streamed_stats_equal_in_memory_for_other_families(family, extra, tmp_path):
     """Qwen2's biases, Mistral's window, Gemma's offset norms, OLMo 2's post-norms, Granite's multipliers."""
     adapter = adapter_for(tiny_config_model(family, **extra))
-    assert adapter.stream_blocker() is None
     ids = tokens(4, 24)  # longer than Mistral's window: the captured mask carries it to every layer
     streamed = collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)
     assert_same_stats(streamed, collect_stats(adapter, ids, batch_size=2, progress=False), adapter)
 
 
-def test_models_mixing_attention_types_are_not_streamed(capsys):
-    adapter = adapter_for(tiny_config_model("qwen2", use_sliding_window=True, sliding_window=8, max_window_layers=2))
-    assert "full_attention, sliding_attention" in adapter.stream_blocker()
-    with pytest.raises(ValueError, match="--stream off"):
-        choose_stream("on", adapter, 4, 24, 2, "cpu")
-    assert not choose_stream("auto", adapter, 4, 24, 2, "cpu")
-    assert "calibration in memory" in capsys.readouterr().err
+@pytest.mark.parametrize("family,extra", [
+    ("qwen2", {"use_sliding_window": True, "sliding_window": 8, "max_window_layers": 2}),
+    ("gemma2", {"head_dim": 16, "sliding_window": 8}),
+    ("gemma3_text", {"head_dim": 16, "sliding_window": 8, "num_hidden_layers": 4, "sliding_window_pattern": 2})])
+def test_models_mixing_attention_kinds_stream_with_each_kinds_mask(family, extra, tmp_path):
+    """Sliding-window and full-attention layers take their own masks (and Gemma 3 its own rotary tables): each kind's
+    arguments come from the model's forward, so streamed statistics equal in-memory ones past the window."""
+    adapter = adapter_for(tiny_config_model(family, **extra))
+    kinds = adapter.layer_kinds()
+    assert {"full_attention", "sliding_attention"} <= set(kinds)
+    hidden, rest = adapter.first_layer_inputs(tokens(2, 24))
+    assert set(rest) == set(kinds) and hidden.shape == (2, 24, 64)
+    ids = tokens(4, 24)  # three windows long: a sliding layer's mask differs from a full one's
+    streamed = collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)
+    assert_same_stats(streamed, collect_stats(adapter, ids, batch_size=2, progress=False), adapter)
+    assert all("forward" not in layer.__dict__ for layer in adapter.layers)  # the catchers are gone
 
 
 def test_cli_compress_streamed_equals_in_memory(model_dir, data_dir, tmp_path, capsys):

@@ -156,36 +156,52 @@ class ModelAdapter:
         return next(t.name for t in self.module_types if t.input_key == input_key)
 
     # ------------------------------------------------------------------ layer by layer
-    def stream_blocker(self) -> str | None:
-        """Why layers cannot be run one by one with the first layer's arguments, or None if they can.
+    def layer_kinds(self) -> list[str]:
+        """Each layer's attention kind (``config.layer_types``: sliding-window or full; one kind where the model does
+        not say): layers of one kind take the same mask and rotary tables."""
+        kinds = getattr(self.model.config, "layer_types", None)
+        return list(kinds) if kinds else ["all"] * self.num_layers
 
-        Models that mix attention types (e.g. Qwen2 with sliding-window layers) give each type its own mask.
+    def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, dict[str, tuple[tuple, dict]]]:
+        """The hidden states the model passes its first decoder layer, and the other arguments of a call for each
+        layer kind (:meth:`layer_kinds`): a sliding-window layer's mask is not a full-attention layer's.
+
+        The model's own forward runs with its decoder layers up to the first layer of the last kind swapped for
+        catchers (GPTQ's "catcher", one per layer) that record the call and pass the hidden states on unchanged,
+        so embeddings, position ids, rotary ``(cos, sin)`` and the masks (GPT-2 passes its mask positionally)
+        come from the family's code for whatever transformers version is installed, and no layer computes.
         """
-        types = sorted(set(getattr(self.model.config, "layer_types", None) or ()))
-        return f"its layers mix attention types ({', '.join(types)})" if len(types) > 1 else None
-
-    def first_layer_inputs(self, input_ids: torch.Tensor) -> tuple[torch.Tensor, tuple[tuple, dict[str, Any]]]:
-        """The hidden states the model passes its first decoder layer, and the other arguments of that call.
-
-        The model runs up to layer 0 and stops there (GPTQ's "catcher"), so embeddings, position ids,
-        rotary ``(cos, sin)`` and the attention mask (GPT-2 passes it positionally) come from the family's
-        own forward for whatever transformers version is installed; every later layer takes the same ones.
-        """
+        kinds = self.layer_kinds()
+        firsts = {kind: kinds.index(kind) for kind in dict.fromkeys(kinds)}
+        last = max(firsts.values())
         captured: dict[str, Any] = {}
 
-        def catch(_module: nn.Module, args: tuple, kwargs: dict) -> None:
-            captured["hidden"] = args[0] if args else kwargs.pop("hidden_states")
-            captured["rest"] = (args[1:], kwargs)
-            raise _ReachedFirstLayer
+        def catcher(index: int):  # noqa: ANN202 - a stand-in for the layer's forward
+            def forward(*args: Any, **kwargs: Any) -> torch.Tensor:
+                hidden = args[0] if args else kwargs.pop("hidden_states")
+                captured.setdefault("hidden", hidden)
+                if firsts[kinds[index]] == index:
+                    captured[kinds[index]] = (args[1:], kwargs)
+                if index == last:
+                    raise _ReachedFirstLayer
+                return hidden
+            return forward
 
-        handle = self.layers[0].register_forward_pre_hook(catch, with_kwargs=True)
+        layers = list(self.layers)[:last + 1]
+        saved = [layer.__dict__.get("forward") for layer in layers]  # accelerate's hooks live there
+        for i, layer in enumerate(layers):
+            layer.forward = catcher(i)
         try:
             self.base_model(input_ids=input_ids, use_cache=False)
         except _ReachedFirstLayer:
             pass
         finally:
-            handle.remove()
-        return captured["hidden"], captured["rest"]
+            for layer, forward in zip(layers, saved):
+                if forward is None:
+                    del layer.forward
+                else:
+                    layer.forward = forward
+        return captured.pop("hidden"), captured
 
     def run_layer(self, layer: int, hidden: torch.Tensor, rest: tuple[tuple, dict[str, Any]]) -> torch.Tensor:
         """One decoder layer's output hidden states (older transformers return a tuple, newer a tensor)."""
