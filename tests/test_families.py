@@ -30,7 +30,8 @@ from sharvet.refinement import RefineConfig, finalize, refine
 FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "mistral": {"sliding_window": 8},
             "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16, "sliding_window": 8},
             "gemma3_text": {"head_dim": 16, "sliding_window": 8}, "granite": {"residual_multiplier": 0.5},
-            "helium": {"head_dim": 16}, "olmo": {}, "seed_oss": {"head_dim": 16}, "olmo2": {}, "exaone4": {}}
+            "helium": {"head_dim": 16}, "olmo": {}, "seed_oss": {"head_dim": 16}, "olmo2": {}, "exaone4": {},
+            "phi3": {"pad_token_id": 0}}
 
 
 def _compressed(family: str) -> torch.nn.Module:
@@ -60,11 +61,11 @@ def test_every_inference_form_computes_the_same_logits(family, compressed):
                                        rtol=1e-5, msg=lambda m: f"fuse={fuse}: {m}")
 
 
-@pytest.mark.parametrize("family,folds", [("gemma", 2), ("gemma2", 2), ("olmo2", 0)])
+@pytest.mark.parametrize("family,folds", [("gemma", 2), ("gemma2", 2), ("olmo2", 0), ("phi3", 2)])
 def test_equal_lambdas_fold_only_into_the_norms_the_modules_read(family, folds):
     """Gemma's RMSNorms scale by ``1 + weight``: a lambda shared by a norm's readers folds in as ``(1 + w) * lambda
     - 1`` (from Gemma 2 on the MLP reads ``pre_feedforward_layernorm``); OLMo 2's norms follow each block, so none
-    folds. The logits stay the reference's."""
+    folds; Phi-3's fused qkv and gate_up each fold into the norm they read. The logits stay the reference's."""
     model, ids = inference_compressed(lambdas="equal", family=lambda _: tiny_config_model(family, **FAMILIES[family]))
     with torch.no_grad():
         ref, fast = model(ids).logits, prepare(copy.deepcopy(model), fuse="never")

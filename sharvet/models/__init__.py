@@ -8,8 +8,9 @@ from .gemma import Gemma2Adapter, GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
 from .olmo2 import Olmo2Adapter
+from .phi3 import Phi3Adapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, Olmo2Adapter, GPT2Adapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, Olmo2Adapter, Phi3Adapter, GPT2Adapter)
 
 
 class UnsupportedModelError(ValueError):
