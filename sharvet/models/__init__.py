@@ -10,7 +10,8 @@ from .llama import LlamaAdapter
 from .olmo2 import Olmo2Adapter
 from .phi3 import Phi3Adapter
 
-ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, Olmo2Adapter, Phi3Adapter, GPT2Adapter)
+ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, Olmo2Adapter, Phi3Adapter,
+                                             GPT2Adapter)
 
 
 class UnsupportedModelError(ValueError):
