@@ -31,7 +31,7 @@ FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "
             "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16, "sliding_window": 8},
             "gemma3_text": {"head_dim": 16, "sliding_window": 8}, "granite": {"residual_multiplier": 0.5},
             "helium": {"head_dim": 16}, "olmo": {}, "seed_oss": {"head_dim": 16}, "olmo2": {}, "exaone4": {},
-            "phi3": {"pad_token_id": 0}}
+            "phi3": {"pad_token_id": 0}, "smollm3": {"pad_token_id": 0, "no_rope_layers": [1, 0, 1]}}
 
 
 def _compressed(family: str) -> torch.nn.Module:

@@ -1,5 +1,5 @@
 """LLaMA family: LLaMA 2/3, TinyLlama, SmolLM2, Mistral, Qwen2, Qwen3, and the families built on its layout (Granite,
-Helium, OLMo, Seed-OSS); GQA: k/v narrower than q."""
+Helium, OLMo, Seed-OSS, SmolLM3); GQA: k/v narrower than q."""
 from __future__ import annotations
 
 from .base import ModelAdapter, ModuleType
@@ -7,7 +7,8 @@ from .base import ModelAdapter, ModuleType
 
 class LlamaAdapter(ModelAdapter):
     family = "llama"
-    model_types = ("llama", "mistral", "qwen2", "qwen3", "granite", "helium", "olmo", "seed_oss")
+    model_types = ("llama", "mistral", "qwen2", "qwen3", "granite", "helium", "olmo", "seed_oss",
+                   "smollm3")
     layers_path = "model.layers"
     base_model_path = "model"
     module_types = (
