@@ -31,11 +31,18 @@ FAMILIES = {"qwen2": {"tie_word_embeddings": True}, "qwen3": {"head_dim": 32}, "
             "gemma": {"head_dim": 16}, "gemma2": {"head_dim": 16, "sliding_window": 8},
             "gemma3_text": {"head_dim": 16, "sliding_window": 8}, "granite": {"residual_multiplier": 0.5},
             "helium": {"head_dim": 16}, "olmo": {}, "seed_oss": {"head_dim": 16}, "olmo2": {}, "exaone4": {},
-            "phi3": {"pad_token_id": 0}, "smollm3": {"pad_token_id": 0, "no_rope_layers": [1, 0, 1]}}
+            "phi3": {"pad_token_id": 0}, "smollm3": {"pad_token_id": 0, "no_rope_layers": [1, 0, 1]},
+            "stablelm": {"pad_token_id": 0}, "stablelm-parallel": {"pad_token_id": 0, "use_parallel_residual": True},
+            "cohere": {"pad_token_id": 0}}
+
+
+def _model(label: str) -> torch.nn.Module:
+    """A tiny random model of ``label`` (a model type, or ``TYPE-variant`` for another config of it)."""
+    return tiny_config_model(label.split("-")[0], **FAMILIES[label])
 
 
 def _compressed(family: str) -> torch.nn.Module:
-    model = tiny_config_model(family, **FAMILIES[family])
+    model = _model(family)
     ids = tokens(4, 16)
     compress(model, collect_stats(adapter_for(model), ids, progress=False),
              CompressionConfig.preset(DEFAULT_METHOD, ratio=0.6, k=2), calibration_ids=ids, progress=False)
@@ -61,12 +68,14 @@ def test_every_inference_form_computes_the_same_logits(family, compressed):
                                        rtol=1e-5, msg=lambda m: f"fuse={fuse}: {m}")
 
 
-@pytest.mark.parametrize("family,folds", [("gemma", 2), ("gemma2", 2), ("olmo2", 0), ("phi3", 2)])
+@pytest.mark.parametrize("family,folds", [("gemma", 2), ("gemma2", 2), ("olmo2", 0), ("phi3", 2), ("stablelm", 2),
+                                          ("stablelm-parallel", 0), ("cohere", 0)])
 def test_equal_lambdas_fold_only_into_the_norms_the_modules_read(family, folds):
     """Gemma's RMSNorms scale by ``1 + weight``: a lambda shared by a norm's readers folds in as ``(1 + w) * lambda
     - 1`` (from Gemma 2 on the MLP reads ``pre_feedforward_layernorm``); OLMo 2's norms follow each block, so none
-    folds; Phi-3's fused qkv and gate_up each fold into the norm they read. The logits stay the reference's."""
-    model, ids = inference_compressed(lambdas="equal", family=lambda _: tiny_config_model(family, **FAMILIES[family]))
+    folds; Phi-3's fused qkv and gate_up each fold into the norm they read; StableLM's LayerNorms take lambda into
+    weight and bias, except with a parallel residual (one norm feeds all five). The logits stay the reference's."""
+    model, ids = inference_compressed(lambdas="equal", family=lambda _: _model(family))
     with torch.no_grad():
         ref, fast = model(ids).logits, prepare(copy.deepcopy(model), fuse="never")
         assert fast.sharvet_inference.lambda_into_norm == folds * adapter_for(model).num_layers
@@ -88,7 +97,7 @@ def test_checkpoints_load_back_by_sharvet_and_by_plain_transformers(compressed, 
 
 @pytest.mark.parametrize("family", FAMILIES)
 def test_the_default_refinement_trains_and_loads_back_as_refined(family, tmp_path):
-    teacher = tiny_config_model(family, **FAMILIES[family])
+    teacher = _model(family)
     cfg = RefineConfig(output_dir=str(tmp_path / "run"), progress=False, lr=1e-2, cpu=True, batch_size=2, epochs=2,
                        mode=method(DEFAULT_METHOD).refine_mode, match_loss_scales=True)
     result = refine(_compressed(family), teacher, tokens(8, 16, seed=3), cfg)

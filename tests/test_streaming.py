@@ -169,10 +169,12 @@ def tiny_config_model(family: str, **extra):
 @pytest.mark.parametrize("family,extra", [("qwen2", {}), ("mistral", {"sliding_window": 8}),
                                           ("gemma", {"head_dim": 16}), ("olmo2", {}),
                                           ("granite", {"residual_multiplier": 0.5}), ("phi3", {"pad_token_id": 0}),
-                                          ("smollm3", {"pad_token_id": 0, "no_rope_layers": [1, 0, 1]})])
+                                          ("smollm3", {"pad_token_id": 0, "no_rope_layers": [1, 0, 1]}),
+                                          ("stablelm", {"pad_token_id": 0, "use_parallel_residual": True}),
+                                          ("cohere", {"pad_token_id": 0})])
 def test_streamed_stats_equal_in_memory_for_other_families(family, extra, tmp_path):
     """Qwen2's biases, Mistral's window, Gemma's offset norms, OLMo 2's post-norms, Granite's multipliers, Phi-3's
-    fused projections, SmolLM3's layers without rotary embeddings."""
+    fused projections, SmolLM3's layers without rotary embeddings, StableLM's and Cohere's parallel residuals."""
     adapter = adapter_for(tiny_config_model(family, **extra))
     ids = tokens(4, 24)  # longer than Mistral's window: the captured mask carries it to every layer
     streamed = collect_streamed(adapter, ids, tmp_path, batch_size=2, device="cpu", progress=False)

@@ -4,14 +4,16 @@ from __future__ import annotations
 from torch import nn
 
 from .base import ModelAdapter, ModuleType
+from .cohere import CohereAdapter
 from .gemma import Gemma2Adapter, GemmaAdapter
 from .gpt2 import GPT2Adapter
 from .llama import LlamaAdapter
 from .olmo2 import Olmo2Adapter
 from .phi3 import Phi3Adapter
+from .stablelm import StableLmAdapter
 
 ADAPTERS: tuple[type[ModelAdapter], ...] = (LlamaAdapter, GemmaAdapter, Gemma2Adapter, Olmo2Adapter, Phi3Adapter,
-                                             GPT2Adapter)
+                                             StableLmAdapter, CohereAdapter, GPT2Adapter)
 
 
 class UnsupportedModelError(ValueError):
