@@ -1,12 +1,12 @@
 """Every family an adapter claims besides LLaMA and GPT-2 (tested throughout), end to end on tiny random models: Qwen2
-tied embeddings, as Qwen2.5-0.5B), Qwen3 (per-head q/k norms, a head size of its own), Mistral (a sliding window),
-Gemma, Gemma 2 and Gemma 3 text (norms scaling by ``1 + weight``, a GELU-gated MLP; from Gemma 2 on, norms around
-each block's output and layers of two attention kinds), the families on LLaMA's layout (Granite, Helium, OLMo,
-Seed-OSS, SmolLM3), OLMo 2 and EXAONE 4 (norms after each block), Phi-3 (fused projections), StableLM (both residual
-layouts) and Cohere (a parallel residual). Each compresses with the default method, computes the same logits in every
-inference form, and loads back with them through ``sharvet.load`` and through plain transformers
-(``trust_remote_code``, without sharvet); the default refinement trains, finalises and loads back as refined; where a
-norm feeds the compressed modules, equal lambdas fold into it exactly as the family's norm computes."""
+(biased q, k, v; tied embeddings, as Qwen2.5-0.5B), Qwen3 (per-head q/k norms, a head size of its own), Mistral (a
+sliding window), Gemma, Gemma 2 and Gemma 3 text (norms scaling by ``1 + weight``, a GELU-gated MLP; from Gemma 2
+on, norms around each block's output and layers of two attention kinds), the families on LLaMA's layout (Granite,
+Helium, OLMo, Seed-OSS, SmolLM3), OLMo 2 and EXAONE 4 (norms after each block), Phi-3 (fused projections), StableLM
+(both residual layouts) and Cohere (a parallel residual). Each compresses with the default method, computes the same
+logits in every inference form, and loads back with them through ``sharvet.load`` and through plain transformers
+(``trust_remote_code``, without sharvet); the default refinement trains, finalises and loads back as refined; where
+a norm feeds the compressed modules, equal lambdas fold into it exactly as the family's norm computes."""
 from __future__ import annotations
 
 import copy
