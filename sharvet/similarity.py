@@ -217,13 +217,16 @@ def cosine_and_distance(adapter: ModelAdapter, type_name: str, device: torch.dev
     cos, inv = torch.eye(n, dtype=torch.float64), torch.full((n, n), math.inf, dtype=torch.float64)
 
     def load(layer: int) -> dict[str, torch.Tensor]:
-        w = adapter.weight(layer, type_name).to(device).flatten()  # resident in its own dtype (bf16: half)
-        return {"w": w, "sq": _cross_products([w], [w], budget)[0, 0]}
+        ws = [adapter.weight(layer, type_name).to(device).flatten()]  # resident in its own dtype (bf16: half)
+        return {"w": ws[0], "sq": _cross_products(ws, ws, budget)[0, 0]}
 
     stored = d_in * d_out * adapter.weight(0, type_name).element_size()
     for pairs, resident in block_pairs(n, stored, budget, load):
         rows, cols = sorted({i for i, _ in pairs}), sorted({j for _, j in pairs})
-        dots = _cross_products([resident[i]["w"] for i in rows], [resident[j]["w"] for j in cols], budget)
+        if set(rows) & set(cols):  # a block with itself: one Gram of its layers, each slice converted once
+            rows = cols = sorted(set(rows) | set(cols))
+        a = [resident[i]["w"] for i in rows]
+        dots = _cross_products(a, a if cols is rows else [resident[j]["w"] for j in cols], budget)
         row, col = {layer: k for k, layer in enumerate(rows)}, {layer: k for k, layer in enumerate(cols)}
         for i, j in pairs:
             dot, sq_i, sq_j = dots[row[i], col[j]], resident[i]["sq"], resident[j]["sq"]
@@ -235,13 +238,13 @@ def cosine_and_distance(adapter: ModelAdapter, type_name: str, device: torch.dev
 
 def _cross_products(a: list[torch.Tensor], b: list[torch.Tensor], budget: int) -> torch.Tensor:
     """``A B^T`` of flat vectors in float64 (CPU), a slice of columns at a time: the slices of both lists in float64
-    take at most half of ``budget``."""
+    take at most half of ``budget``. ``b is a`` (a Gram): each slice is stacked and converted once."""
     size = a[0].numel()
     step = max(1, budget // (2 * 8 * (len(a) + len(b))))
     out = torch.zeros(len(a), len(b), dtype=torch.float64, device=a[0].device)
     for start in range(0, size, step):
         sa = torch.stack([w[start:start + step] for w in a]).double()
-        sb = torch.stack([w[start:start + step] for w in b]).double()
+        sb = sa if b is a else torch.stack([w[start:start + step] for w in b]).double()
         out += sa @ sb.T
     return out.cpu()
 
