@@ -208,7 +208,7 @@ def cosine_and_distance(adapter: ModelAdapter, type_name: str, device: torch.dev
 
     Both come from inner products accumulated in float64 (whatever the similarity's ``precision``), one product per
     pair of resident blocks (:func:`_cross_products`), ``dist^2 = |w_i|^2 + |w_j|^2 - 2 w_i . w_j``. Why: copying
-    both weights of every pair into float32 batches took SmolLM2-135M's structural pass 28 s on a 2-core CPU (1.9 s
+    both weights of every pair into float32 batches took SmolLM2-135M's structural pass 28 s on a 2-core CPU (1.3 s
     now), and float64's 1e-16 keeps the cancellation harmless unless two layers agree to within ~1e-6 of their norm
     (where the inverse distance is huge either way).
     """
